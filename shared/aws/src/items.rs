@@ -1,0 +1,266 @@
+//! DynamoDB item shapes, kept apart from domain types and converted at the boundary.
+//!
+//! One table, string keys `pk`/`sk`, one sparse index `gsi1` (pending payments by terminal).
+//! See docs/DATA_MODEL.md for the access patterns.
+
+use serde::{Deserialize, Serialize};
+use twochan_domain::{
+    DomainError, Payment, PaymentStatus, Timestamp,
+    crypto::SecretHash,
+    ports::{Device, Registration, TerminalSession},
+    Counter,
+};
+
+pub fn merchant_pk(id: &str) -> String {
+    format!("MERCHANT#{id}")
+}
+pub fn api_key_pk(hash: &str) -> String {
+    format!("APIKEY#{hash}")
+}
+pub fn token_pk(hash: &str) -> String {
+    format!("TOKEN#{hash}")
+}
+pub fn device_pk(code: &str) -> String {
+    format!("DEVICE#{code}")
+}
+pub fn payment_pk(id: &str) -> String {
+    format!("PAYMENT#{id}")
+}
+pub fn ledger_pk(payment_id: &str) -> String {
+    format!("LEDGER#{payment_id}")
+}
+pub fn pending_gsi_pk(terminal: &str) -> String {
+    format!("PENDING#{terminal}")
+}
+pub fn idempotency_pk(merchant: &str, key_hash: &str) -> String {
+    format!("IDEM#{merchant}#{key_hash}")
+}
+pub fn balance_sk(currency: &str) -> String {
+    format!("BALANCE#{currency}")
+}
+
+pub const SK_MERCHANT: &str = "MERCHANT";
+pub const SK_API_KEY: &str = "APIKEY";
+pub const SK_TOKEN: &str = "TOKEN";
+pub const SK_DEVICE: &str = "DEVICE";
+pub const SK_PAYMENT: &str = "PAYMENT";
+pub const SK_IDEMPOTENCY: &str = "IDEM";
+pub const SK_CREDIT: &str = "CREDIT";
+pub const SK_DEBIT: &str = "DEBIT";
+pub const BALANCE_PREFIX: &str = "BALANCE#";
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> DomainError {
+    DomainError::Internal(format!("stored {what} is malformed: {e}"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MerchantItem {
+    pub pk: String,
+    pub sk: String,
+    pub merchant_id: String,
+    pub key_hash: String,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiKeyItem {
+    pub pk: String,
+    pub sk: String,
+    pub merchant_id: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenItem {
+    pub pk: String,
+    pub sk: String,
+    pub terminal_id: String,
+    pub unique_code: String,
+    pub issued_at: i64,
+}
+
+impl TryFrom<TokenItem> for TerminalSession {
+    type Error = DomainError;
+    fn try_from(t: TokenItem) -> Result<Self, DomainError> {
+        Ok(Self {
+            terminal_id: t.terminal_id.try_into().map_err(|e| corrupt("token", e))?,
+            unique_code: t.unique_code.try_into().map_err(|e| corrupt("token", e))?,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeviceItem {
+    pub pk: String,
+    pub sk: String,
+    pub unique_code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_at: Option<i64>,
+    #[serde(default)]
+    pub last_counter: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_payment_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_expires_at: Option<i64>,
+}
+
+impl TryFrom<DeviceItem> for Device {
+    type Error = DomainError;
+    fn try_from(d: DeviceItem) -> Result<Self, DomainError> {
+        let registration = match (d.terminal_id, d.token_hash, d.registered_at) {
+            (Some(t), Some(h), Some(at)) => Some(Registration {
+                terminal_id: t.try_into().map_err(|e| corrupt("device", e))?,
+                token_hash: SecretHash::from_stored(h),
+                registered_at: Timestamp::from_millis(at),
+            }),
+            (None, None, None) => None,
+            _ => return Err(corrupt("device", "partial registration")),
+        };
+        let pending = match (d.pending_payment_id, d.pending_expires_at) {
+            (Some(p), Some(at)) => {
+                Some((p.try_into().map_err(|e| corrupt("device", e))?, Timestamp::from_millis(at)))
+            }
+            (None, None) => None,
+            _ => return Err(corrupt("device", "partial pending lock")),
+        };
+        Ok(Self {
+            unique_code: d.unique_code.try_into().map_err(|e| corrupt("device", e))?,
+            registration,
+            last_counter: Counter::new(d.last_counter),
+            pending,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PaymentItem {
+    pub pk: String,
+    pub sk: String,
+    pub payment_id: String,
+    pub status: String,
+    pub unique_code: String,
+    pub terminal_id: String,
+    pub merchant_id: String,
+    pub pos_id: String,
+    pub amount: u64,
+    pub currency: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    pub challenge: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<i64>,
+    #[serde(default)]
+    pub failed_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<String>,
+    /// Set only while pending, so the index holds pending payments only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi1pk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi1sk: Option<String>,
+}
+
+impl From<&Payment> for PaymentItem {
+    fn from(p: &Payment) -> Self {
+        let pending = p.status == PaymentStatus::Pending;
+        Self {
+            pk: payment_pk(p.payment_id.as_str()),
+            sk: SK_PAYMENT.into(),
+            payment_id: p.payment_id.to_string(),
+            status: p.status.as_str().into(),
+            unique_code: p.unique_code.to_string(),
+            terminal_id: p.terminal_id.to_string(),
+            merchant_id: p.merchant_id.to_string(),
+            pos_id: p.pos_id.to_string(),
+            amount: p.amount.minor_units(),
+            currency: p.currency.code().into(),
+            reference: p.reference.as_ref().map(|r| r.as_str().to_owned()),
+            challenge: p.challenge.as_str().into(),
+            created_at: p.created_at.millis(),
+            expires_at: p.expires_at.millis(),
+            confirmed_at: p.confirmed_at.map(Timestamp::millis),
+            settled_at: p.settled_at.map(Timestamp::millis),
+            failed_attempts: p.failed_attempts,
+            confirmation: p.confirmation.clone(),
+            gsi1pk: pending.then(|| pending_gsi_pk(p.terminal_id.as_str())),
+            // Payment ids are ULIDs: sorting by them is sorting by creation time.
+            gsi1sk: pending.then(|| p.payment_id.to_string()),
+        }
+    }
+}
+
+impl TryFrom<PaymentItem> for Payment {
+    type Error = DomainError;
+    fn try_from(i: PaymentItem) -> Result<Self, DomainError> {
+        let c = |e: DomainError| corrupt("payment", e);
+        Ok(Self {
+            payment_id: i.payment_id.try_into().map_err(c)?,
+            status: PaymentStatus::try_from(i.status.as_str()).map_err(c)?,
+            unique_code: i.unique_code.try_into().map_err(c)?,
+            terminal_id: i.terminal_id.try_into().map_err(c)?,
+            merchant_id: i.merchant_id.try_into().map_err(c)?,
+            pos_id: i.pos_id.try_into().map_err(c)?,
+            amount: i.amount.try_into().map_err(c)?,
+            currency: i.currency.try_into().map_err(c)?,
+            reference: i.reference.map(TryInto::try_into).transpose().map_err(c)?,
+            challenge: i.challenge.try_into().map_err(c)?,
+            created_at: Timestamp::from_millis(i.created_at),
+            expires_at: Timestamp::from_millis(i.expires_at),
+            confirmed_at: i.confirmed_at.map(Timestamp::from_millis),
+            settled_at: i.settled_at.map(Timestamp::from_millis),
+            failed_attempts: i.failed_attempts,
+            confirmation: i.confirmation,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IdempotencyItem {
+    pub pk: String,
+    pub sk: String,
+    pub fingerprint: String,
+    /// `in_flight` or `done`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+    /// End of the 24 h window (ms); checked in conditions, not left to TTL.
+    pub expires_at: i64,
+    /// DynamoDB TTL attribute (epoch seconds): housekeeping only.
+    pub ttl: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LedgerEntryItem {
+    pub pk: String,
+    pub sk: String,
+    pub payment_id: String,
+    /// `merchant:<merchant_id>` or `device:<unique_code>`.
+    pub account: String,
+    /// `credit` or `debit`.
+    pub direction: String,
+    pub amount: u64,
+    pub currency: String,
+    pub posted_at: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BalanceItem {
+    pub pk: String,
+    pub sk: String,
+    pub currency: String,
+    pub settled_amount: u64,
+    pub settled_count: u64,
+}

@@ -1,0 +1,12 @@
+//! AWS adapters for the ports of `twochan-domain`: DynamoDB for state and the ledger, SQS for
+//! settlement. SDK clients find an emulator through `AWS_ENDPOINT_URL` alone; there is no
+//! endpoint-specific code path.
+
+pub mod config;
+pub mod dynamo;
+mod items;
+pub mod sqs;
+
+pub use config::{AwsClients, Settings};
+pub use dynamo::DynamoStore;
+pub use sqs::SqsSettlementQueue;

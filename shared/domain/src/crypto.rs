@@ -1,0 +1,225 @@
+//! Keys and codes of contract v1 (HMAC-SHA256, `|`-separated UTF-8 messages, lowercase hex), and
+//! the bearer secrets the server issues.
+//!
+//! Secret comparisons go through `subtle` (or `Mac::verify_slice`, which uses it), so the time a
+//! check takes does not depend on how many leading bytes matched.
+
+use std::fmt;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::DomainError;
+use crate::ids::{AuthCode, Challenge, Counter, MerchantId, PaymentId, TerminalId, UniqueCode};
+use crate::money::{Amount, Currency};
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn hmac(key: &[u8], message: &[&str]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    for part in message {
+        mac.update(part.as_bytes());
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn fill_random(buf: &mut [u8]) {
+    // The OS RNG failing is not something a payment server can continue through.
+    getrandom::fill(buf).expect("operating system random number generator failed");
+}
+
+/// The issuer master key (32 bytes) from which every device key is derived.
+#[derive(Clone)]
+pub struct MasterKey([u8; 32]);
+
+impl MasterKey {
+    /// Parses the configured form: 64 hex characters.
+    pub fn from_hex(s: &str) -> Result<Self, DomainError> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(s.trim(), &mut key).map_err(|_| {
+            DomainError::Internal("ISSUER_MASTER_KEY must be 64 hex characters".into())
+        })?;
+        Ok(Self(key))
+    }
+
+    /// `K_dev = HMAC(ISSUER_MASTER_KEY, "2ch/device-key/v1|" + unique_code)`.
+    pub fn device_key(&self, code: &UniqueCode) -> DeviceKey {
+        DeviceKey(hmac(&self.0, &["2ch/device-key/v1|", code.as_str()]))
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+/// A device's key, derived on demand and never stored.
+#[derive(Clone)]
+pub struct DeviceKey([u8; 32]);
+
+impl fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeviceKey(<redacted>)")
+    }
+}
+
+/// The fields an auth code binds.
+#[derive(Debug, Clone, Copy)]
+pub struct PaymentBinding<'a> {
+    pub payment_id: &'a PaymentId,
+    pub merchant_id: &'a MerchantId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub challenge: &'a Challenge,
+    pub counter: Counter,
+}
+
+impl DeviceKey {
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn registration_mac(&self, code: &UniqueCode, terminal: &TerminalId) -> [u8; 32] {
+        hmac(&self.0, &["2ch/register/v1|", code.as_str(), "|", terminal.as_str()])
+    }
+
+    /// `hex(HMAC(K_dev, "2ch/register/v1|" + unique_code + "|" + terminal_id))`, as the device makes it.
+    pub fn registration_proof(&self, code: &UniqueCode, terminal: &TerminalId) -> String {
+        hex::encode(self.registration_mac(code, terminal))
+    }
+
+    /// Checks a registration proof in constant time. Malformed hex simply does not verify.
+    pub fn verify_registration_proof(
+        &self,
+        code: &UniqueCode,
+        terminal: &TerminalId,
+        proof: &str,
+    ) -> bool {
+        let mut given = [0u8; 32];
+        if proof.len() != 64 || hex::decode_to_slice(proof, &mut given).is_err() {
+            return false;
+        }
+        bool::from(self.registration_mac(code, terminal).ct_eq(&given))
+    }
+
+    fn auth_mac(&self, b: &PaymentBinding<'_>) -> [u8; 32] {
+        let amount = b.amount.to_string();
+        let counter = b.counter.to_string();
+        hmac(
+            &self.0,
+            &[
+                "2ch/pay/v1|",
+                b.payment_id.as_str(),
+                "|",
+                b.merchant_id.as_str(),
+                "|",
+                &amount,
+                "|",
+                b.currency.code(),
+                "|",
+                b.challenge.as_str(),
+                "|",
+                &counter,
+            ],
+        )
+    }
+
+    /// The payment auth code, as the device makes it.
+    pub fn auth_code(&self, b: &PaymentBinding<'_>) -> String {
+        hex::encode(self.auth_mac(b))
+    }
+
+    /// Checks an auth code in constant time.
+    pub fn verify_auth_code(&self, b: &PaymentBinding<'_>, code: &AuthCode) -> bool {
+        bool::from(self.auth_mac(b).ct_eq(code.bytes()))
+    }
+}
+
+/// SHA-256 of a secret, as stored in place of API keys and terminal tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecretHash(String);
+
+impl SecretHash {
+    pub fn of(secret: &str) -> Self {
+        Self(hex::encode(Sha256::digest(secret.as_bytes())))
+    }
+
+    /// Rebuilds a hash read back from storage.
+    pub fn from_stored(hex: String) -> Self {
+        Self(hex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lowercase hex SHA-256 of `data`, for fingerprints that are not secrets.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// A bearer secret issued once (merchant API key, terminal token). Only its hash is stored.
+pub struct IssuedSecret {
+    pub secret: String,
+    pub hash: SecretHash,
+}
+
+impl IssuedSecret {
+    /// A new secret: `prefix` + 32 random bytes in hex. The prefix tells a leaked secret's kind.
+    pub fn generate(prefix: &str) -> Self {
+        let mut bytes = [0u8; 32];
+        fill_random(&mut bytes);
+        let secret = format!("{prefix}{}", hex::encode(bytes));
+        let hash = SecretHash::of(&secret);
+        Self { secret, hash }
+    }
+}
+
+impl fmt::Debug for IssuedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IssuedSecret {{ hash: {} }}", self.hash.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let m = MasterKey::from_hex(&"ab".repeat(32)).unwrap();
+        assert!(!format!("{m:?}").contains("abab"));
+        let s = IssuedSecret::generate("tt_");
+        assert!(!format!("{s:?}").contains(&s.secret));
+        assert_eq!(s.hash, SecretHash::of(&s.secret));
+        assert!(s.secret.starts_with("tt_") && s.secret.len() == 67);
+    }
+
+    #[test]
+    fn master_key_must_be_64_hex() {
+        assert!(MasterKey::from_hex("00").is_err());
+        assert!(MasterKey::from_hex(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn registration_proof_rejects_malformed_and_other_terminals() {
+        let m = MasterKey::from_hex(&"11".repeat(32)).unwrap();
+        let code = UniqueCode::try_from("beacon-0001").unwrap();
+        let t1 = TerminalId::try_from("phone-alice-01").unwrap();
+        let t2 = TerminalId::try_from("phone-mallory").unwrap();
+        let k = m.device_key(&code);
+        let proof = k.registration_proof(&code, &t1);
+        assert!(k.verify_registration_proof(&code, &t1, &proof));
+        assert!(!k.verify_registration_proof(&code, &t2, &proof));
+        assert!(!k.verify_registration_proof(&code, &t1, &proof[..63]));
+        assert!(!k.verify_registration_proof(&code, &t1, "not hex"));
+    }
+}

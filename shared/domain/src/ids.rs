@@ -1,0 +1,418 @@
+//! Identifiers of contract v1, each a newtype that can only hold a well-formed value.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DomainError;
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// Defines a string newtype of `min..=max` chars of `[A-Za-z0-9_-]`, parsed with `TryFrom`.
+macro_rules! charset_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $min:literal, $max:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The field name used in error messages.
+            pub const FIELD: &'static str = $field;
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = DomainError;
+
+            fn try_from(s: String) -> Result<Self, DomainError> {
+                let n = s.chars().count();
+                if !($min..=$max).contains(&n) || !s.chars().all(is_id_char) {
+                    return Err(DomainError::invalid(
+                        $field,
+                        concat!("must be ", $min, "-", $max, " characters of [A-Za-z0-9_-]"),
+                    ));
+                }
+                Ok(Self(s))
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = DomainError;
+
+            fn try_from(s: &str) -> Result<Self, DomainError> {
+                Self::try_from(s.to_owned())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+charset_id!(
+    /// The code a device broadcasts as its beacon.
+    UniqueCode, "unique_code", 8, 64
+);
+charset_id!(
+    /// The phone (or app instance) a device is registered to.
+    TerminalId, "terminal_id", 8, 64
+);
+charset_id!(
+    /// A merchant.
+    MerchantId, "merchant_id", 3, 64
+);
+charset_id!(
+    /// One of a merchant's POS terminals.
+    PosId, "pos_id", 3, 64
+);
+
+/// `pay_` + a ULID (26 chars of Crockford base32, upper case).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PaymentId(String);
+
+impl PaymentId {
+    pub const FIELD: &'static str = "payment_id";
+
+    /// A new id whose ULID carries `at` as its time part.
+    pub fn generate(at: crate::Timestamp) -> Self {
+        let mut random = [0u8; 16];
+        crate::crypto::fill_random(&mut random);
+        let ulid = ulid::Ulid::from_parts(at.millis().max(0) as u64, u128::from_be_bytes(random));
+        Self(format!("pay_{ulid}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PaymentId {
+    type Error = DomainError;
+
+    fn try_from(s: String) -> Result<Self, DomainError> {
+        let ok = s.strip_prefix("pay_").is_some_and(|u| {
+            u.len() == 26
+                && u.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+                // The first ULID char encodes the top 3 bits of a 48-bit time: at most '7'.
+                && u.as_bytes()[0] <= b'7'
+        });
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(DomainError::invalid("payment_id", "must be pay_ followed by a 26-character ULID"))
+        }
+    }
+}
+
+impl TryFrom<&str> for PaymentId {
+    type Error = DomainError;
+    fn try_from(s: &str) -> Result<Self, DomainError> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+impl From<PaymentId> for String {
+    fn from(v: PaymentId) -> String {
+        v.0
+    }
+}
+
+impl fmt::Display for PaymentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The POS's free-text reference for a payment, at most 128 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Reference(String);
+
+impl Reference {
+    pub const MAX_CHARS: usize = 128;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Reference {
+    type Error = DomainError;
+    fn try_from(s: String) -> Result<Self, DomainError> {
+        if s.chars().count() > Self::MAX_CHARS {
+            return Err(DomainError::invalid("reference", "must be at most 128 characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(DomainError::invalid("reference", "must not contain control characters"));
+        }
+        Ok(Self(s))
+    }
+}
+
+impl From<Reference> for String {
+    fn from(v: Reference) -> String {
+        v.0
+    }
+}
+
+/// A POS's `Idempotency-Key` header: 1–255 printable ASCII characters, scoped to its merchant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for IdempotencyKey {
+    type Error = DomainError;
+    fn try_from(s: &str) -> Result<Self, DomainError> {
+        if (1..=255).contains(&s.len()) && s.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(DomainError::invalid(
+                "Idempotency-Key",
+                "header must be 1-255 printable ASCII characters",
+            ))
+        }
+    }
+}
+
+/// The server's per-payment challenge: 16 random bytes, shown as 32 lowercase hex chars.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Challenge(String);
+
+impl Challenge {
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        crate::crypto::fill_random(&mut bytes);
+        Self(hex::encode(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Challenge {
+    type Error = DomainError;
+    fn try_from(s: String) -> Result<Self, DomainError> {
+        if s.len() == 32 && is_lower_hex(&s) {
+            Ok(Self(s))
+        } else {
+            Err(DomainError::invalid("challenge", "must be 32 lowercase hex characters"))
+        }
+    }
+}
+
+impl From<Challenge> for String {
+    fn from(v: Challenge) -> String {
+        v.0
+    }
+}
+
+pub(crate) fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A payment auth code as sent by a phone: 64 hex characters (an HMAC-SHA256).
+///
+/// Upper-case hex is accepted and folded to lower case: it carries the same bits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthCode([u8; 32]);
+
+impl AuthCode {
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+// Auth codes are single-use secrets in flight: never print them.
+impl fmt::Debug for AuthCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthCode(<redacted>)")
+    }
+}
+
+impl TryFrom<&str> for AuthCode {
+    type Error = DomainError;
+    fn try_from(s: &str) -> Result<Self, DomainError> {
+        let mut out = [0u8; 32];
+        if s.len() != 64 || hex::decode_to_slice(s, &mut out).is_err() {
+            return Err(DomainError::invalid("auth_code", "must be 64 hex characters"));
+        }
+        Ok(Self(out))
+    }
+}
+
+/// The device's monotonic counter, sent as a decimal u64 string without leading zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Counter(u64);
+
+impl Counter {
+    /// How far above the last accepted counter a new one may jump.
+    pub const WINDOW: u64 = 1000;
+
+    pub const fn new(v: u64) -> Self {
+        Self(v)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Whether `self` may follow `last`: strictly greater and at most [`Self::WINDOW`] above it.
+    pub fn is_acceptable_after(self, last: Counter) -> bool {
+        self.0 > last.0 && self.0 - last.0 <= Self::WINDOW
+    }
+}
+
+impl TryFrom<&str> for Counter {
+    type Error = DomainError;
+    fn try_from(s: &str) -> Result<Self, DomainError> {
+        let canonical = !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && (s == "0" || !s.starts_with('0'));
+        match s.parse::<u64>() {
+            Ok(v) if canonical => Ok(Self(v)),
+            _ => Err(DomainError::invalid(
+                "counter",
+                "must be a decimal u64 string without leading zeros",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Counter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn unique_code_bounds_and_charset() {
+        assert!(UniqueCode::try_from("beacon-0001").is_ok());
+        assert!(UniqueCode::try_from("B7E3A9C2D4F6481A9E0C3B5D7F9A1C2E").is_ok());
+        assert!(UniqueCode::try_from("short").is_err());
+        assert!(UniqueCode::try_from("a".repeat(64).as_str()).is_ok());
+        assert!(UniqueCode::try_from("a".repeat(65).as_str()).is_err());
+        assert!(UniqueCode::try_from("beacon 0001").is_err());
+        assert!(UniqueCode::try_from("beacon/0001").is_err());
+        assert!(UniqueCode::try_from("béacon-0001").is_err());
+        let e = UniqueCode::try_from("x").unwrap_err();
+        assert!(e.to_string().starts_with("unique_code:"), "{e}");
+    }
+
+    #[test]
+    fn merchant_ids_may_be_short() {
+        assert!(MerchantId::try_from("m_1").is_ok());
+        assert!(MerchantId::try_from("m1").is_err());
+        assert!(PosId::try_from("pos").is_ok());
+    }
+
+    #[test]
+    fn payment_id_shape() {
+        let id = PaymentId::generate(crate::Timestamp::now());
+        assert!(PaymentId::try_from(id.as_str()).is_ok(), "{id}");
+        assert_eq!(id.as_str().len(), 30);
+        assert!(PaymentId::try_from("pay_01JD8Y2Z5K7M9Q1R3T5V7X9ZAB").is_ok());
+        assert!(PaymentId::try_from("pay_01jd8y2z5k7m9q1r3t5v7x9zab").is_err());
+        assert!(PaymentId::try_from("pay_01JD8Y2Z5K7M9Q1R3T5V7X9ZA").is_err());
+        assert!(PaymentId::try_from("pay_81JD8Y2Z5K7M9Q1R3T5V7X9ZAB").is_err());
+        assert!(PaymentId::try_from("xay_01JD8Y2Z5K7M9Q1R3T5V7X9ZAB").is_err());
+    }
+
+    #[test]
+    fn payment_ids_sort_by_time() {
+        let a = PaymentId::generate(crate::Timestamp::from_millis(1_000));
+        let b = PaymentId::generate(crate::Timestamp::from_millis(2_000));
+        assert!(a < b);
+    }
+
+    #[test]
+    fn idempotency_key_rules() {
+        assert!(IdempotencyKey::try_from("k").is_ok());
+        assert!(IdempotencyKey::try_from("a key with spaces ~!").is_ok());
+        assert!(IdempotencyKey::try_from("").is_err());
+        assert!(IdempotencyKey::try_from("k".repeat(256).as_str()).is_err());
+        assert!(IdempotencyKey::try_from("tab\there").is_err());
+        assert!(IdempotencyKey::try_from("ünïcode").is_err());
+    }
+
+    #[test]
+    fn counter_rules() {
+        assert_eq!(Counter::try_from("1").unwrap().get(), 1);
+        assert_eq!(Counter::try_from("0").unwrap().get(), 0);
+        assert_eq!(Counter::try_from("18446744073709551615").unwrap().get(), u64::MAX);
+        for bad in ["", "01", "-1", "+1", "1.0", "18446744073709551616", " 1", "1e3", "0x10"] {
+            assert!(Counter::try_from(bad).is_err(), "{bad:?}");
+        }
+        let last = Counter::new(5);
+        assert!(!Counter::new(5).is_acceptable_after(last));
+        assert!(!Counter::new(4).is_acceptable_after(last));
+        assert!(Counter::new(6).is_acceptable_after(last));
+        assert!(Counter::new(1005).is_acceptable_after(last));
+        assert!(!Counter::new(1006).is_acceptable_after(last));
+        assert!(Counter::new(u64::MAX).is_acceptable_after(Counter::new(u64::MAX - 1000)));
+        assert!(!Counter::new(0).is_acceptable_after(Counter::new(0)));
+    }
+
+    #[test]
+    fn auth_code_parsing_and_redaction() {
+        let hex64 = "5141b0e6d45bebbea9ebae5db2ed5313a52a5019c4a8eb3f397650185a4b8a8d";
+        let code = AuthCode::try_from(hex64).unwrap();
+        assert!(!format!("{code:?}").contains("5141"));
+        assert!(AuthCode::try_from(&hex64[..63]).is_err());
+        assert!(AuthCode::try_from(&format!("{}zz", &hex64[..62])[..]).is_err());
+    }
+
+    #[test]
+    fn reference_limits() {
+        assert!(Reference::try_from("x".repeat(128)).is_ok());
+        assert!(Reference::try_from("é".repeat(128)).is_ok());
+        assert!(Reference::try_from("x".repeat(129)).is_err());
+        assert!(Reference::try_from("line\nbreak".to_owned()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn unique_code_accepts_exactly_its_language(s in "\\PC{0,80}") {
+            let expected = (8..=64).contains(&s.chars().count())
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            prop_assert_eq!(UniqueCode::try_from(s.as_str()).is_ok(), expected);
+        }
+
+        #[test]
+        fn counter_round_trips(v in any::<u64>()) {
+            prop_assert_eq!(Counter::try_from(v.to_string().as_str()).unwrap().get(), v);
+        }
+
+        #[test]
+        fn counter_parser_never_panics(s in "\\PC{0,30}") {
+            let _ = Counter::try_from(s.as_str());
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Ports: what the use cases need from storage and messaging. The DynamoDB and SQS adapters in
+//! `twochan-aws` implement them; every method is one atomic step (one request or one transaction).
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::SecretHash;
+use crate::error::Result;
+use crate::ids::{Counter, IdempotencyKey, MerchantId, PaymentId, TerminalId, UniqueCode};
+use crate::money::{Amount, Currency};
+use crate::payment::{Payment, PaymentStatus};
+use crate::Timestamp;
+
+/// A device as the server knows it. The record outlives registrations: it keeps the counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub unique_code: UniqueCode,
+    pub registration: Option<Registration>,
+    pub last_counter: Counter,
+    /// The payment holding the one-pending-per-code lock, and when that lock lapses.
+    pub pending: Option<(PaymentId, Timestamp)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub terminal_id: TerminalId,
+    pub token_hash: SecretHash,
+    pub registered_at: Timestamp,
+}
+
+/// Who a terminal token authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminalSession {
+    pub terminal_id: TerminalId,
+    pub unique_code: UniqueCode,
+}
+
+/// The result of a conditional write whose condition depends on state read earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Applied,
+    /// The state changed since it was read; re-read and decide again.
+    Conflict,
+}
+
+/// A response kept under an idempotency key, replayed verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// The outcome of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// This request owns the key until it completes or `lease` lapses.
+    Claimed { lease: String },
+    Replay(StoredResponse),
+    InFlight,
+    Mismatch,
+}
+
+/// An idempotency key held by a request, and the response to record under it.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord<'a> {
+    pub merchant_id: &'a MerchantId,
+    pub key: &'a IdempotencyKey,
+    pub lease: &'a str,
+    pub response: StoredResponse,
+}
+
+/// What the settlement queue carries: enough to settle without another read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementMessage {
+    pub payment_id: PaymentId,
+    pub merchant_id: MerchantId,
+    pub unique_code: UniqueCode,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+impl SettlementMessage {
+    pub fn for_payment(p: &Payment) -> Self {
+        Self {
+            payment_id: p.payment_id.clone(),
+            merchant_id: p.merchant_id.clone(),
+            unique_code: p.unique_code.clone(),
+            amount: p.amount,
+            currency: p.currency,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    Settled,
+    /// Settled by an earlier delivery; nothing was written.
+    AlreadySettled,
+}
+
+/// One currency of a merchant's settled balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Balance {
+    pub currency: Currency,
+    pub settled_amount: u64,
+    pub settled_count: u64,
+}
+
+/// Accepted confirmation, written atomically with the counter advance and the lock release.
+#[derive(Debug, Clone)]
+pub struct Confirmation<'a> {
+    pub payment: &'a Payment,
+    pub previous_counter: Counter,
+    pub counter: Counter,
+    pub fingerprint: String,
+    pub at: Timestamp,
+}
+
+/// Callers and their secrets.
+pub trait Directory: Send + Sync {
+    fn merchant_for_key(&self, key: &SecretHash) -> impl Future<Output = Result<Option<MerchantId>>> + Send;
+    fn session_for_token(&self, token: &SecretHash) -> impl Future<Output = Result<Option<TerminalSession>>> + Send;
+    /// Creates a merchant, or gives an existing one a new key and revokes the old one.
+    fn put_merchant(&self, id: &MerchantId, key: &SecretHash, at: Timestamp) -> impl Future<Output = Result<()>> + Send;
+}
+
+pub trait Devices: Send + Sync {
+    fn device(&self, code: &UniqueCode) -> impl Future<Output = Result<Option<Device>>> + Send;
+    /// Registers `code` to `registration.terminal_id`, revoking `replaces` (the token of the same
+    /// terminal's earlier registration, as read in `seen`).
+    fn register(&self, code: &UniqueCode, seen: Option<&Device>, registration: &Registration) -> impl Future<Output = Result<Write>> + Send;
+    /// Frees `device`'s code, revokes its token and cancels its pending payment, if any.
+    fn deregister(&self, device: &Device, at: Timestamp) -> impl Future<Output = Result<Write>> + Send;
+}
+
+pub trait Payments: Send + Sync {
+    fn payment(&self, id: &PaymentId) -> impl Future<Output = Result<Option<Payment>>> + Send;
+    /// Creates a pending payment and takes its device's lock; `seen` is the device as read, whose
+    /// (lapsed) lock may be taken over. Records `idempotency` in the same transaction.
+    fn create(&self, payment: &Payment, seen: &Device, idempotency: Option<IdempotencyRecord<'_>>) -> impl Future<Output = Result<Write>> + Send;
+    /// The pending payments of devices registered to `terminal`, oldest first (expired ones included;
+    /// callers filter by time).
+    fn pending_for_terminal(&self, terminal: &TerminalId) -> impl Future<Output = Result<Vec<Payment>>> + Send;
+    /// Moves a pending payment to a final status and releases its device's lock.
+    fn finish_pending(&self, payment: &Payment, to: PaymentStatus, at: Timestamp) -> impl Future<Output = Result<Write>> + Send;
+    /// Counts a wrong auth code on a pending payment; `Conflict` if it is no longer pending.
+    fn record_failed_attempt(&self, payment: &Payment) -> impl Future<Output = Result<Write>> + Send;
+    fn confirm(&self, confirmation: &Confirmation<'_>) -> impl Future<Output = Result<Write>> + Send;
+}
+
+pub trait Idempotency: Send + Sync {
+    fn claim(&self, merchant: &MerchantId, key: &IdempotencyKey, fingerprint: &str, now: Timestamp) -> impl Future<Output = Result<IdempotencyClaim>> + Send;
+    fn complete(&self, record: IdempotencyRecord<'_>) -> impl Future<Output = Result<()>> + Send;
+    /// Gives the key up so that a retry runs again (after a failure that changed nothing).
+    fn release(&self, merchant: &MerchantId, key: &IdempotencyKey, lease: &str) -> impl Future<Output = Result<()>> + Send;
+}
+
+pub trait Ledger: Send + Sync {
+    /// `confirmed → settled` with the merchant credit, the payer debit and the balance, atomically.
+    fn settle(&self, message: &SettlementMessage, at: Timestamp) -> impl Future<Output = Result<Settlement>> + Send;
+    fn balances(&self, merchant: &MerchantId) -> impl Future<Output = Result<Vec<Balance>>> + Send;
+}
+
+pub trait SettlementQueue: Send + Sync {
+    fn enqueue(&self, message: &SettlementMessage) -> impl Future<Output = Result<()>> + Send;
+}
