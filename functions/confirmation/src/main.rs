@@ -1,1 +1,20 @@
-fn main() {}
+//! Lambda function `confirmation`: see `twochan_api::routes::Function::Confirmation` for its routes.
+
+use twochan_api::{App, routes::Function, serve_http, telemetry};
+use twochan_aws::{AwsClients, DynamoStore, Settings, SqsSettlementQueue};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    telemetry::init();
+    let settings = Settings::from_env()?;
+    let clients = AwsClients::from_env().await;
+    let store = DynamoStore::new(clients.dynamodb.clone(), &settings.table_name);
+    store.warm_up().await;
+    let app = App {
+        store,
+        queue: SqsSettlementQueue::new(clients.sqs.clone(), settings.require_queue_url()?),
+        master_key: Some(settings.require_master_key()?),
+        pending_ttl_seconds: settings.pending_ttl_seconds,
+    };
+    serve_http(app, Function::Confirmation).await
+}

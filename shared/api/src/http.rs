@@ -1,0 +1,338 @@
+//! HTTP plumbing: body limits, media type, bearer tokens, JSON fields, and the one mapping from
+//! [`DomainError`] to a status and a JSON error body.
+
+use lambda_http::{
+    Body, Request, Response,
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use twochan_domain::{DomainError, Result, crypto::SecretHash};
+
+/// Bodies larger than this are refused before anything else looks at them.
+pub const MAX_BODY_BYTES: usize = 8 * 1024;
+/// Seconds a client should wait before retrying an in-flight key or an unavailable dependency.
+pub const RETRY_AFTER_SECONDS: &str = "1";
+
+/// The HTTP status of each contract error. The only place this mapping exists.
+pub fn status_of(e: &DomainError) -> StatusCode {
+    use DomainError::*;
+    match e {
+        InvalidRequest(_) => StatusCode::BAD_REQUEST,
+        Unauthorized => StatusCode::UNAUTHORIZED,
+        NotFound | UnknownDevice => StatusCode::NOT_FOUND,
+        DeviceAlreadyRegistered | DeviceBusy | IdempotencyKeyInUse | PaymentNotPending => {
+            StatusCode::CONFLICT
+        }
+        PaymentExpired => StatusCode::GONE,
+        PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        InvalidRegistrationProof | IdempotencyKeyReused | InvalidAuthCode | StaleCounter => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+        Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// `{"error": {"code", "message"}}` with the contract's status. Internal details stay in the logs:
+/// the message is the error's `Display`, which never carries them.
+pub fn error_response(e: &DomainError) -> Response<Body> {
+    let status = status_of(e);
+    if status.is_server_error() {
+        tracing::error!(error.code = e.code(), error.detail = ?e, "request failed");
+    } else {
+        tracing::info!(error.code = e.code(), status = status.as_u16(), "request refused");
+    }
+    let body = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
+    let mut resp = json_response(status, &body);
+    if matches!(e, DomainError::IdempotencyKeyInUse | DomainError::Unavailable(_)) {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    }
+    resp
+}
+
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    match serde_json::to_string(body) {
+        Ok(text) => raw_json_response(status, text),
+        Err(e) => error_response(&DomainError::Internal(format!("serialize response: {e}"))),
+    }
+}
+
+pub fn raw_json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Body::Text(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+pub fn empty_response(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The body bytes, refused when over the limit (checked before anything else in the body).
+pub fn body_bytes(req: &Request) -> Result<&[u8]> {
+    let bytes: &[u8] = req.body().as_ref();
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(DomainError::PayloadTooLarge);
+    }
+    Ok(bytes)
+}
+
+/// A request that carries a body must say `application/json` (parameters allowed).
+pub fn require_json(headers: &HeaderMap) -> Result<()> {
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim());
+    match media_type {
+        Some(t) if t.eq_ignore_ascii_case("application/json") => Ok(()),
+        _ => Err(DomainError::UnsupportedMediaType),
+    }
+}
+
+/// Kinds of bearer secret the server issues, told apart by their prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerKind {
+    MerchantKey,
+    TerminalToken,
+}
+
+pub const MERCHANT_KEY_PREFIX: &str = "mk_";
+pub const TERMINAL_TOKEN_PREFIX: &str = "tt_";
+
+/// The hash of the `Authorization: Bearer` secret and its kind; anything malformed is 401.
+pub fn bearer(headers: &HeaderMap) -> Result<(BearerKind, SecretHash)> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(DomainError::Unauthorized)?;
+    let (scheme, secret) = value.trim().split_once(' ').ok_or(DomainError::Unauthorized)?;
+    let secret = secret.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || secret.is_empty() || secret.len() > 256 {
+        return Err(DomainError::Unauthorized);
+    }
+    let kind = if secret.starts_with(MERCHANT_KEY_PREFIX) {
+        BearerKind::MerchantKey
+    } else if secret.starts_with(TERMINAL_TOKEN_PREFIX) {
+        BearerKind::TerminalToken
+    } else {
+        return Err(DomainError::Unauthorized);
+    };
+    Ok((kind, SecretHash::of(secret)))
+}
+
+/// The path below `/v1`, as segments, whatever stage prefix API Gateway or `cargo lambda watch`
+/// puts in front of it.
+pub fn route_segments(req: &Request) -> Option<Vec<String>> {
+    let path = req.uri().path();
+    let start = path.find("/v1/").or_else(|| path.ends_with("/v1").then(|| path.len() - 3))?;
+    Some(
+        path[start + 3..]
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| percent_decode(s))
+            .collect(),
+    )
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| Some(hex(bytes[i + 1])? * 16 + hex(bytes[i + 2])?))
+            .flatten();
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn method(req: &Request) -> &Method {
+    req.method()
+}
+
+/// A JSON object body with a fixed set of fields. Every error names the field at fault.
+pub struct JsonBody(Map<String, Value>);
+
+impl JsonBody {
+    pub fn from_bytes(bytes: &[u8], allowed: &[&str]) -> Result<Self> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            DomainError::InvalidRequest(format!("body: malformed JSON ({})", e.classify_name()))
+        })?;
+        let Value::Object(map) = value else {
+            return Err(DomainError::invalid("body", "must be a JSON object"));
+        };
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(DomainError::invalid(&truncate(unknown), "unknown field"));
+        }
+        Ok(Self(map))
+    }
+
+    fn get(&self, field: &str) -> Option<&Value> {
+        self.0.get(field).filter(|v| !v.is_null())
+    }
+
+    pub fn string(&self, field: &str) -> Result<&str> {
+        self.opt_string(field)?.ok_or_else(|| DomainError::invalid(field, "is required"))
+    }
+
+    pub fn opt_string(&self, field: &str) -> Result<Option<&str>> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(DomainError::invalid(field, "must be a string")),
+        }
+    }
+
+    pub fn u64(&self, field: &str) -> Result<u64> {
+        match self.get(field) {
+            None => Err(DomainError::invalid(field, "is required")),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .ok_or_else(|| DomainError::invalid(field, "must be a positive integer")),
+            Some(_) => Err(DomainError::invalid(field, "must be an integer")),
+        }
+    }
+
+    /// A required string field parsed into its newtype.
+    pub fn field<T>(&self, field: &str) -> Result<T>
+    where
+        T: for<'a> TryFrom<&'a str, Error = DomainError>,
+    {
+        T::try_from(self.string(field)?)
+    }
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "unexpected data",
+            serde_json::error::Category::Eof => "unexpected end of input",
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn every_error_maps_to_its_contract_status() {
+        use DomainError::*;
+        let cases = [
+            (InvalidRequest("x".into()), 400, "invalid_request"),
+            (Unauthorized, 401, "unauthorized"),
+            (NotFound, 404, "not_found"),
+            (UnknownDevice, 404, "unknown_device"),
+            (DeviceAlreadyRegistered, 409, "device_already_registered"),
+            (DeviceBusy, 409, "device_busy"),
+            (IdempotencyKeyInUse, 409, "idempotency_key_in_use"),
+            (PaymentNotPending, 409, "payment_not_pending"),
+            (PaymentExpired, 410, "payment_expired"),
+            (PayloadTooLarge, 413, "payload_too_large"),
+            (UnsupportedMediaType, 415, "unsupported_media_type"),
+            (InvalidRegistrationProof, 422, "invalid_registration_proof"),
+            (IdempotencyKeyReused, 422, "idempotency_key_reused"),
+            (InvalidAuthCode, 422, "invalid_auth_code"),
+            (StaleCounter, 422, "stale_counter"),
+            (TooManyAttempts, 429, "too_many_attempts"),
+            (Internal("detail".into()), 500, "internal"),
+            (Unavailable("detail".into()), 503, "unavailable"),
+        ];
+        for (e, status, code) in cases {
+            let resp = error_response(&e);
+            assert_eq!(resp.status().as_u16(), status, "{code}");
+            let body: Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+            assert_eq!(body["error"]["code"], code);
+            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert!(!body.to_string().contains("detail"), "internal detail leaked: {body}");
+            let retry_after = resp.headers().contains_key(header::RETRY_AFTER);
+            assert_eq!(retry_after, matches!(status, 503) || code == "idempotency_key_in_use");
+        }
+    }
+
+    #[test]
+    fn media_type_rules() {
+        assert!(require_json(&headers(&[("content-type", "application/json")])).is_ok());
+        assert!(require_json(&headers(&[("content-type", "application/json; charset=utf-8")])).is_ok());
+        assert!(require_json(&headers(&[("content-type", "Application/JSON")])).is_ok());
+        assert!(require_json(&headers(&[("content-type", "text/plain")])).is_err());
+        assert!(require_json(&headers(&[("content-type", "application/jsonx")])).is_err());
+        assert!(require_json(&headers(&[])).is_err());
+    }
+
+    #[test]
+    fn bearer_rules() {
+        let (k, h) = bearer(&headers(&[("authorization", "Bearer mk_abc")])).unwrap();
+        assert_eq!(k, BearerKind::MerchantKey);
+        assert_eq!(h, SecretHash::of("mk_abc"));
+        assert_eq!(bearer(&headers(&[("authorization", "bearer tt_x")])).unwrap().0, BearerKind::TerminalToken);
+        for bad in ["Bearer", "Bearer ", "Basic mk_abc", "mk_abc", "Bearer other_abc"] {
+            assert_eq!(bearer(&headers(&[("authorization", bad)])).unwrap_err(), DomainError::Unauthorized, "{bad}");
+        }
+        assert!(bearer(&headers(&[])).is_err());
+    }
+
+    #[test]
+    fn json_fields_name_the_field() {
+        let b = JsonBody::from_bytes(br#"{"a":"x","n":5,"z":null}"#, &["a", "n", "z", "m"]).unwrap();
+        assert_eq!(b.string("a").unwrap(), "x");
+        assert_eq!(b.u64("n").unwrap(), 5);
+        assert_eq!(b.opt_string("z").unwrap(), None);
+        assert!(b.string("m").unwrap_err().to_string().starts_with("m:"));
+        assert!(b.u64("a").unwrap_err().to_string().starts_with("a:"));
+        assert!(b.string("n").unwrap_err().to_string().starts_with("n:"));
+        let e = JsonBody::from_bytes(br#"{"a":"x","evil":1}"#, &["a"]).err().unwrap();
+        assert!(e.to_string().starts_with("evil:"), "{e}");
+        for bad in [&b"[1]"[..], b"nope", b"", b"{\"a\":", b"\"str\""] {
+            assert!(matches!(JsonBody::from_bytes(bad, &["a"]), Err(DomainError::InvalidRequest(_))));
+        }
+        let b = JsonBody::from_bytes(br#"{"n":-1,"f":1.5}"#, &["n", "f"]).unwrap();
+        assert!(b.u64("n").is_err() && b.u64("f").is_err());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("abc"), "abc");
+        assert_eq!(percent_decode("a%2Fb"), "a/b");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%é%"), "%é%");
+    }
+}

@@ -1,0 +1,627 @@
+//! The use cases behind each endpoint, generic over the ports they need.
+
+use lambda_http::{Body, Request, Response, http::{HeaderValue, Method, StatusCode}};
+use serde_json::json;
+use twochan_domain::{
+    Amount, AuthCode, Counter, Currency, DomainError, IdempotencyKey, MerchantId, Payment,
+    PaymentId, PaymentStatus, PosId, Reference, Result, TerminalId, Timestamp, UniqueCode,
+    crypto::{IssuedSecret, MasterKey, PaymentBinding, sha256_hex},
+    payment::{ConfirmGate, MAX_AUTH_ATTEMPTS},
+    ports::{
+        Confirmation, Devices, Directory, Idempotency, IdempotencyClaim, IdempotencyRecord, Ledger,
+        Payments, Registration, SettlementMessage, SettlementQueue, StoredResponse,
+        TerminalSession, Write,
+    },
+};
+
+use crate::http::{
+    BearerKind, JsonBody, TERMINAL_TOKEN_PREFIX, bearer, body_bytes, empty_response,
+    error_response, json_response, raw_json_response, require_json, route_segments,
+};
+use crate::view::{BalanceView, PaymentView, PendingPaymentsView, RegistrationView};
+
+/// How often a use case re-reads and retries after losing a race on a conditional write, before
+/// answering 503 (a client retry is then safe).
+const MAX_RACE_RETRIES: usize = 4;
+
+/// Everything a handler may need, built once at init.
+pub struct App<S, Q> {
+    pub store: S,
+    pub queue: Q,
+    pub master_key: Option<MasterKey>,
+    pub pending_ttl_seconds: i64,
+}
+
+impl<S, Q> App<S, Q> {
+    fn master_key(&self) -> Result<&MasterKey> {
+        self.master_key
+            .as_ref()
+            .ok_or_else(|| DomainError::Internal("ISSUER_MASTER_KEY is not configured".into()))
+    }
+}
+
+/// A queue for functions that never enqueue.
+pub struct NoQueue;
+
+impl SettlementQueue for NoQueue {
+    async fn enqueue(&self, _: &SettlementMessage) -> Result<()> {
+        Err(DomainError::Internal("this function has no settlement queue".into()))
+    }
+}
+
+/// The route table: which function serves which `(method, path)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    RegisterDevice,
+    DeregisterDevice(String),
+    CreatePayment,
+    GetPayment(String),
+    CancelPayment(String),
+    Balance,
+    PendingPayments,
+    ConfirmPayment(String),
+    DeclinePayment(String),
+}
+
+impl Route {
+    pub fn of(method: &Method, segments: &[String]) -> Option<Route> {
+        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        Some(match (method.as_str(), segs.as_slice()) {
+            ("POST", ["devices"]) => Route::RegisterDevice,
+            ("DELETE", ["devices", code]) => Route::DeregisterDevice((*code).to_owned()),
+            ("POST", ["payments"]) => Route::CreatePayment,
+            ("GET", ["payments", id]) => Route::GetPayment((*id).to_owned()),
+            ("POST", ["payments", id, "cancel"]) => Route::CancelPayment((*id).to_owned()),
+            ("GET", ["balance"]) => Route::Balance,
+            ("GET", ["pending-payments"]) => Route::PendingPayments,
+            ("POST", ["payments", id, "confirm"]) => Route::ConfirmPayment((*id).to_owned()),
+            ("POST", ["payments", id, "decline"]) => Route::DeclinePayment((*id).to_owned()),
+            _ => return None,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Route::RegisterDevice => "register_device",
+            Route::DeregisterDevice(_) => "deregister_device",
+            Route::CreatePayment => "create_payment",
+            Route::GetPayment(_) => "get_payment",
+            Route::CancelPayment(_) => "cancel_payment",
+            Route::Balance => "balance",
+            Route::PendingPayments => "pending_payments",
+            Route::ConfirmPayment(_) => "confirm_payment",
+            Route::DeclinePayment(_) => "decline_payment",
+        }
+    }
+}
+
+/// Which group of routes a function serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    Registration,
+    PaymentRequest,
+    Confirmation,
+    /// Every route: for local runs where one process serves the whole API.
+    All,
+}
+
+impl Function {
+    fn serves(self, route: &Route) -> bool {
+        use Route::*;
+        match self {
+            Function::All => true,
+            Function::Registration => matches!(route, RegisterDevice | DeregisterDevice(_)),
+            Function::PaymentRequest => {
+                matches!(route, CreatePayment | GetPayment(_) | CancelPayment(_) | Balance)
+            }
+            Function::Confirmation => {
+                matches!(route, PendingPayments | ConfirmPayment(_) | DeclinePayment(_))
+            }
+        }
+    }
+}
+
+/// The entry point of every HTTP function: never fails, every error becomes a contract response.
+pub async fn handle<S, Q>(app: &App<S, Q>, function: Function, req: Request) -> Response<Body>
+where
+    S: Directory + Devices + Payments + Idempotency + Ledger,
+    Q: SettlementQueue,
+{
+    let route = route_segments(&req).and_then(|segs| Route::of(req.method(), &segs));
+    let Some(route) = route.filter(|r| function.serves(r)) else {
+        return error_response(&DomainError::NotFound);
+    };
+    let span = tracing::info_span!("request", route = route.name());
+    let _enter = span.enter();
+    let result = match &route {
+        Route::RegisterDevice => register_device(app, &req).await,
+        Route::DeregisterDevice(code) => deregister_device(app, &req, code).await,
+        Route::CreatePayment => create_payment(app, &req).await,
+        Route::GetPayment(id) => get_payment(app, &req, id).await,
+        Route::CancelPayment(id) => cancel_payment(app, &req, id).await,
+        Route::Balance => balance(app, &req).await,
+        Route::PendingPayments => pending_payments(app, &req).await,
+        Route::ConfirmPayment(id) => confirm_payment(app, &req, id).await,
+        Route::DeclinePayment(id) => decline_payment(app, &req, id).await,
+    };
+    match result {
+        Ok(resp) => {
+            tracing::info!(status = resp.status().as_u16(), "request done");
+            resp
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn merchant<S: Directory>(store: &S, req: &Request) -> Result<MerchantId> {
+    match bearer(req.headers())? {
+        (BearerKind::MerchantKey, hash) => store.merchant_for_key(&hash).await?.ok_or(DomainError::Unauthorized),
+        _ => Err(DomainError::Unauthorized),
+    }
+}
+
+async fn terminal<S: Directory>(store: &S, req: &Request) -> Result<TerminalSession> {
+    match bearer(req.headers())? {
+        (BearerKind::TerminalToken, hash) => store.session_for_token(&hash).await?.ok_or(DomainError::Unauthorized),
+        _ => Err(DomainError::Unauthorized),
+    }
+}
+
+/// A JSON body: size, then media type, then shape.
+fn json_body(req: &Request, fields: &[&str]) -> Result<JsonBody> {
+    let bytes = body_bytes(req)?;
+    require_json(req.headers())?;
+    JsonBody::from_bytes(bytes, fields)
+}
+
+/// A payment id from the path; one that cannot exist is simply not found.
+fn path_payment_id(raw: &str) -> Result<PaymentId> {
+    PaymentId::try_from(raw).map_err(|_| DomainError::NotFound)
+}
+
+fn payment_response(status: StatusCode, p: &Payment) -> Response<Body> {
+    json_response(status, &PaymentView::new(p, Timestamp::now()))
+}
+
+// ---------------------------------------------------------------- registration
+
+async fn register_device<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
+where
+    S: Devices,
+{
+    let body = json_body(req, &["unique_code", "terminal_id", "registration_proof"])?;
+    let code: UniqueCode = body.field("unique_code")?;
+    let terminal: TerminalId = body.field("terminal_id")?;
+    let proof = body.string("registration_proof")?;
+    // The proof comes first: without the device nobody learns whether a code is registered.
+    let device_key = app.master_key()?.device_key(&code);
+    if !device_key.verify_registration_proof(&code, &terminal, proof) {
+        return Err(DomainError::InvalidRegistrationProof);
+    }
+    for _ in 0..MAX_RACE_RETRIES {
+        let seen = app.store.device(&code).await?;
+        let status = match seen.as_ref().and_then(|d| d.registration.as_ref()) {
+            Some(r) if r.terminal_id != terminal => return Err(DomainError::DeviceAlreadyRegistered),
+            Some(_) => StatusCode::OK,
+            None => StatusCode::CREATED,
+        };
+        let token = IssuedSecret::generate(TERMINAL_TOKEN_PREFIX);
+        let registration = Registration {
+            terminal_id: terminal.clone(),
+            token_hash: token.hash.clone(),
+            registered_at: Timestamp::now().truncated_to_second(),
+        };
+        if app.store.register(&code, seen.as_ref(), &registration).await? == Write::Applied {
+            tracing::info!(outcome = "registered", replaced = status == StatusCode::OK);
+            return Ok(json_response(
+                status,
+                &RegistrationView {
+                    unique_code: code.as_str(),
+                    terminal_id: terminal.as_str(),
+                    terminal_token: &token.secret,
+                    registered_at: registration.registered_at.to_rfc3339(),
+                },
+            ));
+        }
+    }
+    Err(DomainError::Unavailable("registration kept racing".into()))
+}
+
+async fn deregister_device<S, Q>(app: &App<S, Q>, req: &Request, raw_code: &str) -> Result<Response<Body>>
+where
+    S: Directory + Devices,
+{
+    body_bytes(req)?;
+    let session = terminal(&app.store, req).await?;
+    let code = UniqueCode::try_from(raw_code).map_err(|_| DomainError::NotFound)?;
+    for _ in 0..MAX_RACE_RETRIES {
+        let device = app.store.device(&code).await?.ok_or(DomainError::NotFound)?;
+        match &device.registration {
+            Some(r) if r.terminal_id == session.terminal_id => {}
+            _ => return Err(DomainError::NotFound),
+        }
+        if app.store.deregister(&device, Timestamp::now()).await? == Write::Applied {
+            tracing::info!(outcome = "deregistered", canceled_payment = device.pending.is_some());
+            return Ok(empty_response(StatusCode::NO_CONTENT));
+        }
+    }
+    Err(DomainError::Unavailable("deregistration kept racing".into()))
+}
+
+// ---------------------------------------------------------------- payment request (POS)
+
+struct CreateRequest {
+    unique_code: UniqueCode,
+    amount: Amount,
+    currency: Currency,
+    pos_id: PosId,
+    reference: Option<Reference>,
+}
+
+impl CreateRequest {
+    fn parse(body: &JsonBody) -> Result<Self> {
+        Ok(Self {
+            unique_code: body.field("unique_code")?,
+            amount: Amount::try_from(body.u64("amount")?)?,
+            currency: body.field("currency")?,
+            pos_id: body.field("pos_id")?,
+            reference: body.opt_string("reference")?.map(|r| Reference::try_from(r.to_owned())).transpose()?,
+        })
+    }
+
+    /// What "the same body" means for idempotency: the parsed request, not its bytes, so that
+    /// whitespace or key order in a retry does not count as a different request.
+    fn fingerprint(&self) -> String {
+        let canonical = json!({
+            "unique_code": self.unique_code.as_str(),
+            "amount": self.amount.minor_units(),
+            "currency": self.currency.code(),
+            "pos_id": self.pos_id.as_str(),
+            "reference": self.reference.as_ref().map(|r| r.as_str()),
+        });
+        sha256_hex(canonical.to_string().as_bytes())
+    }
+}
+
+async fn create_payment<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
+where
+    S: Directory + Devices + Payments + Idempotency,
+{
+    body_bytes(req)?;
+    let merchant_id = merchant(&app.store, req).await?;
+    let body = json_body(req, &["unique_code", "amount", "currency", "pos_id", "reference"])?;
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .ok_or_else(|| DomainError::invalid("Idempotency-Key", "header is required"))?
+        .to_str()
+        .map_err(|_| DomainError::invalid("Idempotency-Key", "header must be printable ASCII"))
+        .and_then(IdempotencyKey::try_from)?;
+    let request = CreateRequest::parse(&body)?;
+    let fingerprint = request.fingerprint();
+
+    let lease = match app.store.claim(&merchant_id, &key, &fingerprint, Timestamp::now()).await? {
+        IdempotencyClaim::Claimed { lease } => lease,
+        IdempotencyClaim::Replay(stored) => {
+            tracing::info!(outcome = "idempotent_replay", status = stored.status);
+            let status = StatusCode::from_u16(stored.status)
+                .map_err(|_| DomainError::Internal("stored status".into()))?;
+            let mut resp = raw_json_response(status, stored.body);
+            resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(resp);
+        }
+        IdempotencyClaim::InFlight => return Err(DomainError::IdempotencyKeyInUse),
+        IdempotencyClaim::Mismatch => return Err(DomainError::IdempotencyKeyReused),
+    };
+
+    match create_pending(app, &merchant_id, &request, &key, &lease).await {
+        Ok(payment) => Ok(payment_response(StatusCode::CREATED, &payment)),
+        Err(e) if crate::http::status_of(&e).is_server_error() => {
+            // Nothing was written: give the key back so the POS's retry runs afresh.
+            if let Err(release) = app.store.release(&merchant_id, &key, &lease).await {
+                tracing::error!(error = ?release, "could not release idempotency key");
+            }
+            Err(e)
+        }
+        Err(e) => {
+            // A final answer (unknown device, busy): the same key gets the same answer.
+            let resp = error_response(&e);
+            let record = IdempotencyRecord {
+                merchant_id: &merchant_id,
+                key: &key,
+                lease: &lease,
+                response: StoredResponse {
+                    status: resp.status().as_u16(),
+                    body: String::from_utf8_lossy(resp.body().as_ref()).into_owned(),
+                },
+            };
+            app.store.complete(record).await?;
+            Ok(resp)
+        }
+    }
+}
+
+async fn create_pending<S, Q>(
+    app: &App<S, Q>,
+    merchant_id: &MerchantId,
+    r: &CreateRequest,
+    key: &IdempotencyKey,
+    lease: &str,
+) -> Result<Payment>
+where
+    S: Devices + Payments,
+{
+    for _ in 0..MAX_RACE_RETRIES {
+        let now = Timestamp::now();
+        let device = app.store.device(&r.unique_code).await?.ok_or(DomainError::UnknownDevice)?;
+        let terminal_id = device.registration.as_ref().ok_or(DomainError::UnknownDevice)?.terminal_id.clone();
+        if device.pending.as_ref().is_some_and(|(_, lapses)| now <= *lapses) {
+            return Err(DomainError::DeviceBusy);
+        }
+        let payment = Payment::new(
+            r.unique_code.clone(),
+            terminal_id,
+            merchant_id.clone(),
+            r.pos_id.clone(),
+            r.amount,
+            r.currency,
+            r.reference.clone(),
+            now,
+            app.pending_ttl_seconds,
+        );
+        let body = serde_json::to_string(&PaymentView::new(&payment, now))
+            .map_err(|e| DomainError::Internal(format!("serialize payment: {e}")))?;
+        let record = IdempotencyRecord {
+            merchant_id,
+            key,
+            lease,
+            response: StoredResponse { status: StatusCode::CREATED.as_u16(), body },
+        };
+        if app.store.create(&payment, &device, Some(record)).await? == Write::Applied {
+            tracing::info!(outcome = "payment_created", payment_id = %payment.payment_id);
+            return Ok(payment);
+        }
+    }
+    // Lost every race: someone else holds the lock by now, or keeps changing the device.
+    Err(DomainError::DeviceBusy)
+}
+
+async fn get_payment<S, Q>(app: &App<S, Q>, req: &Request, raw_id: &str) -> Result<Response<Body>>
+where
+    S: Directory + Payments,
+{
+    body_bytes(req)?;
+    let (kind, hash) = bearer(req.headers())?;
+    let id = path_payment_id(raw_id);
+    let payment = match kind {
+        BearerKind::MerchantKey => {
+            let merchant_id = app.store.merchant_for_key(&hash).await?.ok_or(DomainError::Unauthorized)?;
+            let payment = app.store.payment(&id?).await?.ok_or(DomainError::NotFound)?;
+            if payment.merchant_id != merchant_id {
+                return Err(DomainError::NotFound);
+            }
+            payment
+        }
+        BearerKind::TerminalToken => {
+            let session = app.store.session_for_token(&hash).await?.ok_or(DomainError::Unauthorized)?;
+            let payment = app.store.payment(&id?).await?.ok_or(DomainError::NotFound)?;
+            if payment.terminal_id != session.terminal_id {
+                return Err(DomainError::NotFound);
+            }
+            payment
+        }
+    };
+    Ok(payment_response(StatusCode::OK, &payment))
+}
+
+async fn cancel_payment<S, Q>(app: &App<S, Q>, req: &Request, raw_id: &str) -> Result<Response<Body>>
+where
+    S: Directory + Payments,
+{
+    body_bytes(req)?;
+    let merchant_id = merchant(&app.store, req).await?;
+    let id = path_payment_id(raw_id)?;
+    finish_by_caller(app, &id, PaymentStatus::Canceled, |p| p.merchant_id == merchant_id).await
+}
+
+async fn balance<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
+where
+    S: Directory + Ledger,
+{
+    body_bytes(req)?;
+    let merchant_id = merchant(&app.store, req).await?;
+    let mut balances = app.store.balances(&merchant_id).await?;
+    balances.sort_by(|a, b| a.currency.code().cmp(b.currency.code()));
+    Ok(json_response(StatusCode::OK, &BalanceView { merchant_id: merchant_id.as_str(), balances: &balances }))
+}
+
+// ---------------------------------------------------------------- confirmation (phone)
+
+async fn pending_payments<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
+where
+    S: Directory + Payments,
+{
+    body_bytes(req)?;
+    let session = terminal(&app.store, req).await?;
+    let now = Timestamp::now();
+    let payments = app.store.pending_for_terminal(&session.terminal_id).await?;
+    let views = payments
+        .iter()
+        .filter(|p| p.effective_status(now) == PaymentStatus::Pending)
+        .map(|p| PaymentView::new(p, now))
+        .collect();
+    Ok(json_response(StatusCode::OK, &PendingPaymentsView { payments: views }))
+}
+
+async fn decline_payment<S, Q>(app: &App<S, Q>, req: &Request, raw_id: &str) -> Result<Response<Body>>
+where
+    S: Directory + Payments,
+{
+    body_bytes(req)?;
+    let session = terminal(&app.store, req).await?;
+    let id = path_payment_id(raw_id)?;
+    finish_by_caller(app, &id, PaymentStatus::Declined, |p| p.terminal_id == session.terminal_id).await
+}
+
+/// Cancel (merchant) or decline (phone): pending and unexpired only, else 409.
+async fn finish_by_caller<S, Q>(
+    app: &App<S, Q>,
+    id: &PaymentId,
+    to: PaymentStatus,
+    owns: impl Fn(&Payment) -> bool,
+) -> Result<Response<Body>>
+where
+    S: Payments,
+{
+    for _ in 0..MAX_RACE_RETRIES {
+        let mut payment = app.store.payment(id).await?.filter(&owns).ok_or(DomainError::NotFound)?;
+        let now = Timestamp::now();
+        if payment.status != PaymentStatus::Pending {
+            return Err(DomainError::PaymentNotPending);
+        }
+        if payment.is_past_expiry(now) {
+            record_expiry(app, &payment, now).await;
+            return Err(DomainError::PaymentNotPending);
+        }
+        if app.store.finish_pending(&payment, to, now).await? == Write::Applied {
+            tracing::info!(outcome = to.as_str(), payment_id = %payment.payment_id);
+            payment.status = to;
+            return Ok(payment_response(StatusCode::OK, &payment));
+        }
+    }
+    Err(DomainError::Unavailable("payment kept changing".into()))
+}
+
+/// Writes down that a pending payment lapsed and frees its code. Best effort: readers already see
+/// it as expired, and the next payment on the code takes the lapsed lock over anyway.
+async fn record_expiry<S: Payments, Q>(app: &App<S, Q>, payment: &Payment, now: Timestamp) {
+    match app.store.finish_pending(payment, PaymentStatus::Expired, now).await {
+        Ok(_) => tracing::info!(outcome = "expired", payment_id = %payment.payment_id),
+        Err(e) => tracing::warn!(error = ?e, "could not record expiry"),
+    }
+}
+
+async fn confirm_payment<S, Q>(app: &App<S, Q>, req: &Request, raw_id: &str) -> Result<Response<Body>>
+where
+    S: Directory + Devices + Payments,
+    Q: SettlementQueue,
+{
+    body_bytes(req)?;
+    let session = terminal(&app.store, req).await?;
+    let body = json_body(req, &["auth_code", "counter"])?;
+    let auth_code: AuthCode = body.field("auth_code")?;
+    let counter: Counter = body.field("counter")?;
+    let id = path_payment_id(raw_id)?;
+    let master_key = app.master_key()?;
+    let fingerprint = Payment::confirmation_fingerprint(&auth_code, counter);
+
+    for _ in 0..MAX_RACE_RETRIES {
+        let now = Timestamp::now();
+        let payment = app
+            .store
+            .payment(&id)
+            .await?
+            .filter(|p| p.terminal_id == session.terminal_id)
+            .ok_or(DomainError::NotFound)?;
+        let span = tracing::info_span!("confirm", payment_id = %payment.payment_id);
+        let _enter = span.enter();
+        match payment.gate_confirm(now, &fingerprint) {
+            Ok(ConfirmGate::Proceed) => {}
+            Ok(ConfirmGate::Repeat) => {
+                // The accepted confirmation again. If it is still `confirmed`, the first attempt may
+                // have failed to enqueue: enqueue again (settlement is idempotent).
+                if payment.status == PaymentStatus::Confirmed {
+                    app.queue.enqueue(&SettlementMessage::for_payment(&payment)).await?;
+                }
+                return Ok(payment_response(StatusCode::OK, &payment));
+            }
+            Err(DomainError::PaymentExpired) if payment.status == PaymentStatus::Pending => {
+                record_expiry(app, &payment, now).await;
+                return Err(DomainError::PaymentExpired);
+            }
+            Err(e) => return Err(e),
+        }
+        let device = app.store.device(&payment.unique_code).await?.ok_or_else(|| {
+            DomainError::Internal("pending payment without its device".into())
+        })?;
+        if !counter.is_acceptable_after(device.last_counter) {
+            tracing::warn!(
+                security_event = "counter_anomaly",
+                last_counter = device.last_counter.get(),
+                counter = counter.get(),
+                "confirmation with a counter outside the window"
+            );
+            return Err(DomainError::StaleCounter);
+        }
+        let binding = PaymentBinding {
+            payment_id: &payment.payment_id,
+            merchant_id: &payment.merchant_id,
+            amount: payment.amount,
+            currency: payment.currency,
+            challenge: &payment.challenge,
+            counter,
+        };
+        if !master_key.device_key(&payment.unique_code).verify_auth_code(&binding, &auth_code) {
+            let last_attempt = payment.failed_attempts + 1 >= MAX_AUTH_ATTEMPTS;
+            let write = if last_attempt {
+                app.store.finish_pending(&payment, PaymentStatus::Failed, now).await?
+            } else {
+                app.store.record_failed_attempt(&payment).await?
+            };
+            if write == Write::Conflict {
+                continue;
+            }
+            tracing::warn!(
+                security_event = "wrong_auth_code",
+                attempts = payment.failed_attempts + 1,
+                "wrong auth code"
+            );
+            return Err(if last_attempt { DomainError::TooManyAttempts } else { DomainError::InvalidAuthCode });
+        }
+        let confirmation = Confirmation {
+            payment: &payment,
+            previous_counter: device.last_counter,
+            counter,
+            fingerprint: fingerprint.clone(),
+            at: now,
+        };
+        if app.store.confirm(&confirmation).await? == Write::Conflict {
+            continue;
+        }
+        let mut confirmed = payment.clone();
+        confirmed.status = PaymentStatus::Confirmed;
+        confirmed.confirmed_at = Some(now.truncated_to_second());
+        confirmed.confirmation = Some(fingerprint.clone());
+        tracing::info!(outcome = "confirmed");
+        // Committed. If the enqueue fails the caller gets 503 and its retry (the exact same
+        // confirmation) enqueues again; nothing is confirmed twice.
+        app.queue.enqueue(&SettlementMessage::for_payment(&confirmed)).await?;
+        return Ok(payment_response(StatusCode::OK, &confirmed));
+    }
+    Err(DomainError::Unavailable("payment kept changing".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(path: &str) -> Vec<String> {
+        path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn route_table() {
+        let r = |m: Method, p: &str| Route::of(&m, &segs(p));
+        assert_eq!(r(Method::POST, "devices"), Some(Route::RegisterDevice));
+        assert_eq!(r(Method::DELETE, "devices/abc"), Some(Route::DeregisterDevice("abc".into())));
+        assert_eq!(r(Method::GET, "devices"), None);
+        assert_eq!(r(Method::POST, "payments/p/confirm"), Some(Route::ConfirmPayment("p".into())));
+        assert_eq!(r(Method::GET, "payments/p/confirm"), None);
+        assert_eq!(r(Method::GET, "balance"), Some(Route::Balance));
+        assert_eq!(r(Method::GET, "pending-payments"), Some(Route::PendingPayments));
+        assert!(Function::Registration.serves(&Route::RegisterDevice));
+        assert!(!Function::Registration.serves(&Route::CreatePayment));
+        assert!(Function::Confirmation.serves(&Route::DeclinePayment("p".into())));
+        assert!(Function::PaymentRequest.serves(&Route::Balance));
+    }
+}

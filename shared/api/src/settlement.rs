@@ -1,0 +1,41 @@
+//! The settlement consumer: one span per message, partial batch failures.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use twochan_domain::{
+    DomainError, Timestamp,
+    ports::{Ledger, Settlement, SettlementMessage},
+};
+
+/// Settles every message of a batch and reports the ones to deliver again. A message that can
+/// never settle (malformed, unknown payment) is reported too: after 5 receives the queue's redrive
+/// policy moves it to the dead-letter queue, where an operator looks at it.
+pub async fn settle_batch<L: Ledger>(ledger: &L, event: SqsEvent) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for record in event.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let span = tracing::info_span!("settle", message_id = %id);
+        let _enter = span.enter();
+        if let Err(e) = settle_one(ledger, &record).await {
+            if e.is_retryable() {
+                tracing::warn!(error.code = e.code(), error.detail = ?e, "settlement failed; will retry");
+            } else {
+                tracing::error!(error.code = e.code(), error.detail = ?e, "settlement message cannot settle; on to the dead-letter queue");
+            }
+            response.add_failure(id);
+        }
+    }
+    response
+}
+
+async fn settle_one<L: Ledger>(ledger: &L, record: &SqsMessage) -> Result<(), DomainError> {
+    let body = record.body.as_deref().unwrap_or("");
+    let message: SettlementMessage = serde_json::from_str(body)
+        .map_err(|e| DomainError::InvalidRequest(format!("settlement message: {e}")))?;
+    match ledger.settle(&message, Timestamp::now()).await? {
+        Settlement::Settled => tracing::info!(outcome = "settled", payment_id = %message.payment_id),
+        Settlement::AlreadySettled => {
+            tracing::info!(outcome = "duplicate_delivery", payment_id = %message.payment_id)
+        }
+    }
+    Ok(())
+}
