@@ -1,1 +1,283 @@
+//! Simulators of the three parties around the API, as real HTTP clients of contract v1:
+//! a short-range [`Device`] (beacon code, burned-in key, counter), a merchant's [`Pos`] and the
+//! user's [`Phone`]. The demo, the integration tests and POS/phone integrators use them alike.
 
+pub mod stack;
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use twochan_domain::{
+    Challenge, Counter, Currency, MerchantId, PaymentId, TerminalId, UniqueCode,
+    crypto::{DeviceKey, MasterKey, PaymentBinding},
+};
+
+/// A device as manufactured: its code and the key derived from the issuer master key.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub code: UniqueCode,
+    key: DeviceKey,
+    counter: u64,
+}
+
+impl Device {
+    pub fn manufacture(master: &MasterKey, code: &str) -> Self {
+        let code = UniqueCode::try_from(code).expect("simulated device code is well-formed");
+        Self { key: master.device_key(&code), code, counter: 0 }
+    }
+
+    /// What the beacon broadcasts.
+    pub fn beacon(&self) -> &str {
+        self.code.as_str()
+    }
+
+    pub fn counter(&self) -> u64 {
+        self.counter
+    }
+
+    /// Sets the counter, as a device restored from a backup (or a clone) would.
+    pub fn set_counter(&mut self, counter: u64) {
+        self.counter = counter;
+    }
+
+    /// The registration proof the device hands the phone when they pair.
+    pub fn registration_proof(&self, terminal_id: &str) -> String {
+        let terminal = TerminalId::try_from(terminal_id).expect("simulated terminal id is well-formed");
+        self.key.registration_proof(&self.code, &terminal)
+    }
+
+    /// The auth code for a payment object as the phone received it: advances the counter.
+    /// Returns `(auth_code, counter)`.
+    pub fn authorize(&mut self, payment: &Value) -> (String, String) {
+        self.counter += 1;
+        let counter = self.counter;
+        (self.auth_code_for(payment, counter), counter.to_string())
+    }
+
+    /// The auth code for a payment at a given counter, without touching the device's counter.
+    pub fn auth_code_for(&self, payment: &Value, counter: u64) -> String {
+        let field = |k: &str| payment[k].as_str().unwrap_or_else(|| panic!("payment has no {k}: {payment}"));
+        let payment_id = PaymentId::try_from(field("payment_id")).expect("payment_id");
+        let merchant_id = MerchantId::try_from(field("merchant_id")).expect("merchant_id");
+        let challenge = Challenge::try_from(field("challenge").to_owned()).expect("challenge");
+        let binding = PaymentBinding {
+            payment_id: &payment_id,
+            merchant_id: &merchant_id,
+            amount: payment["amount"].as_u64().expect("amount").try_into().expect("amount in range"),
+            currency: Currency::try_from(field("currency")).expect("currency"),
+            challenge: &challenge,
+            counter: Counter::new(counter),
+        };
+        self.key.auth_code(&binding)
+    }
+}
+
+/// One HTTP exchange with the API.
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    /// The JSON body, or `Value::Null` when empty.
+    pub json: Value,
+}
+
+impl ApiResponse {
+    /// The contract error code, if this is an error.
+    pub fn error_code(&self) -> Option<&str> {
+        self.json["error"]["code"].as_str()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A thin client of the API's base URL.
+#[derive(Debug, Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// A request's optional parts.
+#[derive(Debug, Default, Clone)]
+pub struct Call<'a> {
+    pub bearer: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+    pub body: Option<Value>,
+}
+
+impl Api {
+    pub fn new(base_url: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        Self { http, base: base_url.trim_end_matches('/').to_owned() }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn raw(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub async fn call(&self, method: Method, path: &str, call: Call<'_>) -> reqwest::Result<ApiResponse> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = call.bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some(k) = call.idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(body) = call.body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await?;
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Ok(ApiResponse { status, headers, json })
+    }
+}
+
+/// A merchant's POS terminal.
+#[derive(Debug, Clone)]
+pub struct Pos {
+    pub api: Api,
+    pub merchant_id: String,
+    pub api_key: String,
+    pub pos_id: String,
+}
+
+impl Pos {
+    pub fn new(api: Api, merchant_id: &str, api_key: &str, pos_id: &str) -> Self {
+        Self { api, merchant_id: merchant_id.into(), api_key: api_key.into(), pos_id: pos_id.into() }
+    }
+
+    fn auth(&self) -> Call<'_> {
+        Call { bearer: Some(&self.api_key), ..Call::default() }
+    }
+
+    /// Channel 1: the POS heard `unique_code` and asks for a payment.
+    pub async fn request_payment(
+        &self,
+        unique_code: &str,
+        amount: u64,
+        currency: &str,
+        reference: Option<&str>,
+        idempotency_key: &str,
+    ) -> reqwest::Result<ApiResponse> {
+        let mut body = json!({"unique_code": unique_code, "amount": amount, "currency": currency, "pos_id": self.pos_id});
+        if let Some(r) = reference {
+            body["reference"] = json!(r);
+        }
+        let call = Call { idempotency_key: Some(idempotency_key), body: Some(body), ..self.auth() };
+        self.api.call(Method::POST, "/v1/payments", call).await
+    }
+
+    pub async fn payment(&self, payment_id: &str) -> reqwest::Result<ApiResponse> {
+        self.api.call(Method::GET, &format!("/v1/payments/{payment_id}"), self.auth()).await
+    }
+
+    pub async fn cancel(&self, payment_id: &str) -> reqwest::Result<ApiResponse> {
+        self.api.call(Method::POST, &format!("/v1/payments/{payment_id}/cancel"), self.auth()).await
+    }
+
+    pub async fn balance(&self) -> reqwest::Result<ApiResponse> {
+        self.api.call(Method::GET, "/v1/balance", self.auth()).await
+    }
+
+    /// Settled amount and count in `currency` (zero when none).
+    pub async fn settled(&self, currency: &str) -> reqwest::Result<(u64, u64)> {
+        let b = self.balance().await?;
+        let entry = b.json["balances"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["currency"] == currency).cloned())
+            .unwrap_or(Value::Null);
+        Ok((entry["settled_amount"].as_u64().unwrap_or(0), entry["settled_count"].as_u64().unwrap_or(0)))
+    }
+
+    /// Polls the payment until its status is `status` or `timeout` passes; returns the last read.
+    pub async fn wait_for_status(&self, payment_id: &str, status: &str, timeout: Duration) -> reqwest::Result<ApiResponse> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let r = self.payment(payment_id).await?;
+            if r.json["status"] == status || tokio::time::Instant::now() >= deadline {
+                return Ok(r);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The user's phone: registers devices and confirms payments with codes from the device.
+#[derive(Debug, Clone)]
+pub struct Phone {
+    pub api: Api,
+    pub terminal_id: String,
+    pub token: Option<String>,
+}
+
+impl Phone {
+    pub fn new(api: Api, terminal_id: &str) -> Self {
+        Self { api, terminal_id: terminal_id.into(), token: None }
+    }
+
+    fn auth(&self) -> Call<'_> {
+        Call { bearer: self.token.as_deref(), ..Call::default() }
+    }
+
+    /// Pairs with `device` over the short-range link and registers it; keeps the token on success.
+    pub async fn register(&mut self, device: &Device) -> reqwest::Result<ApiResponse> {
+        let proof = device.registration_proof(&self.terminal_id);
+        self.register_with_proof(device.beacon(), &proof).await
+    }
+
+    pub async fn register_with_proof(&mut self, unique_code: &str, proof: &str) -> reqwest::Result<ApiResponse> {
+        let body = json!({"unique_code": unique_code, "terminal_id": self.terminal_id, "registration_proof": proof});
+        let r = self.api.call(Method::POST, "/v1/devices", Call { body: Some(body), ..Call::default() }).await?;
+        if r.status.is_success() {
+            self.token = r.json["terminal_token"].as_str().map(str::to_owned);
+        }
+        Ok(r)
+    }
+
+    pub async fn deregister(&self, unique_code: &str) -> reqwest::Result<ApiResponse> {
+        self.api.call(Method::DELETE, &format!("/v1/devices/{unique_code}"), self.auth()).await
+    }
+
+    pub async fn pending(&self) -> reqwest::Result<ApiResponse> {
+        self.api.call(Method::GET, "/v1/pending-payments", self.auth()).await
+    }
+
+    pub async fn payment(&self, payment_id: &str) -> reqwest::Result<ApiResponse> {
+        self.api.call(Method::GET, &format!("/v1/payments/{payment_id}"), self.auth()).await
+    }
+
+    /// Channel 2: confirms with the code the device computed.
+    pub async fn confirm(&self, payment_id: &str, auth_code: &str, counter: &str) -> reqwest::Result<ApiResponse> {
+        let body = json!({"auth_code": auth_code, "counter": counter});
+        let call = Call { body: Some(body), ..self.auth() };
+        self.api.call(Method::POST, &format!("/v1/payments/{payment_id}/confirm"), call).await
+    }
+
+    pub async fn decline(&self, payment_id: &str) -> reqwest::Result<ApiResponse> {
+        self.api.call(Method::POST, &format!("/v1/payments/{payment_id}/decline"), self.auth()).await
+    }
+}
+
+/// A fresh identifier for tests and demos: `prefix` + 16 random hex characters.
+pub fn unique_id(prefix: &str) -> String {
+    let mut b = [0u8; 8];
+    twochan_domain::crypto::fill_random(&mut b);
+    format!("{prefix}{}", hex::encode(b))
+}

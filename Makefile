@@ -1,0 +1,48 @@
+# The project's commands. `make demo` and `make test` are the two a newcomer needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help setup build up down demo test unit integration lint fmt merchant watch clean-state
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## Install the local toolchain (MiniStack, cargo-lambda, boto3) into .local/venv
+	@scripts/setup.sh
+
+build: ## Build the Lambda bootstraps and tools (release)
+	@scripts/build.sh
+
+up: ## Build, start the local cloud, deploy, seed a merchant, print API_URL=... lines
+	@scripts/up.sh
+
+down: ## Stop the local cloud and every process it started
+	@scripts/down.sh
+
+demo: up ## One complete two-channel payment on the local cloud
+	@scripts/demo.sh
+
+test: up ## Everything: format, clippy, unit tests, integration tests against the local cloud
+	@scripts/test.sh
+
+unit: ## Unit tests only (no stack needed)
+	cargo test --workspace --exclude integration-tests
+
+integration: ## Integration tests against a running stack (make up first)
+	cargo test -p integration-tests -- --test-threads=8
+
+lint: ## cargo fmt --check and clippy -D warnings
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+merchant: ## Create a merchant on the running stack: make merchant ID=<merchant_id>
+	@scripts/merchant.sh "$(ID)"
+
+watch: ## Serve the functions with cargo lambda watch (see README: edit-run loop)
+	@scripts/watch.sh
+
+clean-state: down ## Forget the local cloud's persisted state
+	rm -rf .local/ministack-state

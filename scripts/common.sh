@@ -1,0 +1,22 @@
+# Shared settings of the local-stack scripts. Sourced, not run.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOCAL="$ROOT/.local"
+VENV="$LOCAL/venv"
+PORT="${MINISTACK_PORT:-4566}"
+ENDPOINT="http://127.0.0.1:$PORT"
+STACK_NAME="${STACK_NAME:-twochan}"
+CODE_BUCKET="${CODE_BUCKET:-twochan-code}"
+# Development only: anyone who reads this file knows it. Real deployments pass their own key.
+DEV_ISSUER_MASTER_KEY="6465762d6f6e6c792d6b65792d646f2d6e6f742d7573652d696e2d70726f6421"
+TARGET_TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
+BIN_DIR="$ROOT/target/$TARGET_TRIPLE/release"
+
+# The emulator accepts any credentials; these keep the SDKs from looking for real ones.
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}"
+export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
+export AWS_REGION="${AWS_REGION:-us-east-1}"
+export AWS_DEFAULT_REGION="$AWS_REGION"
+export AWS_ENDPOINT_URL="$ENDPOINT"
+export PATH="$VENV/bin:$PATH"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

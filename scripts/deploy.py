@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Deploys infra/template.yaml with the function zips built by `cargo lambda build`.
+
+The same steps work against AWS, LocalStack and MiniStack: only the endpoint (AWS_ENDPOINT_URL,
+read by boto3 itself) and the parameters differ. Prints the stack's coordinates as KEY=value lines.
+
+Usage: deploy.py --stack NAME --bucket BUCKET [--endpoint-for-functions URL] [--api-url-base URL]
+"""
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+import zipfile
+
+import boto3
+from botocore.exceptions import ClientError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FUNCTIONS = {
+    "Registration": "registration",
+    "PaymentRequest": "payment-request",
+    "Confirmation": "confirmation",
+    "Settlement": "settlement",
+}
+
+
+def zip_bootstrap(name):
+    """A Lambda zip with the function's bootstrap at its root, reproducible for equal binaries."""
+    path = os.path.join(ROOT, "target", "lambda", name, "bootstrap")
+    if not os.path.isfile(path):
+        sys.exit(f"{path} is missing: run cargo lambda build --release first")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        info = zipfile.ZipInfo("bootstrap", date_time=(1980, 1, 1, 0, 0, 0))
+        info.external_attr = 0o755 << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with open(path, "rb") as f:
+            z.writestr(info, f.read())
+    return buf.getvalue()
+
+
+def upload_code(s3, bucket):
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        region = s3.meta.region_name
+        if region == "us-east-1":
+            s3.create_bucket(Bucket=bucket)
+        else:
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+    keys = {}
+    for logical, name in FUNCTIONS.items():
+        data = zip_bootstrap(name)
+        # Content-addressed keys: a changed binary is a changed parameter, so an update redeploys it.
+        key = f"functions/{name}/{hashlib.sha256(data).hexdigest()[:16]}.zip"
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+        keys[f"{logical}CodeKey"] = key
+    return keys
+
+
+def deploy(cfn, stack, template, params):
+    parameters = [{"ParameterKey": k, "ParameterValue": str(v)} for k, v in params.items()]
+    try:
+        cfn.describe_stacks(StackName=stack)
+        exists = True
+    except ClientError:
+        exists = False
+    caps = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"]
+    if exists:
+        try:
+            cfn.update_stack(StackName=stack, TemplateBody=template, Parameters=parameters, Capabilities=caps)
+        except ClientError as e:
+            if "No updates are to be performed" not in str(e):
+                raise
+    else:
+        cfn.create_stack(StackName=stack, TemplateBody=template, Parameters=parameters, Capabilities=caps)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        s = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+        status = s["StackStatus"]
+        if status.endswith("_COMPLETE") and "ROLLBACK" not in status:
+            return {o["OutputKey"]: o["OutputValue"] for o in s.get("Outputs", [])}
+        if status.endswith("FAILED") or "ROLLBACK" in status:
+            events = cfn.describe_stack_events(StackName=stack)["StackEvents"][:10]
+            for ev in events:
+                print(ev.get("LogicalResourceId"), ev.get("ResourceStatus"), ev.get("ResourceStatusReason", ""), file=sys.stderr)
+            sys.exit(f"stack {stack} ended in {status}")
+        time.sleep(1)
+    sys.exit(f"stack {stack} did not finish in 10 minutes")
+
+
+def ensure_ttl(ddb, table):
+    """Not every emulator applies TimeToLiveSpecification from a template; set it explicitly."""
+    desc = ddb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    if desc.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+        ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"AttributeName": "ttl", "Enabled": True})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stack", required=True)
+    ap.add_argument("--bucket", required=True)
+    ap.add_argument("--endpoint-for-functions", default="", help="AWS_ENDPOINT_URL given to the functions (emulators)")
+    ap.add_argument("--api-url-base", default="", help="emulators: base of the path-style execute-api URL")
+    ap.add_argument("--architecture", default="x86_64")
+    args = ap.parse_args()
+
+    master_key = os.environ.get("ISSUER_MASTER_KEY", "")
+    if len(master_key) != 64:
+        sys.exit("ISSUER_MASTER_KEY must be set to 64 hex characters")
+    session = boto3.session.Session()
+    s3 = session.client("s3")
+    cfn = session.client("cloudformation")
+    ddb = session.client("dynamodb")
+
+    params = upload_code(s3, args.bucket)
+    params.update(
+        CodeBucket=args.bucket,
+        Architecture=args.architecture,
+        IssuerMasterKey=master_key,
+        PendingTtlSeconds=os.environ.get("PENDING_TTL_SECONDS") or "120",
+        EndpointUrl=args.endpoint_for_functions,
+        LogLevel=os.environ.get("LOG_LEVEL", "info"),
+    )
+    with open(os.path.join(ROOT, "infra", "template.yaml")) as f:
+        template = f.read()
+    outputs = deploy(cfn, args.stack, template, params)
+    ensure_ttl(ddb, outputs["TableName"])
+
+    api_url = outputs["ApiEndpoint"]
+    if args.api_url_base:
+        # Emulators serve an HTTP API at <endpoint>/_aws/execute-api/<api id>, with no DNS needed.
+        api_url = f"{args.api_url_base.rstrip('/')}/_aws/execute-api/{outputs['ApiId']}"
+    print(f"API_URL={api_url}")
+    print(f"TABLE_NAME={outputs['TableName']}")
+    print(f"SETTLEMENT_QUEUE_URL={outputs['SettlementQueueUrl']}")
+    print(f"SETTLEMENT_DLQ_URL={outputs['SettlementDeadLetterQueueUrl']}")
+
+
+if __name__ == "__main__":
+    main()
