@@ -7,6 +7,7 @@ cd "$ROOT"
 log "cargo lambda build --release"
 # --compiler cargo: a native build, about twice as fast as the zig cross-linker; the host's
 # glibc is old enough for provided.al2023.
+# The tools (demo, merchant) are built in the same invocation so that they share its flags and
+# artifacts; cargo lambda also packages them under target/lambda/, which is harmless.
 cargo lambda build --release --compiler cargo --target "$TARGET_TRIPLE" \
-  -p registration -p payment-request -p confirmation -p settlement
-cargo build --release --target "$TARGET_TRIPLE" -p twochan-tools --bins
+  -p registration -p payment-request -p confirmation -p settlement -p twochan-tools

@@ -9,7 +9,8 @@ CODE_BUCKET="${CODE_BUCKET:-twochan-code}"
 # Development only: anyone who reads this file knows it. Real deployments pass their own key.
 DEV_ISSUER_MASTER_KEY="6465762d6f6e6c792d6b65792d646f2d6e6f742d7573652d696e2d70726f6421"
 TARGET_TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
-BIN_DIR="$ROOT/target/$TARGET_TRIPLE/release"
+# cargo lambda leaves every binary it builds, the tools included, at target/lambda/<name>/bootstrap.
+tool() { local name="$1"; shift; "$ROOT/target/lambda/$name/bootstrap" "$@"; }
 
 # The emulator accepts any credentials; these keep the SDKs from looking for real ones.
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}"

@@ -2,4 +2,4 @@
 # make demo: runs one two-channel payment with the simulators against the running stack.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-"$BIN_DIR/demo"
+tool demo

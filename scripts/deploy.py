@@ -125,6 +125,7 @@ def main():
         PendingTtlSeconds=os.environ.get("PENDING_TTL_SECONDS") or "120",
         EndpointUrl=args.endpoint_for_functions,
         LogLevel=os.environ.get("LOG_LEVEL", "info"),
+        SettlementVisibilityTimeout=os.environ.get("SETTLEMENT_VISIBILITY_TIMEOUT") or "60",
     )
     with open(os.path.join(ROOT, "infra", "template.yaml")) as f:
         template = f.read()

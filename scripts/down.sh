@@ -9,13 +9,14 @@ if [[ ! -f "$pidfile" ]]; then
 fi
 pid="$(cat "$pidfile")"
 if kill -0 "$pid" 2>/dev/null; then
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-  for _ in $(seq 1 50); do
+  # TERM to MiniStack alone first: it saves its state on a graceful shutdown.
+  kill -TERM "$pid"
+  for _ in $(seq 1 100); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  # Whatever of the group ignored TERM.
-  kill -KILL -- "-$pid" 2>/dev/null || true
 fi
+# Then the rest of its process group: function processes are not stopped by MiniStack itself.
+kill -KILL -- "-$pid" 2>/dev/null || true
 rm -f "$pidfile" "$LOCAL/stack.env"
 echo "stopped MiniStack (pid $pid) and its function processes"

@@ -11,5 +11,5 @@ if [[ ! -f "$LOCAL/stack.env" ]]; then
   exit 1
 fi
 set -a; source "$LOCAL/stack.env"; set +a
-[[ -x "$BIN_DIR/merchant" ]] || "$ROOT/scripts/build.sh"
-"$BIN_DIR/merchant" "$1"
+[[ -x "$ROOT/target/lambda/merchant/bootstrap" ]] || "$ROOT/scripts/build.sh"
+tool merchant "$1"

@@ -7,6 +7,8 @@ source "$(dirname "$0")/common.sh"
 
 export ISSUER_MASTER_KEY="${ISSUER_MASTER_KEY:-$DEV_ISSUER_MASTER_KEY}"
 export PENDING_TTL_SECONDS="${PENDING_TTL_SECONDS:-120}"
+# Locally a failing settlement message is retried every few seconds (AWS: 60 s, the default).
+export SETTLEMENT_VISIBILITY_TIMEOUT="${SETTLEMENT_VISIBILITY_TIMEOUT:-4}"
 
 healthy() { curl -fsS -o /dev/null "$ENDPOINT/_ministack/health" 2>/dev/null; }
 
@@ -19,10 +21,14 @@ else
   fi
   log "starting MiniStack on $ENDPOINT"
   mkdir -p "$LOCAL/ministack-state" "$LOCAL/tmp"
+  # A clean environment: MiniStack hands its own environment to every function process and
+  # lets its AWS_ENDPOINT_URL override the template's, so nothing of ours may leak in.
   # setsid: MiniStack and the function processes it spawns form one process group, which
   # `make down` stops by its PID.
-  GATEWAY_PORT="$PORT" BIND_HOST=127.0.0.1 MINISTACK_HOST=localhost \
-    PERSIST_STATE=1 STATE_DIR="$LOCAL/ministack-state" TMPDIR="$LOCAL/tmp" \
+  env -i PATH="/usr/local/bin:/usr/bin:/bin" HOME="$HOME" LANG=C.UTF-8 \
+    GATEWAY_PORT="$PORT" BIND_HOST=127.0.0.1 MINISTACK_HOST=localhost \
+    PERSIST_STATE=1 STATE_DIR="$LOCAL/ministack-state" \
+    S3_PERSIST=1 S3_DATA_DIR="$LOCAL/ministack-state/s3" TMPDIR="$LOCAL/tmp" \
     setsid "$VENV/bin/ministack" >"$LOCAL/ministack.log" 2>&1 < /dev/null &
   echo $! > "$LOCAL/ministack.pid"
   for _ in $(seq 1 100); do
@@ -39,7 +45,7 @@ log "deploying stack $STACK_NAME"
 set -a; source "$LOCAL/deploy.env"; set +a
 
 log "seeding the demo merchant"
-"$BIN_DIR/merchant" "${MERCHANT_ID:-demo-merchant}" > "$LOCAL/merchant.env"
+tool merchant "${MERCHANT_ID:-demo-merchant}" > "$LOCAL/merchant.env"
 
 {
   cat "$LOCAL/deploy.env"

@@ -9,6 +9,8 @@ pub mod view;
 
 pub use routes::App;
 
+use futures_util::FutureExt;
+
 /// Runs an HTTP function's Lambda loop: every request goes through [`routes::handle`].
 pub async fn serve_http<S, Q>(app: App<S, Q>, function: routes::Function) -> Result<(), lambda_http::Error>
 where
@@ -21,7 +23,11 @@ where
 {
     let app = &app;
     lambda_http::run(lambda_http::service_fn(move |req: lambda_http::Request| async move {
-        Ok::<_, std::convert::Infallible>(routes::handle(app, function, req).await)
+        // A panic is a bug; the caller still gets the contract's 500, never a dropped connection.
+        let answer = std::panic::AssertUnwindSafe(routes::handle(app, function, req)).catch_unwind().await;
+        Ok::<_, std::convert::Infallible>(answer.unwrap_or_else(|_| {
+            http::error_response(&twochan_domain::DomainError::Internal("handler panicked".into()))
+        }))
     }))
     .await
 }

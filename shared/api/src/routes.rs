@@ -106,7 +106,7 @@ pub enum Function {
 }
 
 impl Function {
-    fn serves(self, route: &Route) -> bool {
+    pub fn serves(self, route: &Route) -> bool {
         use Route::*;
         match self {
             Function::All => true,

@@ -1,0 +1,187 @@
+//! Shared harness of the integration tests: the stack `make up` deployed (read from
+//! `.local/stack.env`), real SDK clients against the emulator, and the simulators.
+//!
+//! Every test makes its own merchant, devices and phones, so tests run in parallel and never see
+//! each other's payments or balances. A missing stack is a failure, never a skip.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::Value;
+use twochan_aws::DynamoStore;
+use twochan_domain::{MerchantId, Timestamp, crypto::{IssuedSecret, MasterKey}, ports::Directory};
+use twochan_tools::{Api, Device, Phone, Pos, stack::Stack, unique_id};
+
+pub struct Ctx {
+    pub stack: Stack,
+    pub api: Api,
+    pub master: MasterKey,
+    pub store: DynamoStore,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub table: String,
+}
+
+fn require(stack: &Stack, key: &str) -> String {
+    stack.require(key).unwrap_or_else(|e| panic!("{e}")).to_owned()
+}
+
+impl Ctx {
+    pub async fn new() -> Ctx {
+        let stack = Stack::load();
+        // The harness always targets an emulator: its endpoint and throwaway credentials.
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(require(&stack, "AWS_ENDPOINT_URL"))
+            .region(Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "tests"))
+            .load()
+            .await;
+        let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+        let table = require(&stack, "TABLE_NAME");
+        Ctx {
+            api: Api::new(&require(&stack, "API_URL")),
+            master: MasterKey::from_hex(&require(&stack, "ISSUER_MASTER_KEY")).expect("master key"),
+            store: DynamoStore::new(dynamodb.clone(), table.clone()),
+            sqs: aws_sdk_sqs::Client::new(&config),
+            dynamodb,
+            table,
+            stack,
+        }
+    }
+
+    pub fn var(&self, key: &str) -> String {
+        require(&self.stack, key)
+    }
+
+    /// A new merchant (as the operator command makes one) and a POS of it.
+    pub async fn pos(&self) -> Pos {
+        let id = unique_id("m-");
+        let key = IssuedSecret::generate("mk_");
+        self.store
+            .put_merchant(&MerchantId::try_from(id.as_str()).unwrap(), &key.hash, Timestamp::now())
+            .await
+            .expect("create merchant");
+        Pos::new(self.api.clone(), &id, &key.secret, "pos-01")
+    }
+
+    pub fn device(&self) -> Device {
+        Device::manufacture(&self.master, &unique_id("beacon-"))
+    }
+
+    pub fn phone(&self) -> Phone {
+        Phone::new(self.api.clone(), &unique_id("phone-"))
+    }
+
+    /// A device registered to a new phone.
+    pub async fn paired(&self) -> (Device, Phone) {
+        let device = self.device();
+        let mut phone = self.phone();
+        let r = phone.register(&device).await.unwrap();
+        assert_eq!(r.status, 201, "{}", r.json);
+        (device, phone)
+    }
+
+    /// A pending payment of `amount` KRW on `device`.
+    pub async fn pending_payment(&self, pos: &Pos, device: &Device, amount: u64) -> Value {
+        let r = pos.request_payment(device.beacon(), amount, "KRW", None, &unique_id("k-")).await.unwrap();
+        assert_eq!(r.status, 201, "{}", r.json);
+        r.json
+    }
+
+    /// Moves a pending payment's expiry (and its device's lock) into the past, as if its lifetime
+    /// had run out, so expiry paths are tested without waiting.
+    pub async fn backdate(&self, payment: &Value) {
+        let past = AttributeValue::N((Timestamp::now().millis() - 5_000).to_string());
+        let pid = payment["payment_id"].as_str().unwrap();
+        let code = payment["unique_code"].as_str().unwrap();
+        for (pk, sk, attr) in [
+            (format!("PAYMENT#{pid}"), "PAYMENT", "expires_at"),
+            (format!("DEVICE#{code}"), "DEVICE", "pending_expires_at"),
+        ] {
+            self.dynamodb
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", AttributeValue::S(pk))
+                .key("sk", AttributeValue::S(sk.into()))
+                .update_expression(format!("SET {attr} = :past"))
+                .expression_attribute_values(":past", past.clone())
+                .send()
+                .await
+                .expect("backdate");
+        }
+    }
+
+    /// Every item of the table, for "nothing changed" checks.
+    pub async fn snapshot(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .dynamodb
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("scan");
+            for item in page.items.unwrap_or_default() {
+                let mut kv: Vec<String> = item.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+                kv.sort();
+                out.push(kv.join(","));
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                break;
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The items of one partition key, as debug strings.
+    pub async fn items_of(&self, pk: &str) -> Vec<std::collections::HashMap<String, AttributeValue>> {
+        self.dynamodb
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", AttributeValue::S(pk.into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("query")
+            .items
+            .unwrap_or_default()
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asserts the contract's error shape and code.
+#[track_caller]
+pub fn assert_error(r: &twochan_tools::ApiResponse, status: u16, code: &str) {
+    assert_eq!(r.status.as_u16(), status, "expected {status} {code}, got {} {}", r.status, r.json);
+    assert_eq!(r.error_code(), Some(code), "body: {}", r.json);
+    assert!(r.json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "no message: {}", r.json);
+    let ct = r.header("content-type").unwrap_or_default();
+    assert!(ct.starts_with("application/json"), "content-type {ct}");
+}

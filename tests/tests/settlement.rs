@@ -1,0 +1,93 @@
+//! Settlement through the real queue: redelivery is harmless, poison lands in the dead-letter queue.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Ctx, eventually};
+use serde_json::json;
+use twochan_domain::PaymentId;
+
+#[tokio::test]
+async fn the_same_settlement_message_delivered_again_writes_one_ledger_entry_pair() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (mut device, phone) = ctx.paired().await;
+    let p = ctx.pending_payment(&pos, &device, 2500).await;
+    let id = p["payment_id"].as_str().unwrap();
+    let (code, counter) = device.authorize(&p);
+    assert_eq!(phone.confirm(id, &code, &counter).await.unwrap().status, 200);
+    assert_eq!(pos.wait_for_status(id, "settled", Duration::from_secs(20)).await.unwrap().json["status"], "settled");
+
+    // The very message confirmation enqueued, sent twice more (an at-least-once queue may).
+    let message = json!({
+        "payment_id": id, "merchant_id": pos.merchant_id, "unique_code": device.beacon(),
+        "amount": 2500, "currency": "KRW",
+    })
+    .to_string();
+    let queue = ctx.var("SETTLEMENT_QUEUE_URL");
+    for _ in 0..2 {
+        ctx.sqs.send_message().queue_url(&queue).message_body(&message).send().await.unwrap();
+    }
+    // Wait until the queue has nothing left in flight or waiting.
+    let drained = eventually(Duration::from_secs(30), || async {
+        let attrs = ctx
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&queue)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+            .send()
+            .await
+            .ok()?
+            .attributes?;
+        let n = |k: aws_sdk_sqs::types::QueueAttributeName| attrs.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        (n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            + n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            == 0)
+            .then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "settlement queue did not drain");
+    let entries = ctx.store.ledger_entries(&PaymentId::try_from(id).unwrap()).await.unwrap();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let credit = entries.iter().find(|e| e.0 == "credit").expect("credit");
+    let debit = entries.iter().find(|e| e.0 == "debit").expect("debit");
+    assert_eq!(credit.1, format!("merchant:{}", pos.merchant_id));
+    assert_eq!(debit.1, format!("device:{}", device.beacon()));
+    assert_eq!((credit.2, debit.2), (2500, 2500));
+    assert_eq!(pos.settled("KRW").await.unwrap(), (2500, 1));
+}
+
+#[tokio::test]
+async fn a_poison_message_lands_in_the_dead_letter_queue_after_five_receives() {
+    let ctx = Ctx::new().await;
+    let queue = ctx.var("SETTLEMENT_QUEUE_URL");
+    let dlq = ctx.var("SETTLEMENT_DLQ_URL");
+    let marker = twochan_tools::unique_id("poison-");
+    ctx.sqs.send_message().queue_url(&queue).message_body(format!("{{\"not\": \"{marker}\"}}")).send().await.unwrap();
+    // Five receives, each followed by the visibility timeout (a few seconds on the local stack).
+    let found = eventually(Duration::from_secs(90), || async {
+        let out = ctx
+            .sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .ok()?;
+        out.messages?.into_iter().find(|m| m.body().is_some_and(|b| b.contains(&marker)))
+    })
+    .await
+    .expect("the poison message reached the dead-letter queue");
+    let receives = found
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!(receives >= 5, "moved after {receives} receives");
+    if let Some(handle) = found.receipt_handle() {
+        ctx.sqs.delete_message().queue_url(&dlq).receipt_handle(handle).send().await.unwrap();
+    }
+}
