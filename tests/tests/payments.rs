@@ -8,8 +8,19 @@ use serde_json::json;
 use twochan_tools::{Call, unique_id};
 
 const PAYMENT_FIELDS: [&str; 13] = [
-    "payment_id", "status", "unique_code", "merchant_id", "pos_id", "amount", "currency",
-    "reference", "challenge", "created_at", "expires_at", "confirmed_at", "settled_at",
+    "payment_id",
+    "status",
+    "unique_code",
+    "merchant_id",
+    "pos_id",
+    "amount",
+    "currency",
+    "reference",
+    "challenge",
+    "created_at",
+    "expires_at",
+    "confirmed_at",
+    "settled_at",
 ];
 
 #[tokio::test]
@@ -17,7 +28,16 @@ async fn a_payment_request_creates_a_pending_payment() {
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
-    let r = pos.request_payment(device.beacon(), 450, "KRW", Some("order #1"), &unique_id("k-")).await.unwrap();
+    let r = pos
+        .request_payment(
+            device.beacon(),
+            450,
+            "KRW",
+            Some("order #1"),
+            &unique_id("k-"),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
     let p = &r.json;
     let keys: Vec<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
@@ -27,7 +47,14 @@ async fn a_payment_request_creates_a_pending_payment() {
     got.sort();
     assert_eq!(got, expected);
     let id = p["payment_id"].as_str().unwrap();
-    assert!(id.starts_with("pay_") && id.len() == 30 && id[4..].bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()), "{id}");
+    assert!(
+        id.starts_with("pay_")
+            && id.len() == 30
+            && id[4..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()),
+        "{id}"
+    );
     assert_eq!(p["status"], "pending");
     assert_eq!(p["unique_code"], device.beacon());
     assert_eq!(p["merchant_id"], pos.merchant_id.as_str());
@@ -36,20 +63,35 @@ async fn a_payment_request_creates_a_pending_payment() {
     assert_eq!(p["currency"], "KRW");
     assert_eq!(p["reference"], "order #1");
     let challenge = p["challenge"].as_str().unwrap();
-    assert!(challenge.len() == 32 && challenge.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert!(
+        challenge.len() == 32
+            && challenge
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
     assert!(p["confirmed_at"].is_null() && p["settled_at"].is_null());
     let created = p["created_at"].as_str().unwrap();
     let expires = p["expires_at"].as_str().unwrap();
     assert!(created.ends_with('Z') && expires.ends_with('Z') && expires > created);
-    let ttl: i64 = ctx.stack.get("PENDING_TTL_SECONDS").unwrap_or("120").parse().unwrap();
+    let ttl: i64 = ctx
+        .stack
+        .get("PENDING_TTL_SECONDS")
+        .unwrap_or("120")
+        .parse()
+        .unwrap();
     let secs = |t: &str| -> i64 {
         let (h, m, s) = (&t[11..13], &t[14..16], &t[17..19]);
-        h.parse::<i64>().unwrap() * 3600 + m.parse::<i64>().unwrap() * 60 + s.parse::<i64>().unwrap()
+        h.parse::<i64>().unwrap() * 3600
+            + m.parse::<i64>().unwrap() * 60
+            + s.parse::<i64>().unwrap()
     };
     assert_eq!((secs(expires) - secs(created)).rem_euclid(86_400), ttl);
     // Without a reference the field is null.
     let (d2, _) = ctx.paired().await;
-    let r = pos.request_payment(d2.beacon(), 1, "USD", None, &unique_id("k-")).await.unwrap();
+    let r = pos
+        .request_payment(d2.beacon(), 1, "USD", None, &unique_id("k-"))
+        .await
+        .unwrap();
     assert_eq!(r.status, 201);
     assert!(r.json["reference"].is_null());
 }
@@ -58,7 +100,10 @@ async fn a_payment_request_creates_a_pending_payment() {
 async fn an_unregistered_code_is_unknown_device() {
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
-    let r = pos.request_payment(&unique_id("nobody-"), 100, "EUR", None, &unique_id("k-")).await.unwrap();
+    let r = pos
+        .request_payment(&unique_id("nobody-"), 100, "EUR", None, &unique_id("k-"))
+        .await
+        .unwrap();
     assert_error(&r, 404, "unknown_device");
 }
 
@@ -69,10 +114,16 @@ async fn one_pending_payment_per_code() {
     let other_pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     ctx.pending_payment(&pos, &device, 100).await;
-    let r = pos.request_payment(device.beacon(), 200, "KRW", None, &unique_id("k-")).await.unwrap();
+    let r = pos
+        .request_payment(device.beacon(), 200, "KRW", None, &unique_id("k-"))
+        .await
+        .unwrap();
     assert_error(&r, 409, "device_busy");
     // Also for another merchant: the lock belongs to the code.
-    let r = other_pos.request_payment(device.beacon(), 200, "KRW", None, &unique_id("k-")).await.unwrap();
+    let r = other_pos
+        .request_payment(device.beacon(), 200, "KRW", None, &unique_id("k-"))
+        .await
+        .unwrap();
     assert_error(&r, 409, "device_busy");
 }
 
@@ -85,7 +136,10 @@ async fn an_expired_pending_payment_frees_the_code_inside_the_write() {
     ctx.backdate(&first).await;
     let second = ctx.pending_payment(&pos, &device, 200).await;
     assert_ne!(first["payment_id"], second["payment_id"]);
-    let r = pos.payment(first["payment_id"].as_str().unwrap()).await.unwrap();
+    let r = pos
+        .payment(first["payment_id"].as_str().unwrap())
+        .await
+        .unwrap();
     assert_eq!(r.json["status"], "expired");
 }
 
@@ -95,25 +149,43 @@ async fn idempotent_replay_mismatch_and_key_rules() {
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     let key = unique_id("order-");
-    let first = pos.request_payment(device.beacon(), 700, "KRW", Some("r"), &key).await.unwrap();
+    let first = pos
+        .request_payment(device.beacon(), 700, "KRW", Some("r"), &key)
+        .await
+        .unwrap();
     assert_eq!(first.status, 201);
     assert!(first.header("idempotent-replayed").is_none());
-    let again = pos.request_payment(device.beacon(), 700, "KRW", Some("r"), &key).await.unwrap();
+    let again = pos
+        .request_payment(device.beacon(), 700, "KRW", Some("r"), &key)
+        .await
+        .unwrap();
     assert_eq!(again.status, 201, "{}", again.json);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.json, first.json);
     // Same key, different body.
-    let other = pos.request_payment(device.beacon(), 701, "KRW", Some("r"), &key).await.unwrap();
+    let other = pos
+        .request_payment(device.beacon(), 701, "KRW", Some("r"), &key)
+        .await
+        .unwrap();
     assert_error(&other, 422, "idempotency_key_reused");
     // Keys are scoped to the merchant: another merchant's same key is a new request (here: busy).
     let other_merchant = ctx.pos().await;
-    let r = other_merchant.request_payment(device.beacon(), 700, "KRW", Some("r"), &key).await.unwrap();
+    let r = other_merchant
+        .request_payment(device.beacon(), 700, "KRW", Some("r"), &key)
+        .await
+        .unwrap();
     assert_error(&r, 409, "device_busy");
     // An error answer is replayed too.
     let busy_key = unique_id("busy-");
-    let b1 = pos.request_payment(device.beacon(), 5, "KRW", None, &busy_key).await.unwrap();
+    let b1 = pos
+        .request_payment(device.beacon(), 5, "KRW", None, &busy_key)
+        .await
+        .unwrap();
     assert_error(&b1, 409, "device_busy");
-    let b2 = pos.request_payment(device.beacon(), 5, "KRW", None, &busy_key).await.unwrap();
+    let b2 = pos
+        .request_payment(device.beacon(), 5, "KRW", None, &busy_key)
+        .await
+        .unwrap();
     assert_error(&b2, 409, "device_busy");
     assert_eq!(b2.header("idempotent-replayed"), Some("true"));
 }
@@ -124,15 +196,36 @@ async fn idempotency_key_header_is_required_and_checked() {
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     let body = json!({"unique_code": device.beacon(), "amount": 10, "currency": "KRW", "pos_id": "pos-01"});
-    let call = |key: Option<&'static str>| Call { bearer: Some(&pos.api_key), idempotency_key: key, body: Some(body.clone()) };
-    let r = ctx.api.call(Method::POST, "/v1/payments", call(None)).await.unwrap();
+    let call = |key: Option<&'static str>| Call {
+        bearer: Some(&pos.api_key),
+        idempotency_key: key,
+        body: Some(body.clone()),
+    };
+    let r = ctx
+        .api
+        .call(Method::POST, "/v1/payments", call(None))
+        .await
+        .unwrap();
     assert_error(&r, 400, "invalid_request");
-    assert!(r.json["error"]["message"].as_str().unwrap().contains("Idempotency-Key"));
+    assert!(
+        r.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key")
+    );
     let long: &'static str = Box::leak("k".repeat(256).into_boxed_str());
-    let r = ctx.api.call(Method::POST, "/v1/payments", call(Some(long))).await.unwrap();
+    let r = ctx
+        .api
+        .call(Method::POST, "/v1/payments", call(Some(long)))
+        .await
+        .unwrap();
     assert_error(&r, 400, "invalid_request");
     // Nothing was created by the refused requests.
-    let r = ctx.api.call(Method::POST, "/v1/payments", call(Some("fine-key"))).await.unwrap();
+    let r = ctx
+        .api
+        .call(Method::POST, "/v1/payments", call(Some("fine-key")))
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
 }
 
@@ -172,14 +265,25 @@ async fn malformed_payment_requests_are_400_naming_the_field_and_change_nothing(
         (with("surprise", json!(1)), "surprise"),
     ];
     for (body, field) in cases {
-        let call = Call { bearer: Some(&pos.api_key), idempotency_key: Some("k1"), body: Some(body.clone()) };
-        let r = ctx.api.call(Method::POST, "/v1/payments", call).await.unwrap();
+        let call = Call {
+            bearer: Some(&pos.api_key),
+            idempotency_key: Some("k1"),
+            body: Some(body.clone()),
+        };
+        let r = ctx
+            .api
+            .call(Method::POST, "/v1/payments", call)
+            .await
+            .unwrap();
         assert_error(&r, 400, "invalid_request");
         let msg = r.json["error"]["message"].as_str().unwrap();
         assert!(msg.contains(field), "{msg:?} should name {field} ({body})");
     }
     // The device is still free (nothing was created) and the key k1 was never consumed.
-    let r = pos.request_payment(code, 100, "KRW", None, "k1").await.unwrap();
+    let r = pos
+        .request_payment(code, 100, "KRW", None, "k1")
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
 }
 
@@ -189,15 +293,46 @@ async fn authentication_rules() {
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
     let body = json!({"unique_code": device.beacon(), "amount": 10, "currency": "KRW", "pos_id": "pos-01"});
-    for bearer in [None, Some("mk_unknown"), Some("garbage"), Some(phone.token.as_deref().unwrap())] {
-        let call = Call { bearer, idempotency_key: Some("k"), body: Some(body.clone()) };
-        let r = ctx.api.call(Method::POST, "/v1/payments", call).await.unwrap();
+    for bearer in [
+        None,
+        Some("mk_unknown"),
+        Some("garbage"),
+        Some(phone.token.as_deref().unwrap()),
+    ] {
+        let call = Call {
+            bearer,
+            idempotency_key: Some("k"),
+            body: Some(body.clone()),
+        };
+        let r = ctx
+            .api
+            .call(Method::POST, "/v1/payments", call)
+            .await
+            .unwrap();
         assert_error(&r, 401, "unauthorized");
-        let r = ctx.api.call(Method::GET, "/v1/balance", Call { bearer, ..Default::default() }).await.unwrap();
+        let r = ctx
+            .api
+            .call(
+                Method::GET,
+                "/v1/balance",
+                Call {
+                    bearer,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         assert_error(&r, 401, "unauthorized");
     }
     // A wrong scheme.
-    let r = ctx.api.raw().get(format!("{}/v1/balance", ctx.api.base_url())).header("authorization", format!("Basic {}", pos.api_key)).send().await.unwrap();
+    let r = ctx
+        .api
+        .raw()
+        .get(format!("{}/v1/balance", ctx.api.base_url()))
+        .header("authorization", format!("Basic {}", pos.api_key))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 }
 
@@ -218,9 +353,21 @@ async fn reading_payments_is_limited_to_its_merchant_and_terminal() {
     assert_eq!(by_phone.json, p);
     assert_error(&stranger_pos.payment(id).await.unwrap(), 404, "not_found");
     assert_error(&stranger_phone.payment(id).await.unwrap(), 404, "not_found");
-    assert_error(&pos.payment("pay_01JD8Y2Z5K7M9Q1R3T5V7X9ZAB").await.unwrap(), 404, "not_found");
-    assert_error(&pos.payment("not-a-payment-id").await.unwrap(), 404, "not_found");
-    let anonymous = ctx.api.call(Method::GET, &format!("/v1/payments/{id}"), Call::default()).await.unwrap();
+    assert_error(
+        &pos.payment("pay_01JD8Y2Z5K7M9Q1R3T5V7X9ZAB").await.unwrap(),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &pos.payment("not-a-payment-id").await.unwrap(),
+        404,
+        "not_found",
+    );
+    let anonymous = ctx
+        .api
+        .call(Method::GET, &format!("/v1/payments/{id}"), Call::default())
+        .await
+        .unwrap();
     assert_error(&anonymous, 401, "unauthorized");
     // Acting on it is limited too.
     assert_error(&stranger_pos.cancel(id).await.unwrap(), 404, "not_found");
@@ -239,11 +386,26 @@ async fn cancel_only_from_pending() {
     assert_eq!(r.status, 200, "{}", r.json);
     assert_eq!(r.json["status"], "canceled");
     assert_error(&pos.cancel(id).await.unwrap(), 409, "payment_not_pending");
-    assert_error(&phone.decline(id).await.unwrap(), 409, "payment_not_pending");
+    assert_error(
+        &phone.decline(id).await.unwrap(),
+        409,
+        "payment_not_pending",
+    );
     // Cancel freed the code.
     ctx.pending_payment(&pos, &device, 301).await;
     // A phone bearer cannot cancel.
-    let r = ctx.api.call(Method::POST, &format!("/v1/payments/{id}/cancel"), Call { bearer: phone.token.as_deref(), ..Default::default() }).await.unwrap();
+    let r = ctx
+        .api
+        .call(
+            Method::POST,
+            &format!("/v1/payments/{id}/cancel"),
+            Call {
+                bearer: phone.token.as_deref(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_error(&r, 401, "unauthorized");
 }
 
@@ -253,5 +415,8 @@ async fn balance_starts_empty() {
     let pos = ctx.pos().await;
     let r = pos.balance().await.unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.json, json!({"merchant_id": pos.merchant_id, "balances": []}));
+    assert_eq!(
+        r.json,
+        json!({"merchant_id": pos.merchant_id, "balances": []})
+    );
 }

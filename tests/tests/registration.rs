@@ -15,7 +15,11 @@ async fn registers_a_device_with_its_proof() {
     assert_eq!(r.status, 201, "{}", r.json);
     assert_eq!(r.json["unique_code"], device.beacon());
     assert_eq!(r.json["terminal_id"], phone.terminal_id.as_str());
-    assert!(r.json["terminal_token"].as_str().is_some_and(|t| t.len() > 32));
+    assert!(
+        r.json["terminal_token"]
+            .as_str()
+            .is_some_and(|t| t.len() > 32)
+    );
     let at = r.json["registered_at"].as_str().unwrap();
     assert!(at.len() == 20 && at.ends_with('Z'), "{at}");
     // The token works: the phone can list its (empty) pending payments.
@@ -44,7 +48,11 @@ async fn another_terminal_cannot_take_a_registered_code() {
     let ctx = Ctx::new().await;
     let (device, _) = ctx.paired().await;
     let mut mallory = ctx.phone();
-    assert_error(&mallory.register(&device).await.unwrap(), 409, "device_already_registered");
+    assert_error(
+        &mallory.register(&device).await.unwrap(),
+        409,
+        "device_already_registered",
+    );
     assert!(mallory.token.is_none());
 }
 
@@ -57,10 +65,16 @@ async fn a_sniffed_beacon_without_the_device_is_refused_and_changes_nothing() {
     // A proof made for another terminal, a made-up proof, and garbage.
     let other = device.registration_proof("someone-else-01");
     for proof in [other.as_str(), &"0".repeat(64), "nope", ""] {
-        let r = mallory.register_with_proof(device.beacon(), proof).await.unwrap();
+        let r = mallory
+            .register_with_proof(device.beacon(), proof)
+            .await
+            .unwrap();
         assert_error(&r, 422, "invalid_registration_proof");
     }
-    assert_eq!(ctx.items_of(&format!("DEVICE#{}", device.beacon())).await, before);
+    assert_eq!(
+        ctx.items_of(&format!("DEVICE#{}", device.beacon())).await,
+        before
+    );
     // The genuine owner can still register it.
     let mut owner = ctx.phone();
     assert_eq!(owner.register(&device).await.unwrap().status, 201);
@@ -73,21 +87,60 @@ async fn malformed_registrations_are_400_naming_the_field() {
     let terminal = unique_id("phone-");
     let proof = device.registration_proof(&terminal);
     let cases = [
-        (json!({"terminal_id": terminal, "registration_proof": proof}), "unique_code"),
-        (json!({"unique_code": "short", "terminal_id": terminal, "registration_proof": proof}), "unique_code"),
-        (json!({"unique_code": "has space in it", "terminal_id": terminal, "registration_proof": proof}), "unique_code"),
-        (json!({"unique_code": device.beacon(), "terminal_id": "x", "registration_proof": proof}), "terminal_id"),
-        (json!({"unique_code": device.beacon(), "terminal_id": terminal}), "registration_proof"),
-        (json!({"unique_code": device.beacon(), "terminal_id": terminal, "registration_proof": 5}), "registration_proof"),
-        (json!({"unique_code": device.beacon(), "terminal_id": terminal, "registration_proof": proof, "admin": true}), "admin"),
+        (
+            json!({"terminal_id": terminal, "registration_proof": proof}),
+            "unique_code",
+        ),
+        (
+            json!({"unique_code": "short", "terminal_id": terminal, "registration_proof": proof}),
+            "unique_code",
+        ),
+        (
+            json!({"unique_code": "has space in it", "terminal_id": terminal, "registration_proof": proof}),
+            "unique_code",
+        ),
+        (
+            json!({"unique_code": device.beacon(), "terminal_id": "x", "registration_proof": proof}),
+            "terminal_id",
+        ),
+        (
+            json!({"unique_code": device.beacon(), "terminal_id": terminal}),
+            "registration_proof",
+        ),
+        (
+            json!({"unique_code": device.beacon(), "terminal_id": terminal, "registration_proof": 5}),
+            "registration_proof",
+        ),
+        (
+            json!({"unique_code": device.beacon(), "terminal_id": terminal, "registration_proof": proof, "admin": true}),
+            "admin",
+        ),
     ];
     for (body, field) in cases {
-        let r = ctx.api.call(reqwest::Method::POST, "/v1/devices", twochan_tools::Call { body: Some(body.clone()), ..Default::default() }).await.unwrap();
+        let r = ctx
+            .api
+            .call(
+                reqwest::Method::POST,
+                "/v1/devices",
+                twochan_tools::Call {
+                    body: Some(body.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         assert_error(&r, 400, "invalid_request");
         let msg = r.json["error"]["message"].as_str().unwrap();
-        assert!(msg.contains(field), "message {msg:?} should name {field} for {body}");
+        assert!(
+            msg.contains(field),
+            "message {msg:?} should name {field} for {body}"
+        );
     }
-    assert!(ctx.items_of(&format!("DEVICE#{}", device.beacon())).await.is_empty());
+    assert!(
+        ctx.items_of(&format!("DEVICE#{}", device.beacon()))
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -108,14 +161,20 @@ async fn body_rules_413_415_400() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "payload_too_large");
 
-    for ct in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
         let r = send(ct, b"{}".to_vec()).await.unwrap();
         assert_eq!(r.status(), 415, "{ct:?}");
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unsupported_media_type");
     }
     for bad in [&b"{"[..], b"[]", b"null", b"", b"{\"unique_code\": }"] {
-        let r = send(Some("application/json; charset=utf-8"), bad.to_vec()).await.unwrap();
+        let r = send(Some("application/json; charset=utf-8"), bad.to_vec())
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "{:?}", String::from_utf8_lossy(bad));
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "invalid_request");
@@ -137,7 +196,10 @@ async fn deregistration_frees_the_code_revokes_the_token_and_cancels_the_pending
     assert_error(&phone.pending().await.unwrap(), 401, "unauthorized");
     assert_eq!(pos.payment(pid).await.unwrap().json["status"], "canceled");
     // The code is free: a payment request now finds no device, and another phone may register it.
-    let r = pos.request_payment(device.beacon(), 10, "KRW", None, &unique_id("k-")).await.unwrap();
+    let r = pos
+        .request_payment(device.beacon(), 10, "KRW", None, &unique_id("k-"))
+        .await
+        .unwrap();
     assert_error(&r, 404, "unknown_device");
     let mut next = ctx.phone();
     assert_eq!(next.register(&device).await.unwrap().status, 201);
@@ -148,20 +210,40 @@ async fn only_the_owning_terminal_may_deregister() {
     let ctx = Ctx::new().await;
     let (device, owner) = ctx.paired().await;
     let (_, other) = ctx.paired().await;
-    assert_error(&other.deregister(device.beacon()).await.unwrap(), 404, "not_found");
+    assert_error(
+        &other.deregister(device.beacon()).await.unwrap(),
+        404,
+        "not_found",
+    );
     let anonymous = ctx.phone();
-    assert_error(&anonymous.deregister(device.beacon()).await.unwrap(), 401, "unauthorized");
-    assert_error(&owner.deregister("never-registered-code").await.unwrap(), 404, "not_found");
+    assert_error(
+        &anonymous.deregister(device.beacon()).await.unwrap(),
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &owner.deregister("never-registered-code").await.unwrap(),
+        404,
+        "not_found",
+    );
     assert_eq!(owner.deregister(device.beacon()).await.unwrap().status, 204);
     // Gone: a second delete by the same (now revoked) token is unauthenticated.
-    assert_error(&owner.deregister(device.beacon()).await.unwrap(), 401, "unauthorized");
+    assert_error(
+        &owner.deregister(device.beacon()).await.unwrap(),
+        401,
+        "unauthorized",
+    );
 }
 
 #[tokio::test]
 async fn unknown_routes_are_json_404() {
     let ctx = Ctx::new().await;
     for path in ["/v1/nothing", "/v2/payments", "/v1/devices/a/b"] {
-        let r = ctx.api.call(reqwest::Method::GET, path, Default::default()).await.unwrap();
+        let r = ctx
+            .api
+            .call(reqwest::Method::GET, path, Default::default())
+            .await
+            .unwrap();
         assert_error(&r, 404, "not_found");
     }
 }

@@ -16,8 +16,17 @@ async fn the_same_settlement_message_delivered_again_writes_one_ledger_entry_pai
     let p = ctx.pending_payment(&pos, &device, 2500).await;
     let id = p["payment_id"].as_str().unwrap();
     let (code, counter) = device.authorize(&p);
-    assert_eq!(phone.confirm(id, &code, &counter).await.unwrap().status, 200);
-    assert_eq!(pos.wait_for_status(id, "settled", Duration::from_secs(20)).await.unwrap().json["status"], "settled");
+    assert_eq!(
+        phone.confirm(id, &code, &counter).await.unwrap().status,
+        200
+    );
+    assert_eq!(
+        pos.wait_for_status(id, "settled", Duration::from_secs(20))
+            .await
+            .unwrap()
+            .json["status"],
+        "settled"
+    );
 
     // The very message confirmation enqueued, sent twice more (an at-least-once queue may).
     let message = json!({
@@ -27,7 +36,13 @@ async fn the_same_settlement_message_delivered_again_writes_one_ledger_entry_pai
     .to_string();
     let queue = ctx.var("SETTLEMENT_QUEUE_URL");
     for _ in 0..2 {
-        ctx.sqs.send_message().queue_url(&queue).message_body(&message).send().await.unwrap();
+        ctx.sqs
+            .send_message()
+            .queue_url(&queue)
+            .message_body(&message)
+            .send()
+            .await
+            .unwrap();
     }
     // Wait until the queue has nothing left in flight or waiting.
     let drained = eventually(Duration::from_secs(30), || async {
@@ -40,7 +55,12 @@ async fn the_same_settlement_message_delivered_again_writes_one_ledger_entry_pai
             .await
             .ok()?
             .attributes?;
-        let n = |k: aws_sdk_sqs::types::QueueAttributeName| attrs.get(&k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let n = |k: aws_sdk_sqs::types::QueueAttributeName| {
+            attrs
+                .get(&k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         (n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
             + n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
             == 0)
@@ -48,7 +68,11 @@ async fn the_same_settlement_message_delivered_again_writes_one_ledger_entry_pai
     })
     .await;
     assert!(drained.is_some(), "settlement queue did not drain");
-    let entries = ctx.store.ledger_entries(&PaymentId::try_from(id).unwrap()).await.unwrap();
+    let entries = ctx
+        .store
+        .ledger_entries(&PaymentId::try_from(id).unwrap())
+        .await
+        .unwrap();
     assert_eq!(entries.len(), 2, "{entries:?}");
     let credit = entries.iter().find(|e| e.0 == "credit").expect("credit");
     let debit = entries.iter().find(|e| e.0 == "debit").expect("debit");
@@ -64,7 +88,13 @@ async fn a_poison_message_lands_in_the_dead_letter_queue_after_five_receives() {
     let queue = ctx.var("SETTLEMENT_QUEUE_URL");
     let dlq = ctx.var("SETTLEMENT_DLQ_URL");
     let marker = twochan_tools::unique_id("poison-");
-    ctx.sqs.send_message().queue_url(&queue).message_body(format!("{{\"not\": \"{marker}\"}}")).send().await.unwrap();
+    ctx.sqs
+        .send_message()
+        .queue_url(&queue)
+        .message_body(format!("{{\"not\": \"{marker}\"}}"))
+        .send()
+        .await
+        .unwrap();
     // Five receives, each followed by the visibility timeout (a few seconds on the local stack).
     let found = eventually(Duration::from_secs(90), || async {
         let out = ctx
@@ -77,17 +107,27 @@ async fn a_poison_message_lands_in_the_dead_letter_queue_after_five_receives() {
             .send()
             .await
             .ok()?;
-        out.messages?.into_iter().find(|m| m.body().is_some_and(|b| b.contains(&marker)))
+        out.messages?
+            .into_iter()
+            .find(|m| m.body().is_some_and(|b| b.contains(&marker)))
     })
     .await
     .expect("the poison message reached the dead-letter queue");
     let receives = found
         .attributes()
-        .and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount))
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+        })
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(0);
     assert!(receives >= 5, "moved after {receives} receives");
     if let Some(handle) = found.receipt_handle() {
-        ctx.sqs.delete_message().queue_url(&dlq).receipt_handle(handle).send().await.unwrap();
+        ctx.sqs
+            .delete_message()
+            .queue_url(&dlq)
+            .receipt_handle(handle)
+            .send()
+            .await
+            .unwrap();
     }
 }

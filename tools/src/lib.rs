@@ -24,7 +24,11 @@ pub struct Device {
 impl Device {
     pub fn manufacture(master: &MasterKey, code: &str) -> Self {
         let code = UniqueCode::try_from(code).expect("simulated device code is well-formed");
-        Self { key: master.device_key(&code), code, counter: 0 }
+        Self {
+            key: master.device_key(&code),
+            code,
+            counter: 0,
+        }
     }
 
     /// What the beacon broadcasts.
@@ -43,7 +47,8 @@ impl Device {
 
     /// The registration proof the device hands the phone when they pair.
     pub fn registration_proof(&self, terminal_id: &str) -> String {
-        let terminal = TerminalId::try_from(terminal_id).expect("simulated terminal id is well-formed");
+        let terminal =
+            TerminalId::try_from(terminal_id).expect("simulated terminal id is well-formed");
         self.key.registration_proof(&self.code, &terminal)
     }
 
@@ -57,14 +62,22 @@ impl Device {
 
     /// The auth code for a payment at a given counter, without touching the device's counter.
     pub fn auth_code_for(&self, payment: &Value, counter: u64) -> String {
-        let field = |k: &str| payment[k].as_str().unwrap_or_else(|| panic!("payment has no {k}: {payment}"));
+        let field = |k: &str| {
+            payment[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("payment has no {k}: {payment}"))
+        };
         let payment_id = PaymentId::try_from(field("payment_id")).expect("payment_id");
         let merchant_id = MerchantId::try_from(field("merchant_id")).expect("merchant_id");
         let challenge = Challenge::try_from(field("challenge").to_owned()).expect("challenge");
         let binding = PaymentBinding {
             payment_id: &payment_id,
             merchant_id: &merchant_id,
-            amount: payment["amount"].as_u64().expect("amount").try_into().expect("amount in range"),
+            amount: payment["amount"]
+                .as_u64()
+                .expect("amount")
+                .try_into()
+                .expect("amount in range"),
             currency: Currency::try_from(field("currency")).expect("currency"),
             challenge: &challenge,
             counter: Counter::new(counter),
@@ -114,7 +127,10 @@ impl Api {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
-        Self { http, base: base_url.trim_end_matches('/').to_owned() }
+        Self {
+            http,
+            base: base_url.trim_end_matches('/').to_owned(),
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -125,7 +141,12 @@ impl Api {
         &self.http
     }
 
-    pub async fn call(&self, method: Method, path: &str, call: Call<'_>) -> reqwest::Result<ApiResponse> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        call: Call<'_>,
+    ) -> reqwest::Result<ApiResponse> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = call.bearer {
             req = req.bearer_auth(b);
@@ -143,9 +164,14 @@ impl Api {
         let json = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        Ok(ApiResponse { status, headers, json })
+        Ok(ApiResponse {
+            status,
+            headers,
+            json,
+        })
     }
 }
 
@@ -160,11 +186,19 @@ pub struct Pos {
 
 impl Pos {
     pub fn new(api: Api, merchant_id: &str, api_key: &str, pos_id: &str) -> Self {
-        Self { api, merchant_id: merchant_id.into(), api_key: api_key.into(), pos_id: pos_id.into() }
+        Self {
+            api,
+            merchant_id: merchant_id.into(),
+            api_key: api_key.into(),
+            pos_id: pos_id.into(),
+        }
     }
 
     fn auth(&self) -> Call<'_> {
-        Call { bearer: Some(&self.api_key), ..Call::default() }
+        Call {
+            bearer: Some(&self.api_key),
+            ..Call::default()
+        }
     }
 
     /// Channel 1: the POS heard `unique_code` and asks for a payment.
@@ -180,16 +214,32 @@ impl Pos {
         if let Some(r) = reference {
             body["reference"] = json!(r);
         }
-        let call = Call { idempotency_key: Some(idempotency_key), body: Some(body), ..self.auth() };
+        let call = Call {
+            idempotency_key: Some(idempotency_key),
+            body: Some(body),
+            ..self.auth()
+        };
         self.api.call(Method::POST, "/v1/payments", call).await
     }
 
     pub async fn payment(&self, payment_id: &str) -> reqwest::Result<ApiResponse> {
-        self.api.call(Method::GET, &format!("/v1/payments/{payment_id}"), self.auth()).await
+        self.api
+            .call(
+                Method::GET,
+                &format!("/v1/payments/{payment_id}"),
+                self.auth(),
+            )
+            .await
     }
 
     pub async fn cancel(&self, payment_id: &str) -> reqwest::Result<ApiResponse> {
-        self.api.call(Method::POST, &format!("/v1/payments/{payment_id}/cancel"), self.auth()).await
+        self.api
+            .call(
+                Method::POST,
+                &format!("/v1/payments/{payment_id}/cancel"),
+                self.auth(),
+            )
+            .await
     }
 
     pub async fn balance(&self) -> reqwest::Result<ApiResponse> {
@@ -203,11 +253,19 @@ impl Pos {
             .as_array()
             .and_then(|a| a.iter().find(|e| e["currency"] == currency).cloned())
             .unwrap_or(Value::Null);
-        Ok((entry["settled_amount"].as_u64().unwrap_or(0), entry["settled_count"].as_u64().unwrap_or(0)))
+        Ok((
+            entry["settled_amount"].as_u64().unwrap_or(0),
+            entry["settled_count"].as_u64().unwrap_or(0),
+        ))
     }
 
     /// Polls the payment until its status is `status` or `timeout` passes; returns the last read.
-    pub async fn wait_for_status(&self, payment_id: &str, status: &str, timeout: Duration) -> reqwest::Result<ApiResponse> {
+    pub async fn wait_for_status(
+        &self,
+        payment_id: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> reqwest::Result<ApiResponse> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let r = self.payment(payment_id).await?;
@@ -229,11 +287,18 @@ pub struct Phone {
 
 impl Phone {
     pub fn new(api: Api, terminal_id: &str) -> Self {
-        Self { api, terminal_id: terminal_id.into(), token: None }
+        Self {
+            api,
+            terminal_id: terminal_id.into(),
+            token: None,
+        }
     }
 
     fn auth(&self) -> Call<'_> {
-        Call { bearer: self.token.as_deref(), ..Call::default() }
+        Call {
+            bearer: self.token.as_deref(),
+            ..Call::default()
+        }
     }
 
     /// Pairs with `device` over the short-range link and registers it; keeps the token on success.
@@ -242,9 +307,23 @@ impl Phone {
         self.register_with_proof(device.beacon(), &proof).await
     }
 
-    pub async fn register_with_proof(&mut self, unique_code: &str, proof: &str) -> reqwest::Result<ApiResponse> {
+    pub async fn register_with_proof(
+        &mut self,
+        unique_code: &str,
+        proof: &str,
+    ) -> reqwest::Result<ApiResponse> {
         let body = json!({"unique_code": unique_code, "terminal_id": self.terminal_id, "registration_proof": proof});
-        let r = self.api.call(Method::POST, "/v1/devices", Call { body: Some(body), ..Call::default() }).await?;
+        let r = self
+            .api
+            .call(
+                Method::POST,
+                "/v1/devices",
+                Call {
+                    body: Some(body),
+                    ..Call::default()
+                },
+            )
+            .await?;
         if r.status.is_success() {
             self.token = r.json["terminal_token"].as_str().map(str::to_owned);
         }
@@ -252,26 +331,60 @@ impl Phone {
     }
 
     pub async fn deregister(&self, unique_code: &str) -> reqwest::Result<ApiResponse> {
-        self.api.call(Method::DELETE, &format!("/v1/devices/{unique_code}"), self.auth()).await
+        self.api
+            .call(
+                Method::DELETE,
+                &format!("/v1/devices/{unique_code}"),
+                self.auth(),
+            )
+            .await
     }
 
     pub async fn pending(&self) -> reqwest::Result<ApiResponse> {
-        self.api.call(Method::GET, "/v1/pending-payments", self.auth()).await
+        self.api
+            .call(Method::GET, "/v1/pending-payments", self.auth())
+            .await
     }
 
     pub async fn payment(&self, payment_id: &str) -> reqwest::Result<ApiResponse> {
-        self.api.call(Method::GET, &format!("/v1/payments/{payment_id}"), self.auth()).await
+        self.api
+            .call(
+                Method::GET,
+                &format!("/v1/payments/{payment_id}"),
+                self.auth(),
+            )
+            .await
     }
 
     /// Channel 2: confirms with the code the device computed.
-    pub async fn confirm(&self, payment_id: &str, auth_code: &str, counter: &str) -> reqwest::Result<ApiResponse> {
+    pub async fn confirm(
+        &self,
+        payment_id: &str,
+        auth_code: &str,
+        counter: &str,
+    ) -> reqwest::Result<ApiResponse> {
         let body = json!({"auth_code": auth_code, "counter": counter});
-        let call = Call { body: Some(body), ..self.auth() };
-        self.api.call(Method::POST, &format!("/v1/payments/{payment_id}/confirm"), call).await
+        let call = Call {
+            body: Some(body),
+            ..self.auth()
+        };
+        self.api
+            .call(
+                Method::POST,
+                &format!("/v1/payments/{payment_id}/confirm"),
+                call,
+            )
+            .await
     }
 
     pub async fn decline(&self, payment_id: &str) -> reqwest::Result<ApiResponse> {
-        self.api.call(Method::POST, &format!("/v1/payments/{payment_id}/decline"), self.auth()).await
+        self.api
+            .call(
+                Method::POST,
+                &format!("/v1/payments/{payment_id}/decline"),
+                self.auth(),
+            )
+            .await
     }
 }
 

@@ -38,12 +38,16 @@ impl Stack {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// A required variable; the message says how to get it.
     pub fn require(&self, key: &str) -> Result<&str, String> {
-        self.get(key)
-            .ok_or_else(|| format!("{key} is not set and .local/stack.env has none: run `make up` first"))
+        self.get(key).ok_or_else(|| {
+            format!("{key} is not set and .local/stack.env has none: run `make up` first")
+        })
     }
 }

@@ -1,6 +1,10 @@
 //! Lambda function `payment-request`: see `twochan_api::routes::Function::PaymentRequest` for its routes.
 
-use twochan_api::{App, routes::{Function, NoQueue}, serve_http, telemetry};
+use twochan_api::{
+    App,
+    routes::{Function, NoQueue},
+    serve_http, telemetry,
+};
 use twochan_aws::{AwsClients, DynamoStore, Settings};
 
 #[tokio::main]

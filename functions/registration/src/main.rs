@@ -1,6 +1,10 @@
 //! Lambda function `registration`: see `twochan_api::routes::Function::Registration` for its routes.
 
-use twochan_api::{App, routes::{Function, NoQueue}, serve_http, telemetry};
+use twochan_api::{
+    App,
+    routes::{Function, NoQueue},
+    serve_http, telemetry,
+};
 use twochan_aws::{AwsClients, DynamoStore, Settings};
 
 #[tokio::main]

@@ -3,7 +3,7 @@
 
 use lambda_http::{
     Body, Request, Response,
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -43,12 +43,22 @@ pub fn error_response(e: &DomainError) -> Response<Body> {
     if status.is_server_error() {
         tracing::error!(error.code = e.code(), error.detail = ?e, "request failed");
     } else {
-        tracing::info!(error.code = e.code(), status = status.as_u16(), "request refused");
+        tracing::info!(
+            error.code = e.code(),
+            status = status.as_u16(),
+            "request refused"
+        );
     }
     let body = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
     let mut resp = json_response(status, &body);
-    if matches!(e, DomainError::IdempotencyKeyInUse | DomainError::Unavailable(_)) {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    if matches!(
+        e,
+        DomainError::IdempotencyKeyInUse | DomainError::Unavailable(_)
+    ) {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
     }
     resp
 }
@@ -63,8 +73,10 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body
 pub fn raw_json_response(status: StatusCode, body: String) -> Response<Body> {
     let mut resp = Response::new(Body::Text(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -111,7 +123,10 @@ pub fn bearer(headers: &HeaderMap) -> Result<(BearerKind, SecretHash)> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or(DomainError::Unauthorized)?;
-    let (scheme, secret) = value.trim().split_once(' ').ok_or(DomainError::Unauthorized)?;
+    let (scheme, secret) = value
+        .trim()
+        .split_once(' ')
+        .ok_or(DomainError::Unauthorized)?;
     let secret = secret.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || secret.is_empty() || secret.len() > 256 {
         return Err(DomainError::Unauthorized);
@@ -130,12 +145,14 @@ pub fn bearer(headers: &HeaderMap) -> Result<(BearerKind, SecretHash)> {
 /// puts in front of it.
 pub fn route_segments(req: &Request) -> Option<Vec<String>> {
     let path = req.uri().path();
-    let start = path.find("/v1/").or_else(|| path.ends_with("/v1").then(|| path.len() - 3))?;
+    let start = path
+        .find("/v1/")
+        .or_else(|| path.ends_with("/v1").then(|| path.len() - 3))?;
     Some(
         path[start + 3..]
             .split('/')
             .filter(|s| !s.is_empty())
-            .map(|s| percent_decode(s))
+            .map(percent_decode)
             .collect(),
     )
 }
@@ -165,10 +182,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub fn method(req: &Request) -> &Method {
-    req.method()
-}
-
 /// A JSON object body with a fixed set of fields. Every error names the field at fault.
 pub struct JsonBody(Map<String, Value>);
 
@@ -191,7 +204,8 @@ impl JsonBody {
     }
 
     pub fn string(&self, field: &str) -> Result<&str> {
-        self.opt_string(field)?.ok_or_else(|| DomainError::invalid(field, "is required"))
+        self.opt_string(field)?
+            .ok_or_else(|| DomainError::invalid(field, "is required"))
     }
 
     pub fn opt_string(&self, field: &str) -> Result<Option<&str>> {
@@ -280,17 +294,33 @@ mod tests {
             assert_eq!(resp.status().as_u16(), status, "{code}");
             let body: Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
             assert_eq!(body["error"]["code"], code);
-            assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
-            assert!(!body.to_string().contains("detail"), "internal detail leaked: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty())
+            );
+            assert!(
+                !body.to_string().contains("detail"),
+                "internal detail leaked: {body}"
+            );
             let retry_after = resp.headers().contains_key(header::RETRY_AFTER);
-            assert_eq!(retry_after, matches!(status, 503) || code == "idempotency_key_in_use");
+            assert_eq!(
+                retry_after,
+                matches!(status, 503) || code == "idempotency_key_in_use"
+            );
         }
     }
 
     #[test]
     fn media_type_rules() {
         assert!(require_json(&headers(&[("content-type", "application/json")])).is_ok());
-        assert!(require_json(&headers(&[("content-type", "application/json; charset=utf-8")])).is_ok());
+        assert!(
+            require_json(&headers(&[(
+                "content-type",
+                "application/json; charset=utf-8"
+            )]))
+            .is_ok()
+        );
         assert!(require_json(&headers(&[("content-type", "Application/JSON")])).is_ok());
         assert!(require_json(&headers(&[("content-type", "text/plain")])).is_err());
         assert!(require_json(&headers(&[("content-type", "application/jsonx")])).is_err());
@@ -302,26 +332,47 @@ mod tests {
         let (k, h) = bearer(&headers(&[("authorization", "Bearer mk_abc")])).unwrap();
         assert_eq!(k, BearerKind::MerchantKey);
         assert_eq!(h, SecretHash::of("mk_abc"));
-        assert_eq!(bearer(&headers(&[("authorization", "bearer tt_x")])).unwrap().0, BearerKind::TerminalToken);
-        for bad in ["Bearer", "Bearer ", "Basic mk_abc", "mk_abc", "Bearer other_abc"] {
-            assert_eq!(bearer(&headers(&[("authorization", bad)])).unwrap_err(), DomainError::Unauthorized, "{bad}");
+        assert_eq!(
+            bearer(&headers(&[("authorization", "bearer tt_x")]))
+                .unwrap()
+                .0,
+            BearerKind::TerminalToken
+        );
+        for bad in [
+            "Bearer",
+            "Bearer ",
+            "Basic mk_abc",
+            "mk_abc",
+            "Bearer other_abc",
+        ] {
+            assert_eq!(
+                bearer(&headers(&[("authorization", bad)])).unwrap_err(),
+                DomainError::Unauthorized,
+                "{bad}"
+            );
         }
         assert!(bearer(&headers(&[])).is_err());
     }
 
     #[test]
     fn json_fields_name_the_field() {
-        let b = JsonBody::from_bytes(br#"{"a":"x","n":5,"z":null}"#, &["a", "n", "z", "m"]).unwrap();
+        let b =
+            JsonBody::from_bytes(br#"{"a":"x","n":5,"z":null}"#, &["a", "n", "z", "m"]).unwrap();
         assert_eq!(b.string("a").unwrap(), "x");
         assert_eq!(b.u64("n").unwrap(), 5);
         assert_eq!(b.opt_string("z").unwrap(), None);
         assert!(b.string("m").unwrap_err().to_string().starts_with("m:"));
         assert!(b.u64("a").unwrap_err().to_string().starts_with("a:"));
         assert!(b.string("n").unwrap_err().to_string().starts_with("n:"));
-        let e = JsonBody::from_bytes(br#"{"a":"x","evil":1}"#, &["a"]).err().unwrap();
+        let e = JsonBody::from_bytes(br#"{"a":"x","evil":1}"#, &["a"])
+            .err()
+            .unwrap();
         assert!(e.to_string().starts_with("evil:"), "{e}");
         for bad in [&b"[1]"[..], b"nope", b"", b"{\"a\":", b"\"str\""] {
-            assert!(matches!(JsonBody::from_bytes(bad, &["a"]), Err(DomainError::InvalidRequest(_))));
+            assert!(matches!(
+                JsonBody::from_bytes(bad, &["a"]),
+                Err(DomainError::InvalidRequest(_))
+            ));
         }
         let b = JsonBody::from_bytes(br#"{"n":-1,"f":1.5}"#, &["n", "f"]).unwrap();
         assert!(b.u64("n").is_err() && b.u64("f").is_err());

@@ -1,6 +1,9 @@
 //! The use cases behind each endpoint, generic over the ports they need.
 
-use lambda_http::{Body, Request, Response, http::{HeaderValue, Method, StatusCode}};
+use lambda_http::{
+    Body, Request, Response,
+    http::{HeaderValue, Method, StatusCode},
+};
 use serde_json::json;
 use twochan_domain::{
     Amount, AuthCode, Counter, Currency, DomainError, IdempotencyKey, MerchantId, Payment,
@@ -45,7 +48,9 @@ pub struct NoQueue;
 
 impl SettlementQueue for NoQueue {
     async fn enqueue(&self, _: &SettlementMessage) -> Result<()> {
-        Err(DomainError::Internal("this function has no settlement queue".into()))
+        Err(DomainError::Internal(
+            "this function has no settlement queue".into(),
+        ))
     }
 }
 
@@ -112,10 +117,16 @@ impl Function {
             Function::All => true,
             Function::Registration => matches!(route, RegisterDevice | DeregisterDevice(_)),
             Function::PaymentRequest => {
-                matches!(route, CreatePayment | GetPayment(_) | CancelPayment(_) | Balance)
+                matches!(
+                    route,
+                    CreatePayment | GetPayment(_) | CancelPayment(_) | Balance
+                )
             }
             Function::Confirmation => {
-                matches!(route, PendingPayments | ConfirmPayment(_) | DeclinePayment(_))
+                matches!(
+                    route,
+                    PendingPayments | ConfirmPayment(_) | DeclinePayment(_)
+                )
             }
         }
     }
@@ -155,14 +166,20 @@ where
 
 async fn merchant<S: Directory>(store: &S, req: &Request) -> Result<MerchantId> {
     match bearer(req.headers())? {
-        (BearerKind::MerchantKey, hash) => store.merchant_for_key(&hash).await?.ok_or(DomainError::Unauthorized),
+        (BearerKind::MerchantKey, hash) => store
+            .merchant_for_key(&hash)
+            .await?
+            .ok_or(DomainError::Unauthorized),
         _ => Err(DomainError::Unauthorized),
     }
 }
 
 async fn terminal<S: Directory>(store: &S, req: &Request) -> Result<TerminalSession> {
     match bearer(req.headers())? {
-        (BearerKind::TerminalToken, hash) => store.session_for_token(&hash).await?.ok_or(DomainError::Unauthorized),
+        (BearerKind::TerminalToken, hash) => store
+            .session_for_token(&hash)
+            .await?
+            .ok_or(DomainError::Unauthorized),
         _ => Err(DomainError::Unauthorized),
     }
 }
@@ -201,7 +218,9 @@ where
     for _ in 0..MAX_RACE_RETRIES {
         let seen = app.store.device(&code).await?;
         let status = match seen.as_ref().and_then(|d| d.registration.as_ref()) {
-            Some(r) if r.terminal_id != terminal => return Err(DomainError::DeviceAlreadyRegistered),
+            Some(r) if r.terminal_id != terminal => {
+                return Err(DomainError::DeviceAlreadyRegistered);
+            }
             Some(_) => StatusCode::OK,
             None => StatusCode::CREATED,
         };
@@ -211,7 +230,12 @@ where
             token_hash: token.hash.clone(),
             registered_at: Timestamp::now().truncated_to_second(),
         };
-        if app.store.register(&code, seen.as_ref(), &registration).await? == Write::Applied {
+        if app
+            .store
+            .register(&code, seen.as_ref(), &registration)
+            .await?
+            == Write::Applied
+        {
             tracing::info!(outcome = "registered", replaced = status == StatusCode::OK);
             return Ok(json_response(
                 status,
@@ -227,7 +251,11 @@ where
     Err(DomainError::Unavailable("registration kept racing".into()))
 }
 
-async fn deregister_device<S, Q>(app: &App<S, Q>, req: &Request, raw_code: &str) -> Result<Response<Body>>
+async fn deregister_device<S, Q>(
+    app: &App<S, Q>,
+    req: &Request,
+    raw_code: &str,
+) -> Result<Response<Body>>
 where
     S: Directory + Devices,
 {
@@ -235,17 +263,26 @@ where
     let session = terminal(&app.store, req).await?;
     let code = UniqueCode::try_from(raw_code).map_err(|_| DomainError::NotFound)?;
     for _ in 0..MAX_RACE_RETRIES {
-        let device = app.store.device(&code).await?.ok_or(DomainError::NotFound)?;
+        let device = app
+            .store
+            .device(&code)
+            .await?
+            .ok_or(DomainError::NotFound)?;
         match &device.registration {
             Some(r) if r.terminal_id == session.terminal_id => {}
             _ => return Err(DomainError::NotFound),
         }
         if app.store.deregister(&device, Timestamp::now()).await? == Write::Applied {
-            tracing::info!(outcome = "deregistered", canceled_payment = device.pending.is_some());
+            tracing::info!(
+                outcome = "deregistered",
+                canceled_payment = device.pending.is_some()
+            );
             return Ok(empty_response(StatusCode::NO_CONTENT));
         }
     }
-    Err(DomainError::Unavailable("deregistration kept racing".into()))
+    Err(DomainError::Unavailable(
+        "deregistration kept racing".into(),
+    ))
 }
 
 // ---------------------------------------------------------------- payment request (POS)
@@ -265,7 +302,10 @@ impl CreateRequest {
             amount: Amount::try_from(body.u64("amount")?)?,
             currency: body.field("currency")?,
             pos_id: body.field("pos_id")?,
-            reference: body.opt_string("reference")?.map(|r| Reference::try_from(r.to_owned())).transpose()?,
+            reference: body
+                .opt_string("reference")?
+                .map(|r| Reference::try_from(r.to_owned()))
+                .transpose()?,
         })
     }
 
@@ -289,7 +329,10 @@ where
 {
     body_bytes(req)?;
     let merchant_id = merchant(&app.store, req).await?;
-    let body = json_body(req, &["unique_code", "amount", "currency", "pos_id", "reference"])?;
+    let body = json_body(
+        req,
+        &["unique_code", "amount", "currency", "pos_id", "reference"],
+    )?;
     let key = req
         .headers()
         .get("idempotency-key")
@@ -300,14 +343,19 @@ where
     let request = CreateRequest::parse(&body)?;
     let fingerprint = request.fingerprint();
 
-    let lease = match app.store.claim(&merchant_id, &key, &fingerprint, Timestamp::now()).await? {
+    let lease = match app
+        .store
+        .claim(&merchant_id, &key, &fingerprint, Timestamp::now())
+        .await?
+    {
         IdempotencyClaim::Claimed { lease } => lease,
         IdempotencyClaim::Replay(stored) => {
             tracing::info!(outcome = "idempotent_replay", status = stored.status);
             let status = StatusCode::from_u16(stored.status)
                 .map_err(|_| DomainError::Internal("stored status".into()))?;
             let mut resp = raw_json_response(status, stored.body);
-            resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
             return Ok(resp);
         }
         IdempotencyClaim::InFlight => return Err(DomainError::IdempotencyKeyInUse),
@@ -353,9 +401,22 @@ where
 {
     for _ in 0..MAX_RACE_RETRIES {
         let now = Timestamp::now();
-        let device = app.store.device(&r.unique_code).await?.ok_or(DomainError::UnknownDevice)?;
-        let terminal_id = device.registration.as_ref().ok_or(DomainError::UnknownDevice)?.terminal_id.clone();
-        if device.pending.as_ref().is_some_and(|(_, lapses)| now <= *lapses) {
+        let device = app
+            .store
+            .device(&r.unique_code)
+            .await?
+            .ok_or(DomainError::UnknownDevice)?;
+        let terminal_id = device
+            .registration
+            .as_ref()
+            .ok_or(DomainError::UnknownDevice)?
+            .terminal_id
+            .clone();
+        if device
+            .pending
+            .as_ref()
+            .is_some_and(|(_, lapses)| now <= *lapses)
+        {
             return Err(DomainError::DeviceBusy);
         }
         let payment = Payment::new(
@@ -375,7 +436,10 @@ where
             merchant_id,
             key,
             lease,
-            response: StoredResponse { status: StatusCode::CREATED.as_u16(), body },
+            response: StoredResponse {
+                status: StatusCode::CREATED.as_u16(),
+                body,
+            },
         };
         if app.store.create(&payment, &device, Some(record)).await? == Write::Applied {
             tracing::info!(outcome = "payment_created", payment_id = %payment.payment_id);
@@ -395,16 +459,32 @@ where
     let id = path_payment_id(raw_id);
     let payment = match kind {
         BearerKind::MerchantKey => {
-            let merchant_id = app.store.merchant_for_key(&hash).await?.ok_or(DomainError::Unauthorized)?;
-            let payment = app.store.payment(&id?).await?.ok_or(DomainError::NotFound)?;
+            let merchant_id = app
+                .store
+                .merchant_for_key(&hash)
+                .await?
+                .ok_or(DomainError::Unauthorized)?;
+            let payment = app
+                .store
+                .payment(&id?)
+                .await?
+                .ok_or(DomainError::NotFound)?;
             if payment.merchant_id != merchant_id {
                 return Err(DomainError::NotFound);
             }
             payment
         }
         BearerKind::TerminalToken => {
-            let session = app.store.session_for_token(&hash).await?.ok_or(DomainError::Unauthorized)?;
-            let payment = app.store.payment(&id?).await?.ok_or(DomainError::NotFound)?;
+            let session = app
+                .store
+                .session_for_token(&hash)
+                .await?
+                .ok_or(DomainError::Unauthorized)?;
+            let payment = app
+                .store
+                .payment(&id?)
+                .await?
+                .ok_or(DomainError::NotFound)?;
             if payment.terminal_id != session.terminal_id {
                 return Err(DomainError::NotFound);
             }
@@ -414,14 +494,21 @@ where
     Ok(payment_response(StatusCode::OK, &payment))
 }
 
-async fn cancel_payment<S, Q>(app: &App<S, Q>, req: &Request, raw_id: &str) -> Result<Response<Body>>
+async fn cancel_payment<S, Q>(
+    app: &App<S, Q>,
+    req: &Request,
+    raw_id: &str,
+) -> Result<Response<Body>>
 where
     S: Directory + Payments,
 {
     body_bytes(req)?;
     let merchant_id = merchant(&app.store, req).await?;
     let id = path_payment_id(raw_id)?;
-    finish_by_caller(app, &id, PaymentStatus::Canceled, |p| p.merchant_id == merchant_id).await
+    finish_by_caller(app, &id, PaymentStatus::Canceled, |p| {
+        p.merchant_id == merchant_id
+    })
+    .await
 }
 
 async fn balance<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
@@ -432,7 +519,13 @@ where
     let merchant_id = merchant(&app.store, req).await?;
     let mut balances = app.store.balances(&merchant_id).await?;
     balances.sort_by(|a, b| a.currency.code().cmp(b.currency.code()));
-    Ok(json_response(StatusCode::OK, &BalanceView { merchant_id: merchant_id.as_str(), balances: &balances }))
+    Ok(json_response(
+        StatusCode::OK,
+        &BalanceView {
+            merchant_id: merchant_id.as_str(),
+            balances: &balances,
+        },
+    ))
 }
 
 // ---------------------------------------------------------------- confirmation (phone)
@@ -450,17 +543,27 @@ where
         .filter(|p| p.effective_status(now) == PaymentStatus::Pending)
         .map(|p| PaymentView::new(p, now))
         .collect();
-    Ok(json_response(StatusCode::OK, &PendingPaymentsView { payments: views }))
+    Ok(json_response(
+        StatusCode::OK,
+        &PendingPaymentsView { payments: views },
+    ))
 }
 
-async fn decline_payment<S, Q>(app: &App<S, Q>, req: &Request, raw_id: &str) -> Result<Response<Body>>
+async fn decline_payment<S, Q>(
+    app: &App<S, Q>,
+    req: &Request,
+    raw_id: &str,
+) -> Result<Response<Body>>
 where
     S: Directory + Payments,
 {
     body_bytes(req)?;
     let session = terminal(&app.store, req).await?;
     let id = path_payment_id(raw_id)?;
-    finish_by_caller(app, &id, PaymentStatus::Declined, |p| p.terminal_id == session.terminal_id).await
+    finish_by_caller(app, &id, PaymentStatus::Declined, |p| {
+        p.terminal_id == session.terminal_id
+    })
+    .await
 }
 
 /// Cancel (merchant) or decline (phone): pending and unexpired only, else 409.
@@ -474,7 +577,12 @@ where
     S: Payments,
 {
     for _ in 0..MAX_RACE_RETRIES {
-        let mut payment = app.store.payment(id).await?.filter(&owns).ok_or(DomainError::NotFound)?;
+        let mut payment = app
+            .store
+            .payment(id)
+            .await?
+            .filter(&owns)
+            .ok_or(DomainError::NotFound)?;
         let now = Timestamp::now();
         if payment.status != PaymentStatus::Pending {
             return Err(DomainError::PaymentNotPending);
@@ -495,13 +603,21 @@ where
 /// Writes down that a pending payment lapsed and frees its code. Best effort: readers already see
 /// it as expired, and the next payment on the code takes the lapsed lock over anyway.
 async fn record_expiry<S: Payments, Q>(app: &App<S, Q>, payment: &Payment, now: Timestamp) {
-    match app.store.finish_pending(payment, PaymentStatus::Expired, now).await {
+    match app
+        .store
+        .finish_pending(payment, PaymentStatus::Expired, now)
+        .await
+    {
         Ok(_) => tracing::info!(outcome = "expired", payment_id = %payment.payment_id),
         Err(e) => tracing::warn!(error = ?e, "could not record expiry"),
     }
 }
 
-async fn confirm_payment<S, Q>(app: &App<S, Q>, req: &Request, raw_id: &str) -> Result<Response<Body>>
+async fn confirm_payment<S, Q>(
+    app: &App<S, Q>,
+    req: &Request,
+    raw_id: &str,
+) -> Result<Response<Body>>
 where
     S: Directory + Devices + Payments,
     Q: SettlementQueue,
@@ -531,7 +647,9 @@ where
                 // The accepted confirmation again. If it is still `confirmed`, the first attempt may
                 // have failed to enqueue: enqueue again (settlement is idempotent).
                 if payment.status == PaymentStatus::Confirmed {
-                    app.queue.enqueue(&SettlementMessage::for_payment(&payment)).await?;
+                    app.queue
+                        .enqueue(&SettlementMessage::for_payment(&payment))
+                        .await?;
                 }
                 return Ok(payment_response(StatusCode::OK, &payment));
             }
@@ -541,9 +659,11 @@ where
             }
             Err(e) => return Err(e),
         }
-        let device = app.store.device(&payment.unique_code).await?.ok_or_else(|| {
-            DomainError::Internal("pending payment without its device".into())
-        })?;
+        let device = app
+            .store
+            .device(&payment.unique_code)
+            .await?
+            .ok_or_else(|| DomainError::Internal("pending payment without its device".into()))?;
         if !counter.is_acceptable_after(device.last_counter) {
             tracing::warn!(
                 security_event = "counter_anomaly",
@@ -561,10 +681,15 @@ where
             challenge: &payment.challenge,
             counter,
         };
-        if !master_key.device_key(&payment.unique_code).verify_auth_code(&binding, &auth_code) {
+        if !master_key
+            .device_key(&payment.unique_code)
+            .verify_auth_code(&binding, &auth_code)
+        {
             let last_attempt = payment.failed_attempts + 1 >= MAX_AUTH_ATTEMPTS;
             let write = if last_attempt {
-                app.store.finish_pending(&payment, PaymentStatus::Failed, now).await?
+                app.store
+                    .finish_pending(&payment, PaymentStatus::Failed, now)
+                    .await?
             } else {
                 app.store.record_failed_attempt(&payment).await?
             };
@@ -576,7 +701,11 @@ where
                 attempts = payment.failed_attempts + 1,
                 "wrong auth code"
             );
-            return Err(if last_attempt { DomainError::TooManyAttempts } else { DomainError::InvalidAuthCode });
+            return Err(if last_attempt {
+                DomainError::TooManyAttempts
+            } else {
+                DomainError::InvalidAuthCode
+            });
         }
         let confirmation = Confirmation {
             payment: &payment,
@@ -595,7 +724,9 @@ where
         tracing::info!(outcome = "confirmed");
         // Committed. If the enqueue fails the caller gets 503 and its retry (the exact same
         // confirmation) enqueues again; nothing is confirmed twice.
-        app.queue.enqueue(&SettlementMessage::for_payment(&confirmed)).await?;
+        app.queue
+            .enqueue(&SettlementMessage::for_payment(&confirmed))
+            .await?;
         return Ok(payment_response(StatusCode::OK, &confirmed));
     }
     Err(DomainError::Unavailable("payment kept changing".into()))
@@ -606,19 +737,31 @@ mod tests {
     use super::*;
 
     fn segs(path: &str) -> Vec<String> {
-        path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+        path.split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     #[test]
     fn route_table() {
         let r = |m: Method, p: &str| Route::of(&m, &segs(p));
         assert_eq!(r(Method::POST, "devices"), Some(Route::RegisterDevice));
-        assert_eq!(r(Method::DELETE, "devices/abc"), Some(Route::DeregisterDevice("abc".into())));
+        assert_eq!(
+            r(Method::DELETE, "devices/abc"),
+            Some(Route::DeregisterDevice("abc".into()))
+        );
         assert_eq!(r(Method::GET, "devices"), None);
-        assert_eq!(r(Method::POST, "payments/p/confirm"), Some(Route::ConfirmPayment("p".into())));
+        assert_eq!(
+            r(Method::POST, "payments/p/confirm"),
+            Some(Route::ConfirmPayment("p".into()))
+        );
         assert_eq!(r(Method::GET, "payments/p/confirm"), None);
         assert_eq!(r(Method::GET, "balance"), Some(Route::Balance));
-        assert_eq!(r(Method::GET, "pending-payments"), Some(Route::PendingPayments));
+        assert_eq!(
+            r(Method::GET, "pending-payments"),
+            Some(Route::PendingPayments)
+        );
         assert!(Function::Registration.serves(&Route::RegisterDevice));
         assert!(!Function::Registration.serves(&Route::CreatePayment));
         assert!(Function::Confirmation.serves(&Route::DeclinePayment("p".into())));

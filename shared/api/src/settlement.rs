@@ -32,7 +32,9 @@ async fn settle_one<L: Ledger>(ledger: &L, record: &SqsMessage) -> Result<(), Do
     let message: SettlementMessage = serde_json::from_str(body)
         .map_err(|e| DomainError::InvalidRequest(format!("settlement message: {e}")))?;
     match ledger.settle(&message, Timestamp::now()).await? {
-        Settlement::Settled => tracing::info!(outcome = "settled", payment_id = %message.payment_id),
+        Settlement::Settled => {
+            tracing::info!(outcome = "settled", payment_id = %message.payment_id)
+        }
         Settlement::AlreadySettled => {
             tracing::info!(outcome = "duplicate_delivery", payment_id = %message.payment_id)
         }

@@ -68,7 +68,9 @@ impl Settings {
                 .parse::<i64>()
                 .ok()
                 .filter(|n| (1..=86_400).contains(n))
-                .ok_or_else(|| DomainError::Internal("PENDING_TTL_SECONDS must be 1..=86400".into()))?,
+                .ok_or_else(|| {
+                    DomainError::Internal("PENDING_TTL_SECONDS must be 1..=86400".into())
+                })?,
         };
         Ok(Self {
             table_name,
@@ -96,7 +98,12 @@ mod tests {
     use super::*;
 
     fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -105,9 +112,16 @@ mod tests {
         assert_eq!(s.pending_ttl_seconds, 120);
         assert!(s.master_key.is_none());
         assert!(Settings::from_lookup(lookup(&[])).is_err());
-        let s = Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("PENDING_TTL_SECONDS", "3")])).unwrap();
+        let s = Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("PENDING_TTL_SECONDS", "3")]))
+            .unwrap();
         assert_eq!(s.pending_ttl_seconds, 3);
-        assert!(Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("PENDING_TTL_SECONDS", "0")])).is_err());
-        assert!(Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("ISSUER_MASTER_KEY", "xx")])).is_err());
+        assert!(
+            Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("PENDING_TTL_SECONDS", "0")]))
+                .is_err()
+        );
+        assert!(
+            Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("ISSUER_MASTER_KEY", "xx")]))
+                .is_err()
+        );
     }
 }

@@ -13,15 +13,14 @@ use aws_sdk_dynamodb::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
 use twochan_domain::{
-    Currency, DomainError, MerchantId, Payment, PaymentId, PaymentStatus, Result, TerminalId,
-    Timestamp, UniqueCode,
+    Currency, DomainError, IdempotencyKey, MerchantId, Payment, PaymentId, PaymentStatus, Result,
+    TerminalId, Timestamp, UniqueCode,
     crypto::{SecretHash, fill_random, sha256_hex},
     ports::{
         Balance, Confirmation, Device, Devices, Directory, Idempotency, IdempotencyClaim,
         IdempotencyRecord, Ledger, Payments, Registration, Settlement, SettlementMessage,
         StoredResponse, TerminalSession, Write,
     },
-    IdempotencyKey,
 };
 
 use crate::items::*;
@@ -40,14 +39,16 @@ mod cond {
     /// A device free to register: unknown, or known (with its counter) but deregistered.
     pub const DEVICE_UNREGISTERED: &str = "attribute_not_exists(terminal_id)";
     /// Re-registration by the same terminal: the token we read is still the current one.
-    pub const DEVICE_SAME_REGISTRATION: &str = "terminal_id = :terminal AND token_hash = :old_token";
+    pub const DEVICE_SAME_REGISTRATION: &str =
+        "terminal_id = :terminal AND token_hash = :old_token";
     /// Deregistration: still the registration we read, and its pending lock unchanged.
     pub const DEVICE_DEREGISTER_NO_LOCK: &str =
         "token_hash = :token AND attribute_not_exists(pending_payment_id)";
     pub const DEVICE_DEREGISTER_WITH_LOCK: &str =
         "token_hash = :token AND pending_payment_id = :held";
     /// A new pending payment takes a free lock...
-    pub const LOCK_FREE: &str = "terminal_id = :terminal AND attribute_not_exists(pending_payment_id)";
+    pub const LOCK_FREE: &str =
+        "terminal_id = :terminal AND attribute_not_exists(pending_payment_id)";
     /// ...or one whose payment is past its expiry, checked here against the write's own clock.
     pub const LOCK_LAPSED: &str =
         "terminal_id = :terminal AND pending_payment_id = :held AND pending_expires_at < :now";
@@ -132,7 +133,10 @@ pub struct DynamoStore {
 
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     pub fn table(&self) -> &str {
@@ -141,7 +145,13 @@ impl DynamoStore {
 
     /// A cheap call made at init so the first request finds a warm connection.
     pub async fn warm_up(&self) {
-        if let Err(e) = self.client.describe_table().table_name(&self.table).send().await {
+        if let Err(e) = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+        {
             tracing::warn!(error = %DisplayErrorContext(&e), "warm-up DescribeTable failed");
         }
     }
@@ -171,7 +181,9 @@ impl DynamoStore {
         if spec.condition.contains("#status") {
             b = b.expression_attribute_names("#status", "status");
         }
-        Ok(TransactWriteItem::builder().update(b.build().map_err(build_err)?).build())
+        Ok(TransactWriteItem::builder()
+            .update(b.build().map_err(build_err)?)
+            .build())
     }
 
     fn put_new(&self, item: HashMap<String, AttributeValue>) -> Result<TransactWriteItem> {
@@ -185,14 +197,23 @@ impl DynamoStore {
     }
 
     fn delete(&self, key: HashMap<String, AttributeValue>) -> Result<TransactWriteItem> {
-        let delete =
-            Delete::builder().table_name(&self.table).set_key(Some(key)).build().map_err(build_err)?;
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .build()
+            .map_err(build_err)?;
         Ok(TransactWriteItem::builder().delete(delete).build())
     }
 
     /// Runs a transaction; a failed condition (or a conflicting transaction) is `Write::Conflict`.
     async fn transact(&self, op: &'static str, items: Vec<TransactWriteItem>) -> Result<Write> {
-        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
             Ok(_) => Ok(Write::Applied),
             Err(err) => {
                 let reasons: Vec<String> = err
@@ -210,7 +231,10 @@ impl DynamoStore {
                     .unwrap_or_default();
                 let conflict = !reasons.is_empty()
                     && reasons.iter().all(|r| {
-                        matches!(r.as_str(), "None" | "ConditionalCheckFailed" | "TransactionConflict")
+                        matches!(
+                            r.as_str(),
+                            "None" | "ConditionalCheckFailed" | "TransactionConflict"
+                        )
                     });
                 if conflict {
                     tracing::info!(operation = op, reasons = ?reasons, "transaction condition failed");
@@ -238,8 +262,14 @@ impl Directory for DynamoStore {
         item.map(TerminalSession::try_from).transpose()
     }
 
-    async fn put_merchant(&self, id: &MerchantId, key_hash: &SecretHash, at: Timestamp) -> Result<()> {
-        let existing: Option<MerchantItem> = self.get(merchant_pk(id.as_str()), SK_MERCHANT).await?;
+    async fn put_merchant(
+        &self,
+        id: &MerchantId,
+        key_hash: &SecretHash,
+        at: Timestamp,
+    ) -> Result<()> {
+        let existing: Option<MerchantItem> =
+            self.get(merchant_pk(id.as_str()), SK_MERCHANT).await?;
         let merchant = MerchantItem {
             pk: merchant_pk(id.as_str()),
             sk: SK_MERCHANT.into(),
@@ -267,9 +297,14 @@ impl Directory for DynamoStore {
         if let Some(old) = existing {
             items.push(self.delete(key(api_key_pk(&old.key_hash), SK_API_KEY))?);
         }
-        match self.transact("TransactWriteItems(put_merchant)", items).await? {
+        match self
+            .transact("TransactWriteItems(put_merchant)", items)
+            .await?
+        {
             Write::Applied => Ok(()),
-            Write::Conflict => Err(DomainError::Unavailable("merchant changed concurrently".into())),
+            Write::Conflict => Err(DomainError::Unavailable(
+                "merchant changed concurrently".into(),
+            )),
         }
     }
 }
@@ -350,7 +385,11 @@ impl Devices for DynamoStore {
         ];
         if let Some((held, lapses_at)) = &device.pending {
             // A payment past its expiry becomes expired, not canceled: it had already lapsed.
-            let to = if at > *lapses_at { PaymentStatus::Expired } else { PaymentStatus::Canceled };
+            let to = if at > *lapses_at {
+                PaymentStatus::Expired
+            } else {
+                PaymentStatus::Canceled
+            };
             items.push(self.update_item(UpdateSpec {
                 key: key(payment_pk(held.as_str()), SK_PAYMENT),
                 update: "SET #status = :to REMOVE gsi1pk, gsi1sk".into(),
@@ -408,7 +447,8 @@ impl Payments for DynamoStore {
         if let Some(record) = idempotency {
             items.push(self.complete_item(record)?);
         }
-        self.transact("TransactWriteItems(create_payment)", items).await
+        self.transact("TransactWriteItems(create_payment)", items)
+            .await
     }
 
     async fn pending_for_terminal(&self, terminal: &TerminalId) -> Result<Vec<Payment>> {
@@ -441,20 +481,33 @@ impl Payments for DynamoStore {
         Ok(out)
     }
 
-    async fn finish_pending(&self, payment: &Payment, to: PaymentStatus, at: Timestamp) -> Result<Write> {
+    async fn finish_pending(
+        &self,
+        payment: &Payment,
+        to: PaymentStatus,
+        at: Timestamp,
+    ) -> Result<Write> {
         if !PaymentStatus::Pending.can_become(to) || to == PaymentStatus::Confirmed {
-            return Err(DomainError::Internal(format!("finish_pending to {}", to.as_str())));
+            return Err(DomainError::Internal(format!(
+                "finish_pending to {}",
+                to.as_str()
+            )));
         }
         let condition = if to == PaymentStatus::Expired {
             cond::PAYMENT_PENDING_LAPSED
         } else {
             cond::PAYMENT_PENDING_UNEXPIRED
         };
-        let attempts = if to == PaymentStatus::Failed { payment.failed_attempts + 1 } else { payment.failed_attempts };
+        let attempts = if to == PaymentStatus::Failed {
+            payment.failed_attempts + 1
+        } else {
+            payment.failed_attempts
+        };
         let items = vec![
             self.update_item(UpdateSpec {
                 key: key(payment_pk(payment.payment_id.as_str()), SK_PAYMENT),
-                update: "SET #status = :to, failed_attempts = :attempts REMOVE gsi1pk, gsi1sk".into(),
+                update: "SET #status = :to, failed_attempts = :attempts REMOVE gsi1pk, gsi1sk"
+                    .into(),
                 condition,
                 values: vec![
                     (":pending", s("pending")),
@@ -470,7 +523,8 @@ impl Payments for DynamoStore {
                 values: vec![(":held", s(payment.payment_id.as_str()))],
             })?,
         ];
-        self.transact("TransactWriteItems(finish_pending)", items).await
+        self.transact("TransactWriteItems(finish_pending)", items)
+            .await
     }
 
     async fn record_failed_attempt(&self, payment: &Payment) -> Result<Write> {
@@ -478,7 +532,10 @@ impl Payments for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(payment_pk(payment.payment_id.as_str()), SK_PAYMENT)))
+            .set_key(Some(key(
+                payment_pk(payment.payment_id.as_str()),
+                SK_PAYMENT,
+            )))
             .update_expression("SET failed_attempts = :attempts")
             .condition_expression(cond::PAYMENT_PENDING_ATTEMPTS)
             .expression_attribute_names("#status", "status")
@@ -490,7 +547,10 @@ impl Payments for DynamoStore {
             .await;
         match result {
             Ok(_) => Ok(Write::Applied),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
                 Ok(Write::Conflict)
             }
             Err(e) => Err(sdk_error("UpdateItem(failed_attempt)", e)),
@@ -502,9 +562,10 @@ impl Payments for DynamoStore {
         let items = vec![
             self.update_item(UpdateSpec {
                 key: key(payment_pk(p.payment_id.as_str()), SK_PAYMENT),
-                update: "SET #status = :confirmed, confirmed_at = :at, confirmation = :fingerprint \
+                update:
+                    "SET #status = :confirmed, confirmed_at = :at, confirmation = :fingerprint \
                          REMOVE gsi1pk, gsi1sk"
-                    .into(),
+                        .into(),
                 condition: cond::PAYMENT_PENDING_UNEXPIRED,
                 values: vec![
                     (":pending", s("pending")),
@@ -516,7 +577,8 @@ impl Payments for DynamoStore {
             })?,
             self.update_item(UpdateSpec {
                 key: key(device_pk(p.unique_code.as_str()), SK_DEVICE),
-                update: "SET last_counter = :counter REMOVE pending_payment_id, pending_expires_at".into(),
+                update: "SET last_counter = :counter REMOVE pending_payment_id, pending_expires_at"
+                    .into(),
                 condition: cond::COUNTER_UNCHANGED,
                 values: vec![
                     (":held", s(p.payment_id.as_str())),
@@ -534,7 +596,10 @@ impl DynamoStore {
         let b = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key(
-                idempotency_pk(record.merchant_id.as_str(), &sha256_hex(record.key.as_str().as_bytes())),
+                idempotency_pk(
+                    record.merchant_id.as_str(),
+                    &sha256_hex(record.key.as_str().as_bytes()),
+                ),
                 SK_IDEMPOTENCY,
             )))
             .update_expression(
@@ -548,7 +613,9 @@ impl DynamoStore {
             .expression_attribute_values(":lease", s(record.lease))
             .expression_attribute_values(":status", n(record.response.status))
             .expression_attribute_values(":body", s(record.response.body));
-        Ok(TransactWriteItem::builder().update(b.build().map_err(build_err)?).build())
+        Ok(TransactWriteItem::builder()
+            .update(b.build().map_err(build_err)?)
+            .build())
     }
 }
 
@@ -600,9 +667,16 @@ impl Idempotency for DynamoStore {
                     match returned {
                         Some(item) => parse_item::<IdempotencyItem>(item)?,
                         // Not every emulator returns the old item: read it.
-                        None => match self.get::<IdempotencyItem>(item.pk.clone(), SK_IDEMPOTENCY).await? {
+                        None => match self
+                            .get::<IdempotencyItem>(item.pk.clone(), SK_IDEMPOTENCY)
+                            .await?
+                        {
                             Some(old) => old,
-                            None => return Err(DomainError::Unavailable("idempotency key vanished; retry".into())),
+                            None => {
+                                return Err(DomainError::Unavailable(
+                                    "idempotency key vanished; retry".into(),
+                                ));
+                            }
                         },
                     }
                 }
@@ -613,8 +687,14 @@ impl Idempotency for DynamoStore {
             IdempotencyClaim::Mismatch
         } else if old.state == "done" {
             match (old.response_status, old.response_body) {
-                (Some(status), Some(body)) => IdempotencyClaim::Replay(StoredResponse { status, body }),
-                _ => return Err(DomainError::Internal("idempotency record without response".into())),
+                (Some(status), Some(body)) => {
+                    IdempotencyClaim::Replay(StoredResponse { status, body })
+                }
+                _ => {
+                    return Err(DomainError::Internal(
+                        "idempotency record without response".into(),
+                    ));
+                }
             }
         } else {
             IdempotencyClaim::InFlight
@@ -623,7 +703,10 @@ impl Idempotency for DynamoStore {
 
     async fn complete(&self, record: IdempotencyRecord<'_>) -> Result<()> {
         let item = self.complete_item(record)?;
-        match self.transact("TransactWriteItems(idempotency_complete)", vec![item]).await? {
+        match self
+            .transact("TransactWriteItems(idempotency_complete)", vec![item])
+            .await?
+        {
             Write::Applied => Ok(()),
             // The lease lapsed and another request took the key: its answer stands.
             Write::Conflict => {
@@ -633,7 +716,12 @@ impl Idempotency for DynamoStore {
         }
     }
 
-    async fn release(&self, merchant: &MerchantId, idem_key: &IdempotencyKey, lease: &str) -> Result<()> {
+    async fn release(
+        &self,
+        merchant: &MerchantId,
+        idem_key: &IdempotencyKey,
+        lease: &str,
+    ) -> Result<()> {
         let result = self
             .client
             .delete_item()
@@ -650,7 +738,12 @@ impl Idempotency for DynamoStore {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(sdk_error("DeleteItem(idempotency)", e)),
         }
     }
@@ -694,12 +787,19 @@ impl Ledger for DynamoStore {
             {
                 let b = Update::builder()
                     .table_name(&self.table)
-                    .set_key(Some(key(merchant_pk(m.merchant_id.as_str()), &balance_sk(m.currency.code()))))
-                    .update_expression("SET currency = :currency ADD settled_amount :amount, settled_count :one")
+                    .set_key(Some(key(
+                        merchant_pk(m.merchant_id.as_str()),
+                        &balance_sk(m.currency.code()),
+                    )))
+                    .update_expression(
+                        "SET currency = :currency ADD settled_amount :amount, settled_count :one",
+                    )
                     .expression_attribute_values(":currency", s(m.currency.code()))
                     .expression_attribute_values(":amount", n(m.amount.minor_units()))
                     .expression_attribute_values(":one", n(1));
-                TransactWriteItem::builder().update(b.build().map_err(build_err)?).build()
+                TransactWriteItem::builder()
+                    .update(b.build().map_err(build_err)?)
+                    .build()
             },
         ];
         match self.transact("TransactWriteItems(settle)", items).await? {
@@ -707,8 +807,13 @@ impl Ledger for DynamoStore {
             Write::Conflict => match self.payment(&m.payment_id).await? {
                 Some(p) if p.status == PaymentStatus::Settled => Ok(Settlement::AlreadySettled),
                 // Confirmed but another delivery's transaction was in the way: try again later.
-                Some(p) if p.status == PaymentStatus::Confirmed && SettlementMessage::for_payment(&p) == *m => {
-                    Err(DomainError::Unavailable("settlement raced another delivery".into()))
+                Some(p)
+                    if p.status == PaymentStatus::Confirmed
+                        && SettlementMessage::for_payment(&p) == *m =>
+                {
+                    Err(DomainError::Unavailable(
+                        "settlement raced another delivery".into(),
+                    ))
                 }
                 Some(p) => Err(DomainError::InvalidRequest(format!(
                     "payment {} is {} or does not match the message",
@@ -750,7 +855,10 @@ impl Ledger for DynamoStore {
 /// Test and operator access to raw items (ledger entries), kept out of the ports on purpose.
 impl DynamoStore {
     /// The ledger entries of one payment: `(direction, account, amount, currency)`.
-    pub async fn ledger_entries(&self, payment: &PaymentId) -> Result<Vec<(String, String, u64, String)>> {
+    pub async fn ledger_entries(
+        &self,
+        payment: &PaymentId,
+    ) -> Result<Vec<(String, String, u64, String)>> {
         let out = self
             .client
             .query()

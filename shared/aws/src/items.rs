@@ -5,10 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 use twochan_domain::{
-    DomainError, Payment, PaymentStatus, Timestamp,
+    Counter, DomainError, Payment, PaymentStatus, Timestamp,
     crypto::SecretHash,
     ports::{Device, Registration, TerminalSession},
-    Counter,
 };
 
 pub fn merchant_pk(id: &str) -> String {
@@ -120,9 +119,10 @@ impl TryFrom<DeviceItem> for Device {
             _ => return Err(corrupt("device", "partial registration")),
         };
         let pending = match (d.pending_payment_id, d.pending_expires_at) {
-            (Some(p), Some(at)) => {
-                Some((p.try_into().map_err(|e| corrupt("device", e))?, Timestamp::from_millis(at)))
-            }
+            (Some(p), Some(at)) => Some((
+                p.try_into().map_err(|e| corrupt("device", e))?,
+                Timestamp::from_millis(at),
+            )),
             (None, None) => None,
             _ => return Err(corrupt("device", "partial pending lock")),
         };

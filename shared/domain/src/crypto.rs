@@ -87,7 +87,10 @@ impl DeviceKey {
     }
 
     fn registration_mac(&self, code: &UniqueCode, terminal: &TerminalId) -> [u8; 32] {
-        hmac(&self.0, &["2ch/register/v1|", code.as_str(), "|", terminal.as_str()])
+        hmac(
+            &self.0,
+            &["2ch/register/v1|", code.as_str(), "|", terminal.as_str()],
+        )
     }
 
     /// `hex(HMAC(K_dev, "2ch/register/v1|" + unique_code + "|" + terminal_id))`, as the device makes it.

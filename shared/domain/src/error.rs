@@ -35,7 +35,9 @@ pub enum DomainError {
     IdempotencyKeyReused,
     #[error("the auth code does not match this payment")]
     InvalidAuthCode,
-    #[error("counter must be greater than the device's last accepted counter and at most 1000 above it")]
+    #[error(
+        "counter must be greater than the device's last accepted counter and at most 1000 above it"
+    )]
     StaleCounter,
     #[error("too many wrong auth codes; the payment has failed")]
     TooManyAttempts,

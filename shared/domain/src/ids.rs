@@ -115,7 +115,10 @@ impl TryFrom<String> for PaymentId {
         if ok {
             Ok(Self(s))
         } else {
-            Err(DomainError::invalid("payment_id", "must be pay_ followed by a 26-character ULID"))
+            Err(DomainError::invalid(
+                "payment_id",
+                "must be pay_ followed by a 26-character ULID",
+            ))
         }
     }
 }
@@ -156,10 +159,16 @@ impl TryFrom<String> for Reference {
     type Error = DomainError;
     fn try_from(s: String) -> Result<Self, DomainError> {
         if s.chars().count() > Self::MAX_CHARS {
-            return Err(DomainError::invalid("reference", "must be at most 128 characters"));
+            return Err(DomainError::invalid(
+                "reference",
+                "must be at most 128 characters",
+            ));
         }
         if s.chars().any(char::is_control) {
-            return Err(DomainError::invalid("reference", "must not contain control characters"));
+            return Err(DomainError::invalid(
+                "reference",
+                "must not contain control characters",
+            ));
         }
         Ok(Self(s))
     }
@@ -218,7 +227,10 @@ impl TryFrom<String> for Challenge {
         if s.len() == 32 && is_lower_hex(&s) {
             Ok(Self(s))
         } else {
-            Err(DomainError::invalid("challenge", "must be 32 lowercase hex characters"))
+            Err(DomainError::invalid(
+                "challenge",
+                "must be 32 lowercase hex characters",
+            ))
         }
     }
 }
@@ -230,7 +242,8 @@ impl From<Challenge> for String {
 }
 
 pub(crate) fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A payment auth code as sent by a phone: 64 hex characters (an HMAC-SHA256).
@@ -257,7 +270,10 @@ impl TryFrom<&str> for AuthCode {
     fn try_from(s: &str) -> Result<Self, DomainError> {
         let mut out = [0u8; 32];
         if s.len() != 64 || hex::decode_to_slice(s, &mut out).is_err() {
-            return Err(DomainError::invalid("auth_code", "must be 64 hex characters"));
+            return Err(DomainError::invalid(
+                "auth_code",
+                "must be 64 hex characters",
+            ));
         }
         Ok(Self(out))
     }
@@ -366,8 +382,21 @@ mod tests {
     fn counter_rules() {
         assert_eq!(Counter::try_from("1").unwrap().get(), 1);
         assert_eq!(Counter::try_from("0").unwrap().get(), 0);
-        assert_eq!(Counter::try_from("18446744073709551615").unwrap().get(), u64::MAX);
-        for bad in ["", "01", "-1", "+1", "1.0", "18446744073709551616", " 1", "1e3", "0x10"] {
+        assert_eq!(
+            Counter::try_from("18446744073709551615").unwrap().get(),
+            u64::MAX
+        );
+        for bad in [
+            "",
+            "01",
+            "-1",
+            "+1",
+            "1.0",
+            "18446744073709551616",
+            " 1",
+            "1e3",
+            "0x10",
+        ] {
             assert!(Counter::try_from(bad).is_err(), "{bad:?}");
         }
         let last = Counter::new(5);

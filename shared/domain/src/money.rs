@@ -26,7 +26,10 @@ impl TryFrom<u64> for Amount {
         if (Self::MIN..=Self::MAX).contains(&v) {
             Ok(Self(v))
         } else {
-            Err(DomainError::invalid("amount", "must be an integer from 1 to 99999999 (minor units)"))
+            Err(DomainError::invalid(
+                "amount",
+                "must be an integer from 1 to 99999999 (minor units)",
+            ))
         }
     }
 }
@@ -62,7 +65,10 @@ impl TryFrom<&str> for Currency {
         let real = !matches!(s, "XTS" | "XXX");
         match iso_currency::Currency::from_code(s) {
             Some(c) if well_formed && real => Ok(Self(c)),
-            _ => Err(DomainError::invalid("currency", "must be an ISO 4217 code such as USD")),
+            _ => Err(DomainError::invalid(
+                "currency",
+                "must be an ISO 4217 code such as USD",
+            )),
         }
     }
 }

@@ -2,11 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Timestamp;
 use crate::crypto::sha256_hex;
 use crate::error::DomainError;
-use crate::ids::{AuthCode, Challenge, Counter, MerchantId, PaymentId, PosId, Reference, TerminalId, UniqueCode};
+use crate::ids::{
+    AuthCode, Challenge, Counter, MerchantId, PaymentId, PosId, Reference, TerminalId, UniqueCode,
+};
 use crate::money::{Amount, Currency};
-use crate::Timestamp;
 
 /// Wrong auth codes a payment tolerates; the last of them fails it.
 pub const MAX_AUTH_ATTEMPTS: u32 = 5;
@@ -162,7 +164,11 @@ impl Payment {
     }
 
     /// The status and expiry rules of `POST /confirm`, in the contract's order.
-    pub fn gate_confirm(&self, now: Timestamp, fingerprint: &str) -> Result<ConfirmGate, DomainError> {
+    pub fn gate_confirm(
+        &self,
+        now: Timestamp,
+        fingerprint: &str,
+    ) -> Result<ConfirmGate, DomainError> {
         match self.status {
             PaymentStatus::Pending if self.is_past_expiry(now) => Err(DomainError::PaymentExpired),
             PaymentStatus::Pending => Ok(ConfirmGate::Proceed),
@@ -211,7 +217,11 @@ mod tests {
         ];
         for from in PaymentStatus::ALL {
             for to in PaymentStatus::ALL {
-                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
             }
             // A final status has no way out.
             if from.is_terminal() {
@@ -225,7 +235,10 @@ mod tests {
     fn status_round_trips_through_its_name() {
         for s in PaymentStatus::ALL {
             assert_eq!(PaymentStatus::try_from(s.as_str()).unwrap(), s);
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
         }
         assert!(PaymentStatus::try_from("PENDING").is_err());
     }
@@ -249,13 +262,22 @@ mod tests {
         p.status = PaymentStatus::Confirmed;
         p.confirmation = Some("abc".into());
         assert_eq!(p.gate_confirm(now, "abc"), Ok(ConfirmGate::Repeat));
-        assert_eq!(p.gate_confirm(now, "abd"), Err(DomainError::PaymentNotPending));
+        assert_eq!(
+            p.gate_confirm(now, "abd"),
+            Err(DomainError::PaymentNotPending)
+        );
         p.status = PaymentStatus::Settled;
         assert_eq!(p.gate_confirm(now, "abc"), Ok(ConfirmGate::Repeat));
         p.status = PaymentStatus::Failed;
         p.failed_attempts = MAX_AUTH_ATTEMPTS;
-        assert_eq!(p.gate_confirm(now, "abc"), Err(DomainError::TooManyAttempts));
+        assert_eq!(
+            p.gate_confirm(now, "abc"),
+            Err(DomainError::TooManyAttempts)
+        );
         p.status = PaymentStatus::Declined;
-        assert_eq!(p.gate_confirm(now, "abc"), Err(DomainError::PaymentNotPending));
+        assert_eq!(
+            p.gate_confirm(now, "abc"),
+            Err(DomainError::PaymentNotPending)
+        );
     }
 }

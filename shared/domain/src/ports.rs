@@ -5,12 +5,12 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Timestamp;
 use crate::crypto::SecretHash;
 use crate::error::Result;
 use crate::ids::{Counter, IdempotencyKey, MerchantId, PaymentId, TerminalId, UniqueCode};
 use crate::money::{Amount, Currency};
 use crate::payment::{Payment, PaymentStatus};
-use crate::Timestamp;
 
 /// A device as the server knows it. The record outlives registrations: it keeps the counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,9 @@ pub struct StoredResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyClaim {
     /// This request owns the key until it completes or `lease` lapses.
-    Claimed { lease: String },
+    Claimed {
+        lease: String,
+    },
     Replay(StoredResponse),
     InFlight,
     Mismatch,
@@ -120,46 +122,100 @@ pub struct Confirmation<'a> {
 
 /// Callers and their secrets.
 pub trait Directory: Send + Sync {
-    fn merchant_for_key(&self, key: &SecretHash) -> impl Future<Output = Result<Option<MerchantId>>> + Send;
-    fn session_for_token(&self, token: &SecretHash) -> impl Future<Output = Result<Option<TerminalSession>>> + Send;
+    fn merchant_for_key(
+        &self,
+        key: &SecretHash,
+    ) -> impl Future<Output = Result<Option<MerchantId>>> + Send;
+    fn session_for_token(
+        &self,
+        token: &SecretHash,
+    ) -> impl Future<Output = Result<Option<TerminalSession>>> + Send;
     /// Creates a merchant, or gives an existing one a new key and revokes the old one.
-    fn put_merchant(&self, id: &MerchantId, key: &SecretHash, at: Timestamp) -> impl Future<Output = Result<()>> + Send;
+    fn put_merchant(
+        &self,
+        id: &MerchantId,
+        key: &SecretHash,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 pub trait Devices: Send + Sync {
     fn device(&self, code: &UniqueCode) -> impl Future<Output = Result<Option<Device>>> + Send;
     /// Registers `code` to `registration.terminal_id`, revoking `replaces` (the token of the same
     /// terminal's earlier registration, as read in `seen`).
-    fn register(&self, code: &UniqueCode, seen: Option<&Device>, registration: &Registration) -> impl Future<Output = Result<Write>> + Send;
+    fn register(
+        &self,
+        code: &UniqueCode,
+        seen: Option<&Device>,
+        registration: &Registration,
+    ) -> impl Future<Output = Result<Write>> + Send;
     /// Frees `device`'s code, revokes its token and cancels its pending payment, if any.
-    fn deregister(&self, device: &Device, at: Timestamp) -> impl Future<Output = Result<Write>> + Send;
+    fn deregister(
+        &self,
+        device: &Device,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<Write>> + Send;
 }
 
 pub trait Payments: Send + Sync {
     fn payment(&self, id: &PaymentId) -> impl Future<Output = Result<Option<Payment>>> + Send;
     /// Creates a pending payment and takes its device's lock; `seen` is the device as read, whose
     /// (lapsed) lock may be taken over. Records `idempotency` in the same transaction.
-    fn create(&self, payment: &Payment, seen: &Device, idempotency: Option<IdempotencyRecord<'_>>) -> impl Future<Output = Result<Write>> + Send;
+    fn create(
+        &self,
+        payment: &Payment,
+        seen: &Device,
+        idempotency: Option<IdempotencyRecord<'_>>,
+    ) -> impl Future<Output = Result<Write>> + Send;
     /// The pending payments of devices registered to `terminal`, oldest first (expired ones included;
     /// callers filter by time).
-    fn pending_for_terminal(&self, terminal: &TerminalId) -> impl Future<Output = Result<Vec<Payment>>> + Send;
+    fn pending_for_terminal(
+        &self,
+        terminal: &TerminalId,
+    ) -> impl Future<Output = Result<Vec<Payment>>> + Send;
     /// Moves a pending payment to a final status and releases its device's lock.
-    fn finish_pending(&self, payment: &Payment, to: PaymentStatus, at: Timestamp) -> impl Future<Output = Result<Write>> + Send;
+    fn finish_pending(
+        &self,
+        payment: &Payment,
+        to: PaymentStatus,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<Write>> + Send;
     /// Counts a wrong auth code on a pending payment; `Conflict` if it is no longer pending.
-    fn record_failed_attempt(&self, payment: &Payment) -> impl Future<Output = Result<Write>> + Send;
-    fn confirm(&self, confirmation: &Confirmation<'_>) -> impl Future<Output = Result<Write>> + Send;
+    fn record_failed_attempt(
+        &self,
+        payment: &Payment,
+    ) -> impl Future<Output = Result<Write>> + Send;
+    fn confirm(
+        &self,
+        confirmation: &Confirmation<'_>,
+    ) -> impl Future<Output = Result<Write>> + Send;
 }
 
 pub trait Idempotency: Send + Sync {
-    fn claim(&self, merchant: &MerchantId, key: &IdempotencyKey, fingerprint: &str, now: Timestamp) -> impl Future<Output = Result<IdempotencyClaim>> + Send;
+    fn claim(
+        &self,
+        merchant: &MerchantId,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<IdempotencyClaim>> + Send;
     fn complete(&self, record: IdempotencyRecord<'_>) -> impl Future<Output = Result<()>> + Send;
     /// Gives the key up so that a retry runs again (after a failure that changed nothing).
-    fn release(&self, merchant: &MerchantId, key: &IdempotencyKey, lease: &str) -> impl Future<Output = Result<()>> + Send;
+    fn release(
+        &self,
+        merchant: &MerchantId,
+        key: &IdempotencyKey,
+        lease: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 pub trait Ledger: Send + Sync {
     /// `confirmed → settled` with the merchant credit, the payer debit and the balance, atomically.
-    fn settle(&self, message: &SettlementMessage, at: Timestamp) -> impl Future<Output = Result<Settlement>> + Send;
+    fn settle(
+        &self,
+        message: &SettlementMessage,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<Settlement>> + Send;
     fn balances(&self, merchant: &MerchantId) -> impl Future<Output = Result<Vec<Balance>>> + Send;
 }
 

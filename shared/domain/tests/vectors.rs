@@ -13,7 +13,8 @@ fn vectors() -> Vec<Value> {
 }
 
 fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
-    v[k].as_str().unwrap_or_else(|| panic!("{k} missing in {v}"))
+    v[k].as_str()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
 fn device_key(v: &Value) -> DeviceKey {
@@ -45,7 +46,10 @@ fn device_keys() {
 #[test]
 fn registration_proofs() {
     let mut n = 0;
-    for v in vectors().iter().filter(|v| v["kind"] == "registration_proof") {
+    for v in vectors()
+        .iter()
+        .filter(|v| v["kind"] == "registration_proof")
+    {
         let key = device_key(v);
         let code = UniqueCode::try_from(str_of(v, "unique_code")).unwrap();
         let terminal = TerminalId::try_from(str_of(v, "terminal_id")).unwrap();
@@ -53,7 +57,17 @@ fn registration_proofs() {
         assert_eq!(key.registration_proof(&code, &terminal), proof);
         assert!(key.verify_registration_proof(&code, &terminal, proof));
         // One flipped nibble must not verify.
-        let flipped: String = proof.chars().enumerate().map(|(i, c)| if i == 10 { if c == '0' { '1' } else { '0' } } else { c }).collect();
+        let flipped: String = proof
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 10 {
+                    if c == '0' { '1' } else { '0' }
+                } else {
+                    c
+                }
+            })
+            .collect();
         assert!(!key.verify_registration_proof(&code, &terminal, &flipped));
         n += 1;
     }
@@ -80,7 +94,10 @@ fn auth_codes() {
         assert_eq!(key.auth_code(&binding), expected);
         assert!(key.verify_auth_code(&binding, &AuthCode::try_from(expected).unwrap()));
         // The code binds every field: change the counter and it no longer verifies.
-        let other = PaymentBinding { counter: Counter::new(binding.counter.get().wrapping_sub(1)), ..binding };
+        let other = PaymentBinding {
+            counter: Counter::new(binding.counter.get().wrapping_sub(1)),
+            ..binding
+        };
         assert!(!key.verify_auth_code(&other, &AuthCode::try_from(expected).unwrap()));
         n += 1;
     }

@@ -12,7 +12,11 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
 use twochan_aws::DynamoStore;
-use twochan_domain::{MerchantId, Timestamp, crypto::{IssuedSecret, MasterKey}, ports::Directory};
+use twochan_domain::{
+    MerchantId, Timestamp,
+    crypto::{IssuedSecret, MasterKey},
+    ports::Directory,
+};
 use twochan_tools::{Api, Device, Phone, Pos, stack::Stack, unique_id};
 
 pub struct Ctx {
@@ -26,7 +30,10 @@ pub struct Ctx {
 }
 
 fn require(stack: &Stack, key: &str) -> String {
-    stack.require(key).unwrap_or_else(|e| panic!("{e}")).to_owned()
+    stack
+        .require(key)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_owned()
 }
 
 impl Ctx {
@@ -36,7 +43,9 @@ impl Ctx {
         let config = aws_config::defaults(BehaviorVersion::latest())
             .endpoint_url(require(&stack, "AWS_ENDPOINT_URL"))
             .region(Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "tests"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
             .load()
             .await;
         let dynamodb = aws_sdk_dynamodb::Client::new(&config);
@@ -61,7 +70,11 @@ impl Ctx {
         let id = unique_id("m-");
         let key = IssuedSecret::generate("mk_");
         self.store
-            .put_merchant(&MerchantId::try_from(id.as_str()).unwrap(), &key.hash, Timestamp::now())
+            .put_merchant(
+                &MerchantId::try_from(id.as_str()).unwrap(),
+                &key.hash,
+                Timestamp::now(),
+            )
             .await
             .expect("create merchant");
         Pos::new(self.api.clone(), &id, &key.secret, "pos-01")
@@ -86,7 +99,10 @@ impl Ctx {
 
     /// A pending payment of `amount` KRW on `device`.
     pub async fn pending_payment(&self, pos: &Pos, device: &Device, amount: u64) -> Value {
-        let r = pos.request_payment(device.beacon(), amount, "KRW", None, &unique_id("k-")).await.unwrap();
+        let r = pos
+            .request_payment(device.beacon(), amount, "KRW", None, &unique_id("k-"))
+            .await
+            .unwrap();
         assert_eq!(r.status, 201, "{}", r.json);
         r.json
     }
@@ -143,7 +159,10 @@ impl Ctx {
     }
 
     /// The items of one partition key, as debug strings.
-    pub async fn items_of(&self, pk: &str) -> Vec<std::collections::HashMap<String, AttributeValue>> {
+    pub async fn items_of(
+        &self,
+        pk: &str,
+    ) -> Vec<std::collections::HashMap<String, AttributeValue>> {
         self.dynamodb
             .query()
             .table_name(&self.table)
@@ -179,9 +198,21 @@ where
 /// Asserts the contract's error shape and code.
 #[track_caller]
 pub fn assert_error(r: &twochan_tools::ApiResponse, status: u16, code: &str) {
-    assert_eq!(r.status.as_u16(), status, "expected {status} {code}, got {} {}", r.status, r.json);
+    assert_eq!(
+        r.status.as_u16(),
+        status,
+        "expected {status} {code}, got {} {}",
+        r.status,
+        r.json
+    );
     assert_eq!(r.error_code(), Some(code), "body: {}", r.json);
-    assert!(r.json["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "no message: {}", r.json);
+    assert!(
+        r.json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "no message: {}",
+        r.json
+    );
     let ct = r.header("content-type").unwrap_or_default();
     assert!(ct.starts_with("application/json"), "content-type {ct}");
 }

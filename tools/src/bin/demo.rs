@@ -20,62 +20,165 @@ async fn main() {
     let stack = Stack::load();
     let get = |k: &str| stack.require(k).unwrap_or_else(|e| fail(e)).to_owned();
     let api = Api::new(&get("API_URL"));
-    let master = MasterKey::from_hex(&get("ISSUER_MASTER_KEY")).unwrap_or_else(|_| fail("ISSUER_MASTER_KEY must be 64 hex characters"));
+    let master = MasterKey::from_hex(&get("ISSUER_MASTER_KEY"))
+        .unwrap_or_else(|_| fail("ISSUER_MASTER_KEY must be 64 hex characters"));
     let started = Instant::now();
 
     // A device fresh from the factory: its key is derived from the issuer master key.
     let mut device = Device::manufacture(&master, &unique_id("demo-beacon-"));
     let mut phone = Phone::new(api.clone(), &unique_id("demo-phone-"));
-    let pos = Pos::new(api.clone(), &get("MERCHANT_ID"), &get("MERCHANT_API_KEY"), "demo-pos-1");
+    let pos = Pos::new(
+        api.clone(),
+        &get("MERCHANT_ID"),
+        &get("MERCHANT_API_KEY"),
+        "demo-pos-1",
+    );
     println!("Two-channel payment against {}\n", api.base_url());
 
-    step("device", "beacon", format!("broadcasts unique code {}", device.beacon()));
-    step("phone", "short-range", format!("pairs with the device; the device signs a registration proof for terminal {}", phone.terminal_id));
-    let r = phone.register(&device).await.unwrap_or_else(|e| fail(e.to_string()));
+    step(
+        "device",
+        "beacon",
+        format!("broadcasts unique code {}", device.beacon()),
+    );
+    step(
+        "phone",
+        "short-range",
+        format!(
+            "pairs with the device; the device signs a registration proof for terminal {}",
+            phone.terminal_id
+        ),
+    );
+    let r = phone
+        .register(&device)
+        .await
+        .unwrap_or_else(|e| fail(e.to_string()));
     if r.status != 201 {
         fail(format!("registration answered {} {}", r.status, r.json));
     }
-    step("phone", "HTTPS", format!("POST /v1/devices → {} (terminal token issued, registered_at {})", r.status, r.json["registered_at"]));
+    step(
+        "phone",
+        "HTTPS",
+        format!(
+            "POST /v1/devices → {} (terminal token issued, registered_at {})",
+            r.status, r.json["registered_at"]
+        ),
+    );
 
-    let (before, _) = pos.settled("KRW").await.unwrap_or_else(|e| fail(e.to_string()));
-    step("POS", "beacon", format!("hears unique code {}", device.beacon()));
+    let (before, _) = pos
+        .settled("KRW")
+        .await
+        .unwrap_or_else(|e| fail(e.to_string()));
+    step(
+        "POS",
+        "beacon",
+        format!("hears unique code {}", device.beacon()),
+    );
     let r = pos
-        .request_payment(device.beacon(), 4500, "KRW", Some("demo latte"), &unique_id("idem-"))
+        .request_payment(
+            device.beacon(),
+            4500,
+            "KRW",
+            Some("demo latte"),
+            &unique_id("idem-"),
+        )
         .await
         .unwrap_or_else(|e| fail(e.to_string()));
     if r.status != 201 {
         fail(format!("payment request answered {} {}", r.status, r.json));
     }
     let payment_id = r.json["payment_id"].as_str().unwrap_or_default().to_owned();
-    step("POS", "HTTPS ch.1", format!("POST /v1/payments 4500 KRW → {} {} {}, expires {}", r.status, payment_id, r.json["status"], r.json["expires_at"]));
+    step(
+        "POS",
+        "HTTPS ch.1",
+        format!(
+            "POST /v1/payments 4500 KRW → {} {} {}, expires {}",
+            r.status, payment_id, r.json["status"], r.json["expires_at"]
+        ),
+    );
 
-    let r = phone.pending().await.unwrap_or_else(|e| fail(e.to_string()));
+    let r = phone
+        .pending()
+        .await
+        .unwrap_or_else(|e| fail(e.to_string()));
     let payment = r.json["payments"]
         .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["payment_id"] == payment_id.as_str()).cloned())
+        .and_then(|ps| {
+            ps.iter()
+                .find(|p| p["payment_id"] == payment_id.as_str())
+                .cloned()
+        })
         .unwrap_or_else(|| fail(format!("the phone does not see the payment: {}", r.json)));
-    step("phone", "HTTPS ch.2", format!("GET /v1/pending-payments → {} ({} at merchant {})", r.status, payment["amount"], payment["merchant_id"]));
+    step(
+        "phone",
+        "HTTPS ch.2",
+        format!(
+            "GET /v1/pending-payments → {} ({} at merchant {})",
+            r.status, payment["amount"], payment["merchant_id"]
+        ),
+    );
 
     let (code, counter) = device.authorize(&payment);
-    step("device", "short-range", format!("user approves; auth code {}… with counter {counter}", &code[..12]));
-    let r = phone.confirm(&payment_id, &code, &counter).await.unwrap_or_else(|e| fail(e.to_string()));
+    step(
+        "device",
+        "short-range",
+        format!(
+            "user approves; auth code {}… with counter {counter}",
+            &code[..12]
+        ),
+    );
+    let r = phone
+        .confirm(&payment_id, &code, &counter)
+        .await
+        .unwrap_or_else(|e| fail(e.to_string()));
     if r.status != 200 {
         fail(format!("confirmation answered {} {}", r.status, r.json));
     }
-    step("phone", "HTTPS ch.2", format!("POST /v1/payments/{payment_id}/confirm → {} {}", r.status, r.json["status"]));
+    step(
+        "phone",
+        "HTTPS ch.2",
+        format!(
+            "POST /v1/payments/{payment_id}/confirm → {} {}",
+            r.status, r.json["status"]
+        ),
+    );
 
     let t = Instant::now();
-    let r = pos.wait_for_status(&payment_id, "settled", Duration::from_secs(30)).await.unwrap_or_else(|e| fail(e.to_string()));
+    let r = pos
+        .wait_for_status(&payment_id, "settled", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| fail(e.to_string()));
     if r.json["status"] != "settled" {
         fail(format!("not settled after 30 s: {}", r.json));
     }
-    step("server", "SQS", format!("settlement wrote the ledger; settled_at {} ({} ms after confirm)", r.json["settled_at"], t.elapsed().as_millis()));
-    step("POS", "HTTPS", format!("GET /v1/payments/{payment_id} → {}", r.json["status"]));
+    step(
+        "server",
+        "SQS",
+        format!(
+            "settlement wrote the ledger; settled_at {} ({} ms after confirm)",
+            r.json["settled_at"],
+            t.elapsed().as_millis()
+        ),
+    );
+    step(
+        "POS",
+        "HTTPS",
+        format!("GET /v1/payments/{payment_id} → {}", r.json["status"]),
+    );
 
-    let (after, count) = pos.settled("KRW").await.unwrap_or_else(|e| fail(e.to_string()));
-    step("POS", "HTTPS", format!("GET /v1/balance → KRW settled {before} → {after} ({count} payments)"));
+    let (after, count) = pos
+        .settled("KRW")
+        .await
+        .unwrap_or_else(|e| fail(e.to_string()));
+    step(
+        "POS",
+        "HTTPS",
+        format!("GET /v1/balance → KRW settled {before} → {after} ({count} payments)"),
+    );
     if after < before + 4500 {
         fail("the balance did not rise by the payment");
     }
-    println!("\nSettled in {:.1} s end to end.", started.elapsed().as_secs_f64());
+    println!(
+        "\nSettled in {:.1} s end to end.",
+        started.elapsed().as_secs_f64()
+    );
 }
