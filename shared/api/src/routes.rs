@@ -5,6 +5,7 @@ use lambda_http::{
     http::{HeaderValue, Method, StatusCode},
 };
 use serde_json::json;
+use tracing::Instrument;
 use twochan_domain::{
     Amount, AuthCode, Counter, Currency, DomainError, IdempotencyKey, MerchantId, Payment,
     PaymentId, PaymentStatus, PosId, Reference, Result, TerminalId, Timestamp, UniqueCode,
@@ -142,19 +143,28 @@ where
     let Some(route) = route.filter(|r| function.serves(r)) else {
         return error_response(&DomainError::NotFound);
     };
-    let span = tracing::info_span!("request", route = route.name());
-    let _enter = span.enter();
-    let result = match &route {
-        Route::RegisterDevice => register_device(app, &req).await,
-        Route::DeregisterDevice(code) => deregister_device(app, &req, code).await,
-        Route::CreatePayment => create_payment(app, &req).await,
-        Route::GetPayment(id) => get_payment(app, &req, id).await,
-        Route::CancelPayment(id) => cancel_payment(app, &req, id).await,
-        Route::Balance => balance(app, &req).await,
-        Route::PendingPayments => pending_payments(app, &req).await,
-        Route::ConfirmPayment(id) => confirm_payment(app, &req, id).await,
-        Route::DeclinePayment(id) => decline_payment(app, &req, id).await,
-    };
+    let span = tracing::info_span!(
+        "request",
+        route = route.name(),
+        payment_id = tracing::field::Empty
+    );
+    // `instrument`, not `enter`: the span must follow the future across its awaits.
+    let result = async {
+        match &route {
+            Route::RegisterDevice => register_device(app, &req).await,
+            Route::DeregisterDevice(code) => deregister_device(app, &req, code).await,
+            Route::CreatePayment => create_payment(app, &req).await,
+            Route::GetPayment(id) => get_payment(app, &req, id).await,
+            Route::CancelPayment(id) => cancel_payment(app, &req, id).await,
+            Route::Balance => balance(app, &req).await,
+            Route::PendingPayments => pending_payments(app, &req).await,
+            Route::ConfirmPayment(id) => confirm_payment(app, &req, id).await,
+            Route::DeclinePayment(id) => decline_payment(app, &req, id).await,
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let _in_span = span.enter();
     match result {
         Ok(resp) => {
             tracing::info!(status = resp.status().as_u16(), "request done");
@@ -639,8 +649,7 @@ where
             .await?
             .filter(|p| p.terminal_id == session.terminal_id)
             .ok_or(DomainError::NotFound)?;
-        let span = tracing::info_span!("confirm", payment_id = %payment.payment_id);
-        let _enter = span.enter();
+        tracing::Span::current().record("payment_id", tracing::field::display(&payment.payment_id));
         match payment.gate_confirm(now, &fingerprint) {
             Ok(ConfirmGate::Proceed) => {}
             Ok(ConfirmGate::Repeat) => {

@@ -1,6 +1,7 @@
 //! The settlement consumer: one span per message, partial batch failures.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use tracing::Instrument;
 use twochan_domain::{
     DomainError, Timestamp,
     ports::{Ledger, Settlement, SettlementMessage},
@@ -14,8 +15,9 @@ pub async fn settle_batch<L: Ledger>(ledger: &L, event: SqsEvent) -> SqsBatchRes
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
         let span = tracing::info_span!("settle", message_id = %id);
-        let _enter = span.enter();
-        if let Err(e) = settle_one(ledger, &record).await {
+        let outcome = settle_one(ledger, &record).instrument(span.clone()).await;
+        let _in_span = span.enter();
+        if let Err(e) = outcome {
             if e.is_retryable() {
                 tracing::warn!(error.code = e.code(), error.detail = ?e, "settlement failed; will retry");
             } else {
