@@ -375,9 +375,10 @@ async fn idempotency_free_and_held() {
         ctx.store.claim(&merchant, &key, "fp-a", now).await.unwrap(),
         IdempotencyClaim::InFlight
     );
+    // Even another body waits while the key is held; it is told of the mismatch afterwards.
     assert_eq!(
         ctx.store.claim(&merchant, &key, "fp-b", now).await.unwrap(),
-        IdempotencyClaim::Mismatch
+        IdempotencyClaim::InFlight
     );
     // A lapsed lease is taken over by the same request only.
     let later =

@@ -420,3 +420,72 @@ async fn balance_starts_empty() {
         json!({"merchant_id": pos.merchant_id, "balances": []})
     );
 }
+
+#[tokio::test]
+async fn a_key_held_by_a_request_in_flight_is_409_with_retry_after() {
+    use twochan_domain::ports::{Idempotency, IdempotencyClaim};
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (device, _) = ctx.paired().await;
+    let key = unique_id("inflight-");
+    // Another request of this merchant holds the key right now (its lease is live).
+    let merchant = twochan_domain::MerchantId::try_from(pos.merchant_id.as_str()).unwrap();
+    let held = twochan_domain::IdempotencyKey::try_from(key.as_str()).unwrap();
+    let now = twochan_domain::Timestamp::now();
+    let claim = ctx
+        .store
+        .claim(&merchant, &held, "another-request", now)
+        .await
+        .unwrap();
+    assert!(matches!(claim, IdempotencyClaim::Claimed { .. }));
+    let r = pos
+        .request_payment(device.beacon(), 10, "KRW", None, &key)
+        .await
+        .unwrap();
+    assert_error(&r, 409, "idempotency_key_in_use");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Nothing was created: the code is still free.
+    ctx.pending_payment(&pos, &device, 10).await;
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_oversized_bodies_and_anonymous_callers() {
+    let ctx = Ctx::new().await;
+    let big = "x".repeat(8 * 1024 + 1);
+    let id = "pay_01JD8Y2Z5K7M9Q1R3T5V7X9ZAB";
+    let routes = [
+        (Method::POST, "/v1/devices".to_owned(), false),
+        (Method::DELETE, "/v1/devices/beacon-0001".to_owned(), true),
+        (Method::POST, "/v1/payments".to_owned(), true),
+        (Method::GET, format!("/v1/payments/{id}"), true),
+        (Method::POST, format!("/v1/payments/{id}/cancel"), true),
+        (Method::GET, "/v1/balance".to_owned(), true),
+        (Method::GET, "/v1/pending-payments".to_owned(), true),
+        (Method::POST, format!("/v1/payments/{id}/confirm"), true),
+        (Method::POST, format!("/v1/payments/{id}/decline"), true),
+    ];
+    for (method, path, needs_bearer) in routes {
+        let url = format!("{}{path}", ctx.api.base_url());
+        let send = |body: String| {
+            ctx.api
+                .raw()
+                .request(method.clone(), &url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+        let r = send(big.clone()).await.unwrap();
+        assert_eq!(r.status(), 413, "{method} {path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body["error"]["code"], "payload_too_large",
+            "{method} {path}"
+        );
+        if needs_bearer {
+            let r = send("{}".to_owned()).await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "unauthorized", "{method} {path}");
+        }
+    }
+}

@@ -674,6 +674,16 @@ where
             .await?
             .ok_or_else(|| DomainError::Internal("pending payment without its device".into()))?;
         if !counter.is_acceptable_after(device.last_counter) {
+            // The counter may have moved because this very payment was confirmed since it was
+            // read (a concurrent copy of this request): decide again on the fresh payment.
+            let moved_on = app
+                .store
+                .payment(&id)
+                .await?
+                .is_some_and(|p| p.status != PaymentStatus::Pending);
+            if moved_on {
+                continue;
+            }
             tracing::warn!(
                 security_event = "counter_anomaly",
                 last_counter = device.last_counter.get(),

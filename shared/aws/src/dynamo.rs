@@ -683,7 +683,12 @@ impl Idempotency for DynamoStore {
                 _ => return Err(sdk_error("PutItem(idempotency)", e)),
             },
         };
-        Ok(if old.fingerprint != fingerprint {
+        let live_lease =
+            old.state == "in_flight" && old.lease_expires_at.is_some_and(|t| t >= now.millis());
+        Ok(if live_lease {
+            // Whatever its body, a request must wait for the one holding the key.
+            IdempotencyClaim::InFlight
+        } else if old.fingerprint != fingerprint {
             IdempotencyClaim::Mismatch
         } else if old.state == "done" {
             match (old.response_status, old.response_body) {
