@@ -107,15 +107,12 @@ pub enum Function {
     Registration,
     PaymentRequest,
     Confirmation,
-    /// Every route: for local runs where one process serves the whole API.
-    All,
 }
 
 impl Function {
     pub fn serves(self, route: &Route) -> bool {
         use Route::*;
         match self {
-            Function::All => true,
             Function::Registration => matches!(route, RegisterDevice | DeregisterDevice(_)),
             Function::PaymentRequest => {
                 matches!(
