@@ -31,7 +31,9 @@ unit: ## Unit tests only (no stack needed)
 integration: ## Integration tests against a running stack (make up first)
 	cargo test -p integration-tests -- --test-threads=8
 
-lint: ## cargo fmt --check and clippy -D warnings
+lint: setup ## cfn-lint, least-privilege check, cargo fmt --check, clippy -D warnings
+	.local/venv/bin/cfn-lint infra/template.yaml
+	.local/venv/bin/python scripts/check_template.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 

@@ -3,6 +3,16 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
+log "template: cfn-lint and least privilege"
+cfn-lint infra/template.yaml
+python scripts/check_template.py
+# The check must be able to fail: a wildcard slipped into a copy of the template is caught.
+bad="$(mktemp)"; trap 'rm -f "$bad"' EXIT
+sed "s/'sqs:SendMessage'/'sqs:*'/" infra/template.yaml > "$bad"
+if python scripts/check_template.py "$bad" 2>/dev/null; then
+  echo "check_template.py missed a wildcard action" >&2
+  exit 1
+fi
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
