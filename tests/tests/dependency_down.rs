@@ -1,0 +1,79 @@
+//! A dependency that does not answer: the handlers, with real SDK clients pointed at a closed
+//! port, answer 503 `unavailable` with `Retry-After` — never a 500, never a panic.
+
+use aws_config::{BehaviorVersion, Region};
+use lambda_http::http::StatusCode;
+use twochan_api::{
+    App,
+    routes::{Function, NoQueue, handle},
+};
+use twochan_aws::{AwsClients, DynamoStore, SqsSettlementQueue};
+use twochan_domain::crypto::MasterKey;
+
+async fn dead_clients() -> AwsClients {
+    // Port 9 (discard) on loopback: nothing listens, every connection is refused.
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url("http://127.0.0.1:9")
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await;
+    AwsClients {
+        dynamodb: aws_sdk_dynamodb::Client::new(&config),
+        sqs: aws_sdk_sqs::Client::new(&config),
+    }
+}
+
+fn fixture(name: &str) -> lambda_http::Request {
+    let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[tokio::test]
+async fn every_http_function_answers_503_when_dynamodb_is_down() {
+    let clients = dead_clients().await;
+    let app = App {
+        store: DynamoStore::new(clients.dynamodb.clone(), "payments"),
+        queue: SqsSettlementQueue::new(
+            clients.sqs.clone(),
+            "http://127.0.0.1:9/000000000000/q".into(),
+        ),
+        master_key: Some(MasterKey::from_hex(&"00".repeat(32)).unwrap()),
+        pending_ttl_seconds: 120,
+    };
+    let no_queue = App {
+        store: app.store.clone(),
+        queue: NoQueue,
+        master_key: app.master_key.clone(),
+        pending_ttl_seconds: 120,
+    };
+    for (file, function) in [
+        ("create-payment.json", Function::PaymentRequest),
+        ("get-payment.json", Function::PaymentRequest),
+        ("balance.json", Function::PaymentRequest),
+        ("pending-payments.json", Function::Confirmation),
+        ("deregister-device.json", Function::Registration),
+    ] {
+        let resp = match function {
+            Function::Confirmation => handle(&app, function, fixture(file)).await,
+            _ => handle(&no_queue, function, fixture(file)).await,
+        };
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{file}");
+        assert_eq!(
+            resp.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap()),
+            Some("1"),
+            "{file}"
+        );
+        let body: serde_json::Value = serde_json::from_slice(resp.body().as_ref()).unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{file}: {body}");
+        assert!(
+            !body.to_string().contains("127.0.0.1"),
+            "dependency detail leaked: {body}"
+        );
+    }
+}
