@@ -21,3 +21,5 @@ log "unit tests"
 cargo test --workspace --exclude integration-tests
 log "integration tests against $(grep '^API_URL=' "$LOCAL/stack.env")"
 cargo test -p integration-tests -- --test-threads=8
+log "black-box client (Python, contract only)"
+python tests/blackbox/contract_client.py
