@@ -140,6 +140,10 @@ where
     let Some(route) = route.filter(|r| function.serves(r)) else {
         return error_response(&DomainError::NotFound);
     };
+    // The size limit comes before anything else, on every route, bodiless ones included.
+    if let Err(e) = body_bytes(&req) {
+        return error_response(&e);
+    }
     let span = tracing::info_span!(
         "request",
         route = route.name(),
@@ -266,7 +270,6 @@ async fn deregister_device<S, Q>(
 where
     S: Directory + Devices,
 {
-    body_bytes(req)?;
     let session = terminal(&app.store, req).await?;
     let code = UniqueCode::try_from(raw_code).map_err(|_| DomainError::NotFound)?;
     for _ in 0..MAX_RACE_RETRIES {
@@ -334,7 +337,6 @@ async fn create_payment<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response
 where
     S: Directory + Devices + Payments + Idempotency,
 {
-    body_bytes(req)?;
     let merchant_id = merchant(&app.store, req).await?;
     let body = json_body(
         req,
@@ -461,7 +463,6 @@ async fn get_payment<S, Q>(app: &App<S, Q>, req: &Request, raw_id: &str) -> Resu
 where
     S: Directory + Payments,
 {
-    body_bytes(req)?;
     let (kind, hash) = bearer(req.headers())?;
     let id = path_payment_id(raw_id);
     let payment = match kind {
@@ -509,7 +510,6 @@ async fn cancel_payment<S, Q>(
 where
     S: Directory + Payments,
 {
-    body_bytes(req)?;
     let merchant_id = merchant(&app.store, req).await?;
     let id = path_payment_id(raw_id)?;
     finish_by_caller(app, &id, PaymentStatus::Canceled, |p| {
@@ -522,7 +522,6 @@ async fn balance<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
 where
     S: Directory + Ledger,
 {
-    body_bytes(req)?;
     let merchant_id = merchant(&app.store, req).await?;
     let mut balances = app.store.balances(&merchant_id).await?;
     balances.sort_by(|a, b| a.currency.code().cmp(b.currency.code()));
@@ -541,7 +540,6 @@ async fn pending_payments<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Respon
 where
     S: Directory + Payments,
 {
-    body_bytes(req)?;
     let session = terminal(&app.store, req).await?;
     let now = Timestamp::now();
     let payments = app.store.pending_for_terminal(&session.terminal_id).await?;
@@ -564,7 +562,6 @@ async fn decline_payment<S, Q>(
 where
     S: Directory + Payments,
 {
-    body_bytes(req)?;
     let session = terminal(&app.store, req).await?;
     let id = path_payment_id(raw_id)?;
     finish_by_caller(app, &id, PaymentStatus::Declined, |p| {
@@ -629,7 +626,6 @@ where
     S: Directory + Devices + Payments,
     Q: SettlementQueue,
 {
-    body_bytes(req)?;
     let session = terminal(&app.store, req).await?;
     let body = json_body(req, &["auth_code", "counter"])?;
     let auth_code: AuthCode = body.field("auth_code")?;
