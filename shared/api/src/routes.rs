@@ -195,6 +195,21 @@ async fn terminal<S: Directory>(store: &S, req: &Request) -> Result<TerminalSess
     }
 }
 
+/// Who may see and act on a payment: its merchant, or the terminal its device was registered to.
+enum Owner {
+    Merchant(MerchantId),
+    Terminal(TerminalId),
+}
+
+impl Owner {
+    fn owns(&self, p: &Payment) -> bool {
+        match self {
+            Owner::Merchant(m) => p.merchant_id == *m,
+            Owner::Terminal(t) => p.terminal_id == *t,
+        }
+    }
+}
+
 /// A JSON body: size, then media type, then shape.
 fn json_body(req: &Request, fields: &[&str]) -> Result<JsonBody> {
     let bytes = body_bytes(req)?;
@@ -463,42 +478,18 @@ async fn get_payment<S, Q>(app: &App<S, Q>, req: &Request, raw_id: &str) -> Resu
 where
     S: Directory + Payments,
 {
-    let (kind, hash) = bearer(req.headers())?;
-    let id = path_payment_id(raw_id);
-    let payment = match kind {
-        BearerKind::MerchantKey => {
-            let merchant_id = app
-                .store
-                .merchant_for_key(&hash)
-                .await?
-                .ok_or(DomainError::Unauthorized)?;
-            let payment = app
-                .store
-                .payment(&id?)
-                .await?
-                .ok_or(DomainError::NotFound)?;
-            if payment.merchant_id != merchant_id {
-                return Err(DomainError::NotFound);
-            }
-            payment
-        }
-        BearerKind::TerminalToken => {
-            let session = app
-                .store
-                .session_for_token(&hash)
-                .await?
-                .ok_or(DomainError::Unauthorized)?;
-            let payment = app
-                .store
-                .payment(&id?)
-                .await?
-                .ok_or(DomainError::NotFound)?;
-            if payment.terminal_id != session.terminal_id {
-                return Err(DomainError::NotFound);
-            }
-            payment
-        }
+    // Either party may read; the bearer's kind says which one is asking.
+    let owner = match bearer(req.headers())?.0 {
+        BearerKind::MerchantKey => Owner::Merchant(merchant(&app.store, req).await?),
+        BearerKind::TerminalToken => Owner::Terminal(terminal(&app.store, req).await?.terminal_id),
     };
+    let id = path_payment_id(raw_id)?;
+    let payment = app
+        .store
+        .payment(&id)
+        .await?
+        .filter(|p| owner.owns(p))
+        .ok_or(DomainError::NotFound)?;
     Ok(payment_response(StatusCode::OK, &payment))
 }
 
@@ -512,9 +503,12 @@ where
 {
     let merchant_id = merchant(&app.store, req).await?;
     let id = path_payment_id(raw_id)?;
-    finish_by_caller(app, &id, PaymentStatus::Canceled, |p| {
-        p.merchant_id == merchant_id
-    })
+    finish_by_caller(
+        app,
+        &id,
+        PaymentStatus::Canceled,
+        &Owner::Merchant(merchant_id),
+    )
     .await
 }
 
@@ -564,10 +558,8 @@ where
 {
     let session = terminal(&app.store, req).await?;
     let id = path_payment_id(raw_id)?;
-    finish_by_caller(app, &id, PaymentStatus::Declined, |p| {
-        p.terminal_id == session.terminal_id
-    })
-    .await
+    let owner = Owner::Terminal(session.terminal_id);
+    finish_by_caller(app, &id, PaymentStatus::Declined, &owner).await
 }
 
 /// Cancel (merchant) or decline (phone): pending and unexpired only, else 409.
@@ -575,7 +567,7 @@ async fn finish_by_caller<S, Q>(
     app: &App<S, Q>,
     id: &PaymentId,
     to: PaymentStatus,
-    owns: impl Fn(&Payment) -> bool,
+    owner: &Owner,
 ) -> Result<Response<Body>>
 where
     S: Payments,
@@ -585,7 +577,7 @@ where
             .store
             .payment(id)
             .await?
-            .filter(&owns)
+            .filter(|p| owner.owns(p))
             .ok_or(DomainError::NotFound)?;
         let now = Timestamp::now();
         if payment.status != PaymentStatus::Pending {
@@ -626,7 +618,7 @@ where
     S: Directory + Devices + Payments,
     Q: SettlementQueue,
 {
-    let session = terminal(&app.store, req).await?;
+    let owner = Owner::Terminal(terminal(&app.store, req).await?.terminal_id);
     let body = json_body(req, &["auth_code", "counter"])?;
     let auth_code: AuthCode = body.field("auth_code")?;
     let counter: Counter = body.field("counter")?;
@@ -640,7 +632,7 @@ where
             .store
             .payment(&id)
             .await?
-            .filter(|p| p.terminal_id == session.terminal_id)
+            .filter(|p| owner.owns(p))
             .ok_or(DomainError::NotFound)?;
         tracing::Span::current().record("payment_id", tracing::field::display(&payment.payment_id));
         match payment.gate_confirm(now, &fingerprint) {
