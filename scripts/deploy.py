@@ -25,6 +25,7 @@ FUNCTIONS = {
     "PaymentRequest": "payment-request",
     "Confirmation": "confirmation",
     "Settlement": "settlement",
+    "Reconciler": "reconciler",
 }
 
 
@@ -140,6 +141,7 @@ def main():
     print(f"TABLE_NAME={outputs['TableName']}")
     print(f"SETTLEMENT_QUEUE_URL={outputs['SettlementQueueUrl']}")
     print(f"SETTLEMENT_DLQ_URL={outputs['SettlementDeadLetterQueueUrl']}")
+    print(f"RECONCILER_FUNCTION={outputs['ReconcilerFunctionName']}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 
 mod common;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use common::Ctx;
 use twochan_domain::{
     Amount, Counter, Currency, IdempotencyKey, MerchantId, Payment, PaymentStatus, PosId,
@@ -11,7 +12,7 @@ use twochan_domain::{
     crypto::IssuedSecret,
     ports::{
         Confirmation, Device, Devices, Idempotency, IdempotencyClaim, IdempotencyRecord, Ledger,
-        Payments, Registration, Settlement, SettlementMessage, StoredResponse, Write,
+        Payments, Registration, Settlement, SettlementMessage, StoredResponse, Write, WrongCode,
     },
 };
 use twochan_tools::unique_id;
@@ -180,6 +181,129 @@ async fn lock_free_and_lock_lapsed() {
     );
 }
 
+async fn wrong_code(ctx: &Ctx, p: &Payment, device: &Device, fails_payment: bool) -> Write {
+    let at = Timestamp::now();
+    ctx.store
+        .record_wrong_code(&WrongCode {
+            payment: p,
+            device,
+            fails_payment,
+            lock_until: device.lock_after_wrong_code(at),
+            at,
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn device_failures_unchanged_with_and_without_lock() {
+    let ctx = Ctx::new().await;
+    let (code, terminal, device) = registered(&ctx).await;
+    assert_eq!(device.failed_auth, 0);
+    let p = payment_for(&code, &terminal, 120);
+    ctx.store.create(&p, &device, None).await.unwrap();
+    let device = ctx.store.device(&code).await.unwrap().unwrap();
+    // DEVICE_FAILURES_UNCHANGED: counts from the value read...
+    assert_eq!(wrong_code(&ctx, &p, &device, false).await, Write::Applied);
+    // ...so a fresh payment read with a stale device read is refused, and nothing moves.
+    let p1 = ctx.store.payment(&p.payment_id).await.unwrap().unwrap();
+    assert_eq!(wrong_code(&ctx, &p1, &device, false).await, Write::Conflict);
+    let d1 = ctx.store.device(&code).await.unwrap().unwrap();
+    assert_eq!((d1.failed_auth, p1.failed_attempts), (1, 1));
+    assert_eq!(
+        ctx.store
+            .payment(&p.payment_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .failed_attempts,
+        1
+    );
+    // DEVICE_FAILURES_UNCHANGED_LOCK_HELD: failing the payment frees its code...
+    assert_eq!(wrong_code(&ctx, &p1, &d1, true).await, Write::Applied);
+    let d2 = ctx.store.device(&code).await.unwrap().unwrap();
+    assert_eq!((d2.failed_auth, d2.pending.is_none()), (2, true));
+    let failed = ctx.store.payment(&p.payment_id).await.unwrap().unwrap();
+    assert_eq!(failed.status, PaymentStatus::Failed);
+    // ...only while the lock is that payment's: with it pointed elsewhere (a state no use case
+    // makes, written raw here), nothing is written.
+    let q = payment_for(&code, &terminal, 120);
+    assert_eq!(
+        ctx.store.create(&q, &d2, None).await.unwrap(),
+        Write::Applied
+    );
+    let d3 = ctx.store.device(&code).await.unwrap().unwrap();
+    ctx.dynamodb
+        .update_item()
+        .table_name(&ctx.table)
+        .key("pk", AttributeValue::S(format!("DEVICE#{code}")))
+        .key("sk", AttributeValue::S("DEVICE".into()))
+        .update_expression("SET pending_payment_id = :other")
+        .expression_attribute_values(":other", AttributeValue::S(p.payment_id.to_string()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_code(&ctx, &q, &d3, true).await, Write::Conflict);
+    let q1 = ctx.store.payment(&q.payment_id).await.unwrap().unwrap();
+    assert_eq!((q1.status, q1.failed_attempts), (PaymentStatus::Pending, 0));
+    assert_eq!(
+        ctx.store.device(&code).await.unwrap().unwrap().failed_auth,
+        2
+    );
+}
+
+/// The confirmed-payments index: a confirmation enters it, settlement leaves it, and only
+/// confirmations older than the cut-off are returned.
+#[tokio::test]
+async fn stale_confirmed_lists_confirmed_until_settled() {
+    let ctx = Ctx::new().await;
+    let (code, terminal, device) = registered(&ctx).await;
+    let p = payment_for(&code, &terminal, 120);
+    ctx.store.create(&p, &device, None).await.unwrap();
+    let device = ctx.store.device(&code).await.unwrap().unwrap();
+    let at = Timestamp::now();
+    let confirmation = Confirmation {
+        payment: &p,
+        previous_counter: device.last_counter,
+        counter: Counter::new(device.last_counter.get() + 1),
+        fingerprint: "f".into(),
+        at,
+    };
+    assert_eq!(
+        ctx.store.confirm(&confirmation).await.unwrap(),
+        Write::Applied
+    );
+    let listed = |before: Timestamp| {
+        let store = ctx.store.clone();
+        let id = p.payment_id.clone();
+        async move {
+            store
+                .stale_confirmed(before, 10_000)
+                .await
+                .unwrap()
+                .iter()
+                .any(|x| x.payment_id == id)
+        }
+    };
+    assert!(
+        !listed(at).await,
+        "a confirmation at the cut-off is not stale yet"
+    );
+    assert!(listed(at.plus_seconds(1)).await);
+    let confirmed = ctx.store.payment(&p.payment_id).await.unwrap().unwrap();
+    ctx.store
+        .settle(
+            &SettlementMessage::for_payment(&confirmed),
+            Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !listed(at.plus_seconds(1)).await,
+        "settled payments leave the index"
+    );
+}
+
 #[tokio::test]
 async fn payment_pending_unexpired_attempts_and_lapsed() {
     let ctx = Ctx::new().await;
@@ -187,14 +311,9 @@ async fn payment_pending_unexpired_attempts_and_lapsed() {
     let p = payment_for(&code, &terminal, 120);
     ctx.store.create(&p, &device, None).await.unwrap();
     // PAYMENT_PENDING_ATTEMPTS: counts from the value read; a stale read is refused.
-    assert_eq!(
-        ctx.store.record_failed_attempt(&p).await.unwrap(),
-        Write::Applied
-    );
-    assert_eq!(
-        ctx.store.record_failed_attempt(&p).await.unwrap(),
-        Write::Conflict
-    );
+    assert_eq!(wrong_code(&ctx, &p, &device, false).await, Write::Applied);
+    let device = ctx.store.device(&code).await.unwrap().unwrap();
+    assert_eq!(wrong_code(&ctx, &p, &device, false).await, Write::Conflict);
     let p1 = ctx.store.payment(&p.payment_id).await.unwrap().unwrap();
     assert_eq!(p1.failed_attempts, 1);
     // PAYMENT_PENDING_LAPSED: an unexpired payment cannot be recorded expired.

@@ -30,7 +30,7 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         InvalidRegistrationProof | IdempotencyKeyReused | InvalidAuthCode | StaleCounter => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
-        TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+        TooManyAttempts | DeviceLocked { .. } => StatusCode::TOO_MANY_REQUESTS,
         Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -51,14 +51,19 @@ pub fn error_response(e: &DomainError) -> Response<Body> {
     }
     let body = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
     let mut resp = json_response(status, &body);
-    if matches!(
-        e,
-        DomainError::IdempotencyKeyInUse | DomainError::Unavailable(_)
-    ) {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(RETRY_AFTER_SECONDS),
-        );
+    let retry_after = match e {
+        DomainError::IdempotencyKeyInUse | DomainError::Unavailable(_) => {
+            Some(HeaderValue::from_static(RETRY_AFTER_SECONDS))
+        }
+        // Whole seconds until the lock lapses, rounded up.
+        DomainError::DeviceLocked { until } => {
+            let ms = (until.millis() - twochan_domain::Timestamp::now().millis()).max(0);
+            Some(HeaderValue::from((ms + 999) / 1000))
+        }
+        _ => None,
+    };
+    if let Some(value) = retry_after {
+        resp.headers_mut().insert(header::RETRY_AFTER, value);
     }
     resp
 }
@@ -286,6 +291,13 @@ mod tests {
             (InvalidAuthCode, 422, "invalid_auth_code"),
             (StaleCounter, 422, "stale_counter"),
             (TooManyAttempts, 429, "too_many_attempts"),
+            (
+                DeviceLocked {
+                    until: twochan_domain::Timestamp::now().plus_seconds(60),
+                },
+                429,
+                "too_many_attempts",
+            ),
             (Internal("detail".into()), 500, "internal"),
             (Unavailable("detail".into()), 503, "unavailable"),
         ];
@@ -306,7 +318,9 @@ mod tests {
             let retry_after = resp.headers().contains_key(header::RETRY_AFTER);
             assert_eq!(
                 retry_after,
-                matches!(status, 503) || code == "idempotency_key_in_use"
+                matches!(status, 503)
+                    || code == "idempotency_key_in_use"
+                    || matches!(e, DeviceLocked { .. })
             );
         }
     }

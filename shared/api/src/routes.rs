@@ -14,7 +14,7 @@ use twochan_domain::{
     ports::{
         Confirmation, Devices, Directory, Idempotency, IdempotencyClaim, IdempotencyRecord, Ledger,
         Payments, Registration, SettlementMessage, SettlementQueue, StoredResponse,
-        TerminalSession, Write,
+        TerminalSession, Write, WrongCode,
     },
 };
 
@@ -658,6 +658,14 @@ where
             .device(&payment.unique_code)
             .await?
             .ok_or_else(|| DomainError::Internal("pending payment without its device".into()))?;
+        if let Some(until) = device.locked_at(now) {
+            // Refused before the code is even looked at, so a locked device teaches nothing.
+            tracing::warn!(
+                security_event = "device_locked",
+                "confirmation refused: device locked after repeated wrong codes"
+            );
+            return Err(DomainError::DeviceLocked { until });
+        }
         if !counter.is_acceptable_after(device.last_counter) {
             // The counter may have moved because this very payment was confirmed since it was
             // read (a concurrent copy of this request): decide again on the fresh payment.
@@ -669,8 +677,15 @@ where
             if moved_on {
                 continue;
             }
+            // A rewind is what a cloned device replaying old codes looks like; a jump, a device
+            // whose counter ran far ahead. Either is for the clone detector to alert on.
             tracing::warn!(
                 security_event = "counter_anomaly",
+                anomaly = if counter <= device.last_counter {
+                    "rewind"
+                } else {
+                    "jump"
+                },
                 last_counter = device.last_counter.get(),
                 counter = counter.get(),
                 "confirmation with a counter outside the window"
@@ -689,23 +704,30 @@ where
             .device_key(&payment.unique_code)
             .verify_auth_code(&binding, &auth_code)
         {
-            let last_attempt = payment.failed_attempts + 1 >= MAX_AUTH_ATTEMPTS;
-            let write = if last_attempt {
-                app.store
-                    .finish_pending(&payment, PaymentStatus::Failed, now)
-                    .await?
-            } else {
-                app.store.record_failed_attempt(&payment).await?
+            let wrong = WrongCode {
+                payment: &payment,
+                device: &device,
+                fails_payment: payment.failed_attempts + 1 >= MAX_AUTH_ATTEMPTS,
+                lock_until: device.lock_after_wrong_code(now),
+                at: now,
             };
-            if write == Write::Conflict {
+            if app.store.record_wrong_code(&wrong).await? == Write::Conflict {
                 continue;
             }
             tracing::warn!(
                 security_event = "wrong_auth_code",
                 attempts = payment.failed_attempts + 1,
+                device_failures = device.failed_auth + 1,
                 "wrong auth code"
             );
-            return Err(if last_attempt {
+            if let Some(until) = wrong.lock_until {
+                tracing::warn!(
+                    security_event = "device_locked",
+                    until = %until.to_rfc3339(),
+                    "device locked after repeated wrong codes"
+                );
+            }
+            return Err(if wrong.fails_payment {
                 DomainError::TooManyAttempts
             } else {
                 DomainError::InvalidAuthCode

@@ -7,6 +7,8 @@ use twochan_domain::{DomainError, crypto::MasterKey};
 
 /// Pending lifetime of a payment when `PENDING_TTL_SECONDS` is not set.
 pub const DEFAULT_PENDING_TTL_SECONDS: i64 = 120;
+/// See `twochan_api::reconcile`: confirmed this long without settlement means a lost message.
+pub const DEFAULT_RECONCILE_AFTER_SECONDS: i64 = 60;
 
 /// The SDK clients every function shares.
 #[derive(Clone, Debug)]
@@ -47,6 +49,31 @@ pub struct Settings {
     pub settlement_queue_url: Option<String>,
     pub master_key: Option<MasterKey>,
     pub pending_ttl_seconds: i64,
+    /// How long a payment may stay `confirmed` before the reconciler sends its message again.
+    pub reconcile_after_seconds: i64,
+}
+
+/// An optional integer setting within `range`; anything else is a configuration error.
+fn bounded(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<i64, DomainError> {
+    match get(name).filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                DomainError::Internal(format!(
+                    "{name} must be {}..={}",
+                    range.start(),
+                    range.end()
+                ))
+            }),
+    }
 }
 
 impl Settings {
@@ -62,21 +89,24 @@ impl Settings {
             .filter(|s| !s.is_empty())
             .map(|k| MasterKey::from_hex(&k))
             .transpose()?;
-        let pending_ttl_seconds = match get("PENDING_TTL_SECONDS").filter(|s| !s.is_empty()) {
-            None => DEFAULT_PENDING_TTL_SECONDS,
-            Some(s) => s
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (1..=86_400).contains(n))
-                .ok_or_else(|| {
-                    DomainError::Internal("PENDING_TTL_SECONDS must be 1..=86400".into())
-                })?,
-        };
+        let pending_ttl_seconds = bounded(
+            &get,
+            "PENDING_TTL_SECONDS",
+            DEFAULT_PENDING_TTL_SECONDS,
+            1..=86_400,
+        )?;
+        let reconcile_after_seconds = bounded(
+            &get,
+            "RECONCILE_AFTER_SECONDS",
+            DEFAULT_RECONCILE_AFTER_SECONDS,
+            0..=86_400,
+        )?;
         Ok(Self {
             table_name,
             settlement_queue_url: get("SETTLEMENT_QUEUE_URL").filter(|s| !s.is_empty()),
             master_key,
             pending_ttl_seconds,
+            reconcile_after_seconds,
         })
     }
 
@@ -115,6 +145,14 @@ mod tests {
         let s = Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("PENDING_TTL_SECONDS", "3")]))
             .unwrap();
         assert_eq!(s.pending_ttl_seconds, 3);
+        assert_eq!(s.reconcile_after_seconds, 60);
+        assert!(
+            Settings::from_lookup(lookup(&[
+                ("TABLE_NAME", "t"),
+                ("RECONCILE_AFTER_SECONDS", "-1")
+            ]))
+            .is_err()
+        );
         assert!(
             Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("PENDING_TTL_SECONDS", "0")]))
                 .is_err()

@@ -19,7 +19,7 @@ use twochan_domain::{
     ports::{
         Balance, Confirmation, Device, Devices, Directory, Idempotency, IdempotencyClaim,
         IdempotencyRecord, Ledger, Payments, Registration, Settlement, SettlementMessage,
-        StoredResponse, TerminalSession, Write,
+        StoredResponse, TerminalSession, Write, WrongCode,
     },
 };
 
@@ -62,6 +62,13 @@ mod cond {
     pub const PAYMENT_PENDING_LAPSED: &str = "#status = :pending AND expires_at < :now";
     /// The lock is held by this payment.
     pub const LOCK_HELD_BY: &str = "pending_payment_id = :held";
+    /// A wrong code: the device's failure count is still the one read (absent means never failed,
+    /// as the count is never removed)...
+    pub const DEVICE_FAILURES_UNCHANGED: &str =
+        "attribute_not_exists(failed_auth) OR failed_auth = :seen_failures";
+    /// ...and, when the wrong code fails its payment, the lock is that payment's.
+    pub const DEVICE_FAILURES_UNCHANGED_LOCK_HELD: &str = "(attribute_not_exists(failed_auth) \
+         OR failed_auth = :seen_failures) AND pending_payment_id = :held";
     /// Confirmation: the lock is this payment's and the counter is the one we checked against.
     pub const COUNTER_UNCHANGED: &str = "pending_payment_id = :held AND last_counter = :prev";
     /// Settlement: confirmed, and the message describes this very payment.
@@ -347,7 +354,8 @@ impl Devices for DynamoStore {
             self.update_item(UpdateSpec {
                 key: key(device_pk(code.as_str()), SK_DEVICE),
                 update: "SET unique_code = :code, terminal_id = :terminal, token_hash = :token, \
-                         registered_at = :at, last_counter = if_not_exists(last_counter, :zero)"
+                         registered_at = :at, last_counter = if_not_exists(last_counter, :zero), \
+                         failed_auth = if_not_exists(failed_auth, :zero)"
                     .into(),
                 condition,
                 values,
@@ -527,34 +535,56 @@ impl Payments for DynamoStore {
             .await
     }
 
-    async fn record_failed_attempt(&self, payment: &Payment) -> Result<Write> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                payment_pk(payment.payment_id.as_str()),
-                SK_PAYMENT,
-            )))
-            .update_expression("SET failed_attempts = :attempts")
-            .condition_expression(cond::PAYMENT_PENDING_ATTEMPTS)
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":pending", s("pending"))
-            .expression_attribute_values(":now", n(Timestamp::now().millis()))
-            .expression_attribute_values(":seen_attempts", n(payment.failed_attempts))
-            .expression_attribute_values(":attempts", n(payment.failed_attempts + 1))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Write::Applied),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Write::Conflict)
-            }
-            Err(e) => Err(sdk_error("UpdateItem(failed_attempt)", e)),
+    async fn record_wrong_code(&self, w: &WrongCode<'_>) -> Result<Write> {
+        let p = w.payment;
+        let mut payment_values = vec![
+            (":pending", s("pending")),
+            (":now", n(w.at.millis())),
+            (":seen_attempts", n(p.failed_attempts)),
+            (":attempts", n(p.failed_attempts + 1)),
+        ];
+        let mut device_values = vec![
+            (":seen_failures", n(w.device.failed_auth)),
+            (":failures", n(w.device.failed_auth + 1)),
+        ];
+        let mut device_set = vec!["failed_auth = :failures"];
+        if let Some(until) = w.lock_until {
+            device_set.push("locked_until = :until");
+            device_values.push((":until", n(until.millis())));
         }
+        let (payment_update, device_update, device_condition) = if w.fails_payment {
+            payment_values.push((":failed", s("failed")));
+            device_values.push((":held", s(p.payment_id.as_str())));
+            (
+                "SET #status = :failed, failed_attempts = :attempts REMOVE gsi1pk, gsi1sk",
+                format!(
+                    "SET {} REMOVE pending_payment_id, pending_expires_at",
+                    device_set.join(", ")
+                ),
+                cond::DEVICE_FAILURES_UNCHANGED_LOCK_HELD,
+            )
+        } else {
+            (
+                "SET failed_attempts = :attempts",
+                format!("SET {}", device_set.join(", ")),
+                cond::DEVICE_FAILURES_UNCHANGED,
+            )
+        };
+        let items = vec![
+            self.update_item(UpdateSpec {
+                key: key(payment_pk(p.payment_id.as_str()), SK_PAYMENT),
+                update: payment_update.into(),
+                condition: cond::PAYMENT_PENDING_ATTEMPTS,
+                values: payment_values,
+            })?,
+            self.update_item(UpdateSpec {
+                key: key(device_pk(p.unique_code.as_str()), SK_DEVICE),
+                update: device_update,
+                condition: device_condition,
+                values: device_values,
+            })?,
+        ];
+        self.transact("TransactWriteItems(wrong_code)", items).await
     }
 
     async fn confirm(&self, c: &Confirmation<'_>) -> Result<Write> {
@@ -562,9 +592,10 @@ impl Payments for DynamoStore {
         let items = vec![
             self.update_item(UpdateSpec {
                 key: key(payment_pk(p.payment_id.as_str()), SK_PAYMENT),
+                // Into the index of confirmed payments, where the reconciler looks for lost messages.
                 update:
-                    "SET #status = :confirmed, confirmed_at = :at, confirmation = :fingerprint \
-                         REMOVE gsi1pk, gsi1sk"
+                    "SET #status = :confirmed, confirmed_at = :at, confirmation = :fingerprint, \
+                         gsi1pk = :gsi_pk, gsi1sk = :gsi_sk"
                         .into(),
                 condition: cond::PAYMENT_PENDING_UNEXPIRED,
                 values: vec![
@@ -573,21 +604,72 @@ impl Payments for DynamoStore {
                     (":now", n(c.at.millis())),
                     (":at", n(c.at.truncated_to_second().millis())),
                     (":fingerprint", s(c.fingerprint.clone())),
+                    (
+                        ":gsi_pk",
+                        s(confirmed_gsi_pk(confirmed_shard(p.payment_id.as_str()))),
+                    ),
+                    (
+                        ":gsi_sk",
+                        s(confirmed_gsi_sk(c.at.millis(), p.payment_id.as_str())),
+                    ),
                 ],
             })?,
             self.update_item(UpdateSpec {
                 key: key(device_pk(p.unique_code.as_str()), SK_DEVICE),
-                update: "SET last_counter = :counter REMOVE pending_payment_id, pending_expires_at"
+                update: "SET last_counter = :counter, failed_auth = :zero \
+                         REMOVE pending_payment_id, pending_expires_at"
                     .into(),
                 condition: cond::COUNTER_UNCHANGED,
                 values: vec![
                     (":held", s(p.payment_id.as_str())),
                     (":prev", n(c.previous_counter.get())),
                     (":counter", n(c.counter.get())),
+                    (":zero", n(0)),
                 ],
             })?,
         ];
         self.transact("TransactWriteItems(confirm)", items).await
+    }
+
+    async fn stale_confirmed(&self, before: Timestamp, limit: usize) -> Result<Vec<Payment>> {
+        let mut out = Vec::new();
+        for shard in 0..CONFIRMED_SHARDS {
+            let mut start = None;
+            loop {
+                let want = limit.saturating_sub(out.len());
+                if want == 0 {
+                    return Ok(out);
+                }
+                let page = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name("gsi1")
+                    .key_condition_expression("gsi1pk = :pk AND gsi1sk < :before")
+                    .expression_attribute_values(":pk", s(confirmed_gsi_pk(shard)))
+                    .expression_attribute_values(
+                        ":before",
+                        s(confirmed_gsi_sk(before.millis(), "")),
+                    )
+                    .limit(i32::try_from(want).unwrap_or(i32::MAX))
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("Query(gsi1 confirmed)", e))?;
+                for item in page.items.unwrap_or_default() {
+                    let p = Payment::try_from(parse_item::<PaymentItem>(item)?)?;
+                    // The index is eventually consistent: it may still list a settled payment.
+                    if p.status == PaymentStatus::Confirmed {
+                        out.push(p);
+                    }
+                }
+                start = page.last_evaluated_key;
+                if start.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -775,7 +857,7 @@ impl Ledger for DynamoStore {
         let items = vec![
             self.update_item(UpdateSpec {
                 key: key(payment_pk(m.payment_id.as_str()), SK_PAYMENT),
-                update: "SET #status = :settled, settled_at = :at".into(),
+                update: "SET #status = :settled, settled_at = :at REMOVE gsi1pk, gsi1sk".into(),
                 condition: cond::PAYMENT_SETTLEABLE,
                 values: vec![
                     (":confirmed", s("confirmed")),

@@ -1,6 +1,7 @@
 //! DynamoDB item shapes, kept apart from domain types and converted at the boundary.
 //!
-//! One table, string keys `pk`/`sk`, one sparse index `gsi1` (pending payments by terminal).
+//! One table, string keys `pk`/`sk`, one sparse overloaded index `gsi1`: pending payments by
+//! terminal, and confirmed payments by confirmation time (for the reconciler).
 //! See docs/DATA_MODEL.md for the access patterns.
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,20 @@ pub fn ledger_pk(payment_id: &str) -> String {
 }
 pub fn pending_gsi_pk(terminal: &str) -> String {
     format!("PENDING#{terminal}")
+}
+/// Confirmed payments are spread over this many index partitions, so that no single partition
+/// takes every confirmation's write.
+pub const CONFIRMED_SHARDS: u8 = 8;
+pub fn confirmed_gsi_pk(shard: u8) -> String {
+    format!("CONFIRMED#{shard}")
+}
+/// The shard of a payment: from the last (random) character of its ULID.
+pub fn confirmed_shard(payment_id: &str) -> u8 {
+    payment_id.bytes().last().unwrap_or(0) % CONFIRMED_SHARDS
+}
+/// Sorts by confirmation time (zero-padded milliseconds), then payment id.
+pub fn confirmed_gsi_sk(confirmed_at_ms: i64, payment_id: &str) -> String {
+    format!("{confirmed_at_ms:015}#{payment_id}")
 }
 pub fn idempotency_pk(merchant: &str, key_hash: &str) -> String {
     format!("IDEM#{merchant}#{key_hash}")
@@ -104,6 +119,10 @@ pub struct DeviceItem {
     pub pending_payment_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_expires_at: Option<i64>,
+    #[serde(default)]
+    pub failed_auth: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<i64>,
 }
 
 impl TryFrom<DeviceItem> for Device {
@@ -131,6 +150,8 @@ impl TryFrom<DeviceItem> for Device {
             registration,
             last_counter: Counter::new(d.last_counter),
             pending,
+            failed_auth: d.failed_auth,
+            locked_until: d.locked_until.map(Timestamp::from_millis),
         })
     }
 }
@@ -160,7 +181,7 @@ pub struct PaymentItem {
     pub failed_attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmation: Option<String>,
-    /// Set only while pending, so the index holds pending payments only.
+    /// `PENDING#<terminal>` while pending, `CONFIRMED#<shard>` while confirmed, absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gsi1pk: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -41,6 +41,10 @@ pub enum DomainError {
     StaleCounter,
     #[error("too many wrong auth codes; the payment has failed")]
     TooManyAttempts,
+    /// Too many wrong codes in a row on one device (across payments): confirmations are refused
+    /// until `until`. Same contract code as [`DomainError::TooManyAttempts`].
+    #[error("too many wrong auth codes on this device; try again later")]
+    DeviceLocked { until: crate::Timestamp },
     /// A bug or broken invariant on our side. The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -73,7 +77,7 @@ impl DomainError {
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::InvalidAuthCode => "invalid_auth_code",
             Self::StaleCounter => "stale_counter",
-            Self::TooManyAttempts => "too_many_attempts",
+            Self::TooManyAttempts | Self::DeviceLocked { .. } => "too_many_attempts",
             Self::Internal(_) => "internal",
             Self::Unavailable(_) => "unavailable",
         }

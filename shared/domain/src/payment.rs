@@ -12,6 +12,12 @@ use crate::money::{Amount, Currency};
 
 /// Wrong auth codes a payment tolerates; the last of them fails it.
 pub const MAX_AUTH_ATTEMPTS: u32 = 5;
+/// Wrong auth codes in a row a device tolerates across all its payments before it is locked:
+/// without it, a POS could open payment after payment and guess 5 codes on each.
+pub const DEVICE_MAX_FAILURES: u32 = 10;
+/// How long a device stays locked. Every further wrong code while at the limit locks it again
+/// (RFC 4226 §7.3 throttling); only an accepted confirmation resets the count.
+pub const DEVICE_LOCKOUT_SECONDS: i64 = 15 * 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -10,7 +10,7 @@ use crate::crypto::SecretHash;
 use crate::error::Result;
 use crate::ids::{Counter, IdempotencyKey, MerchantId, PaymentId, TerminalId, UniqueCode};
 use crate::money::{Amount, Currency};
-use crate::payment::{Payment, PaymentStatus};
+use crate::payment::{DEVICE_LOCKOUT_SECONDS, DEVICE_MAX_FAILURES, Payment, PaymentStatus};
 
 /// A device as the server knows it. The record outlives registrations: it keeps the counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +20,23 @@ pub struct Device {
     pub last_counter: Counter,
     /// The payment holding the one-pending-per-code lock, and when that lock lapses.
     pub pending: Option<(PaymentId, Timestamp)>,
+    /// Wrong auth codes in a row, across payments; reset by an accepted confirmation.
+    pub failed_auth: u32,
+    /// Confirmations are refused until then (see [`DEVICE_MAX_FAILURES`]).
+    pub locked_until: Option<Timestamp>,
+}
+
+impl Device {
+    /// The lock-out in force at `now`, if any.
+    pub fn locked_at(&self, now: Timestamp) -> Option<Timestamp> {
+        self.locked_until.filter(|until| *until > now)
+    }
+
+    /// The lock-out that one more wrong code at `now` brings, if it reaches the limit.
+    pub fn lock_after_wrong_code(&self, now: Timestamp) -> Option<Timestamp> {
+        (self.failed_auth + 1 >= DEVICE_MAX_FAILURES)
+            .then(|| now.plus_seconds(DEVICE_LOCKOUT_SECONDS))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +137,19 @@ pub struct Confirmation<'a> {
     pub at: Timestamp,
 }
 
+/// A wrong auth code, counted on the payment and on its device in one atomic step.
+#[derive(Debug, Clone)]
+pub struct WrongCode<'a> {
+    pub payment: &'a Payment,
+    /// The device as read; its `failed_auth` is the count the write expects to advance.
+    pub device: &'a Device,
+    /// The payment's last tolerated attempt: it becomes `failed` and frees its code.
+    pub fails_payment: bool,
+    /// Set when this failure locks the device.
+    pub lock_until: Option<Timestamp>,
+    pub at: Timestamp,
+}
+
 /// Callers and their secrets.
 pub trait Directory: Send + Sync {
     fn merchant_for_key(
@@ -180,15 +210,23 @@ pub trait Payments: Send + Sync {
         to: PaymentStatus,
         at: Timestamp,
     ) -> impl Future<Output = Result<Write>> + Send;
-    /// Counts a wrong auth code on a pending payment; `Conflict` if it is no longer pending.
-    fn record_failed_attempt(
+    /// Counts a wrong auth code on a pending payment and its device; `Conflict` if either changed
+    /// since it was read.
+    fn record_wrong_code(
         &self,
-        payment: &Payment,
+        wrong: &WrongCode<'_>,
     ) -> impl Future<Output = Result<Write>> + Send;
     fn confirm(
         &self,
         confirmation: &Confirmation<'_>,
     ) -> impl Future<Output = Result<Write>> + Send;
+    /// Up to `limit` payments `confirmed` before `before` and not settled since: the ones whose
+    /// settlement message may have been lost (the reconciler sends them again).
+    fn stale_confirmed(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Payment>>> + Send;
 }
 
 pub trait Idempotency: Send + Sync {
