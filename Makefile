@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help setup build up down demo test unit integration lint fmt merchant watch clean-state
+.PHONY: help setup build up down demo test unit integration test-sim lint fmt merchant watch clean-state schemathesis
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,9 +31,16 @@ unit: ## Unit tests only (no stack needed)
 integration: ## Integration tests against a running stack (make up first)
 	cargo test -p integration-tests -- --test-threads=8
 
-lint: setup ## cfn-lint, least-privilege check, cargo fmt --check, clippy -D warnings
+test-sim: up ## Seeded fault simulation of the money path, 1000 seeds (SIM_SEED=n replays one)
+	SIM_SEEDS=$${SIM_SEEDS:-1000} cargo test -p integration-tests --test sim -- --nocapture
+
+schemathesis: setup ## Schemathesis against a running stack: every response checked against docs/openapi.yaml
+	.local/venv/bin/python scripts/schemathesis.py
+
+lint: setup ## cfn-lint, least-privilege and OpenAPI-routes checks, cargo fmt --check, clippy -D warnings
 	.local/venv/bin/cfn-lint infra/template.yaml
 	.local/venv/bin/python scripts/check_template.py
+	.local/venv/bin/python scripts/check_openapi.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 

@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod dynamo;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 mod items;
 pub mod sqs;
 

@@ -27,6 +27,8 @@ pub struct Ctx {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub table: String,
+    /// The SDK settings of the clients above, for tests that build their own (failpoints).
+    pub config: aws_config::SdkConfig,
 }
 
 fn require(stack: &Stack, key: &str) -> String {
@@ -58,6 +60,7 @@ impl Ctx {
             dynamodb,
             table,
             stack,
+            config,
         }
     }
 

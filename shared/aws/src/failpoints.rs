@@ -1,0 +1,137 @@
+//! Test instrumentation of the SDK clients, compiled only with the `failpoints` feature (the
+//! integration tests enable it; the functions' builds never do). A [`Probe`] is an SDK
+//! interceptor: it records every AWS call a handler makes, and can crash the handler at a chosen
+//! call, either before the request is sent or after its answer came back (the write is then done
+//! but the handler never learns it). After a crash every further call fails too: a dead process
+//! makes no more calls, so no clean-up code can run that a real crash would skip.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use aws_smithy_runtime_api::{
+    box_error::BoxError,
+    client::{
+        interceptors::{
+            Intercept,
+            context::{BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextRef},
+        },
+        orchestrator::Metadata,
+        runtime_components::RuntimeComponents,
+    },
+};
+use aws_smithy_types::config_bag::ConfigBag;
+
+use crate::AwsClients;
+
+/// Where a handler dies: at its `n`-th AWS call (from 0), before sending it or after its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crash {
+    Before(usize),
+    After(usize),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// `Service.Operation` of every call started, in order.
+    calls: Vec<String>,
+    crash: Option<Crash>,
+    crashed: bool,
+}
+
+/// Attach one to the clients of one simulated handler run (see [`Probe::clients`]).
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    state: Arc<Mutex<State>>,
+}
+
+impl Probe {
+    /// Records calls, crashes nowhere.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn crashing(crash: Option<Crash>) -> Self {
+        let probe = Self::default();
+        probe.lock().crash = crash;
+        probe
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means a test thread panicked; the record is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The calls started so far, as `Service.Operation` (e.g. `DynamoDB.GetItem`).
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// Whether the planned crash happened (the handler made enough calls to reach it).
+    pub fn crashed(&self) -> bool {
+        self.lock().crashed
+    }
+
+    /// DynamoDB and SQS clients built from `config` (the production settings: timeouts, retries)
+    /// with this probe attached.
+    pub fn clients(&self, config: &aws_config::SdkConfig) -> AwsClients {
+        AwsClients {
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(config)
+                    .interceptor(self.clone())
+                    .build(),
+            ),
+            sqs: aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(config)
+                    .interceptor(self.clone())
+                    .build(),
+            ),
+        }
+    }
+}
+
+fn crash_error(at: Crash) -> BoxError {
+    format!("failpoint: handler crashed at {at:?}").into()
+}
+
+impl Intercept for Probe {
+    fn name(&self) -> &'static str {
+        "twochan-failpoints"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let operation = cfg
+            .load::<Metadata>()
+            .map(|m| format!("{}.{}", m.service(), m.name()))
+            .unwrap_or_else(|| "unknown".into());
+        let mut state = self.lock();
+        if state.crashed {
+            return Err("failpoint: the handler already crashed".into());
+        }
+        let index = state.calls.len();
+        state.calls.push(operation);
+        if state.crash == Some(Crash::Before(index)) {
+            state.crashed = true;
+            return Err(crash_error(Crash::Before(index)));
+        }
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        _context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let mut state = self.lock();
+        // Handlers make their calls one after another, so this execution is the last one started.
+        let index = state.calls.len().saturating_sub(1);
+        if !state.crashed && state.crash == Some(Crash::After(index)) {
+            state.crashed = true;
+            return Err(crash_error(Crash::After(index)));
+        }
+        Ok(())
+    }
+}
