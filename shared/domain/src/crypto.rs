@@ -196,6 +196,28 @@ impl fmt::Debug for IssuedSecret {
 mod tests {
     use super::*;
 
+    /// Review aid that fails loudly: the code and proof checks compare with `subtle` (constant
+    /// time), never with `==`, whose early exit would leak how many leading bytes of a guess match.
+    #[test]
+    fn secret_checks_compare_in_constant_time() {
+        let src = include_str!("crypto.rs");
+        for f in ["fn verify_registration_proof", "fn verify_auth_code"] {
+            let body = &src[src.find(f).expect(f)..];
+            let body = &body[..body.find("\n    }\n").expect("end of fn")];
+            assert!(
+                body.contains(".ct_eq("),
+                "{f} must use subtle::ConstantTimeEq"
+            );
+            assert!(!body.contains("=="), "{f} compares secrets with ==");
+        }
+        let ids = include_str!("ids.rs");
+        let auth_code = &ids[ids.find("pub struct AuthCode").unwrap() - 40..];
+        assert!(
+            !auth_code[..60].contains("PartialEq"),
+            "AuthCode must not derive PartialEq (a byte-wise, early-exit compare)"
+        );
+    }
+
     #[test]
     fn secrets_are_redacted_in_debug() {
         let m = MasterKey::from_hex(&"ab".repeat(32)).unwrap();

@@ -249,7 +249,7 @@ pub(crate) fn is_lower_hex(s: &str) -> bool {
 /// A payment auth code as sent by a phone: 64 hex characters (an HMAC-SHA256).
 ///
 /// Upper-case hex is accepted and folded to lower case: it carries the same bits.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct AuthCode([u8; 32]);
 
 impl AuthCode {
@@ -257,6 +257,16 @@ impl AuthCode {
         &self.0
     }
 }
+
+// Constant time, like every comparison of secrets: `==` on bytes stops at the first difference
+// and would tell an attacker how much of a guess is right.
+impl PartialEq for AuthCode {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]))
+    }
+}
+
+impl Eq for AuthCode {}
 
 // Auth codes are single-use secrets in flight: never print them.
 impl fmt::Debug for AuthCode {

@@ -1,0 +1,283 @@
+//! Attacks over HTTP against the local stack. Each one compares the state it could corrupt (the
+//! payment, its device, its ledger entries, the merchant's balance) before and after, besides the
+//! answer. More attacks live beside the rules they break: a sniffed beacon registered without the
+//! device (`registration.rs`), a code for one payment used on another and five wrong codes on one
+//! payment (`confirmation.rs`), reading another merchant's payment (`payments.rs`).
+
+mod common;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::{Ctx, assert_error};
+use serde_json::{Value, json};
+use twochan_domain::{
+    Timestamp, UniqueCode,
+    payment::{DEVICE_LOCKOUT_SECONDS, DEVICE_MAX_FAILURES},
+    ports::Devices,
+};
+use twochan_tools::{Device, Phone, Pos};
+
+/// Everything a confirmation, cancel or decline may touch, minus the wrong-attempt counters
+/// (counting a wrong code is the point of those): the payment, its device and its ledger entries.
+async fn money_state(ctx: &Ctx, payment: &Value) -> Vec<String> {
+    let id = payment["payment_id"].as_str().unwrap();
+    let code = payment["unique_code"].as_str().unwrap();
+    let mut out = Vec::new();
+    for pk in [
+        format!("PAYMENT#{id}"),
+        format!("DEVICE#{code}"),
+        format!("LEDGER#{id}"),
+    ] {
+        for item in ctx.items_of(&pk).await {
+            let mut kv: Vec<String> = item
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "failed_attempts" | "failed_auth" | "locked_until"
+                    )
+                })
+                .map(|(k, v)| format!("{k}={v:?}"))
+                .collect();
+            kv.sort();
+            out.push(kv.join(","));
+        }
+    }
+    out
+}
+
+async fn balance(pos: &Pos) -> Value {
+    pos.balance().await.unwrap().json
+}
+
+/// A code that really came from the device, but for another payment, amount, merchant, currency
+/// or challenge: every variation is refused and nothing moves.
+#[tokio::test]
+async fn a_genuine_code_bound_to_anything_else_is_refused() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (mut device, phone) = ctx.paired().await;
+    let p = ctx.pending_payment(&pos, &device, 500).await;
+    let id = p["payment_id"].as_str().unwrap();
+    let before = money_state(&ctx, &p).await;
+    let counter = device.counter() + 1;
+    let variants: [(&str, Value); 5] = [
+        ("payment_id", json!("pay_01KB1ZQ8RV4T6M2XW9C3HJ5N7P")),
+        ("amount", json!(501)),
+        ("merchant_id", json!(format!("{}-x", pos.merchant_id))),
+        ("currency", json!("USD")),
+        ("challenge", json!("0".repeat(32))),
+    ];
+    // Four of them: the fifth wrong code would fail the payment (tested elsewhere).
+    for (field, value) in variants.iter().take(4) {
+        let mut forged = p.clone();
+        forged[*field] = value.clone();
+        let code = device.auth_code_for(&forged, counter);
+        let r = phone
+            .confirm(id, &code, &counter.to_string())
+            .await
+            .unwrap();
+        assert_error(&r, 422, "invalid_auth_code");
+    }
+    assert_eq!(
+        money_state(&ctx, &p).await,
+        before,
+        "a refused code moved state"
+    );
+    // The genuine binding still works: the counter was not consumed by the forgeries.
+    let (code, counter) = device.authorize(&p);
+    assert_eq!(
+        phone.confirm(id, &code, &counter).await.unwrap().status,
+        200
+    );
+}
+
+/// A code captured from one confirmation and replayed: on the same payment it is only the exact
+/// repeat (200, nothing twice); on the device's next payment its counter is stale.
+#[tokio::test]
+async fn a_captured_code_cannot_pay_twice() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (mut device, phone) = ctx.paired().await;
+    let p1 = ctx.pending_payment(&pos, &device, 700).await;
+    let id1 = p1["payment_id"].as_str().unwrap();
+    let (code, counter) = device.authorize(&p1);
+    assert_eq!(
+        phone.confirm(id1, &code, &counter).await.unwrap().status,
+        200
+    );
+    let r = pos
+        .wait_for_status(id1, "settled", std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(r.json["status"], "settled");
+    let settled = balance(&pos).await;
+
+    // Same payment: the exact repeat answers 200 and settles nothing again.
+    assert_eq!(
+        phone.confirm(id1, &code, &counter).await.unwrap().status,
+        200
+    );
+    // The next payment, same amount: the captured code (and its counter) is refused.
+    let p2 = ctx.pending_payment(&pos, &device, 700).await;
+    let id2 = p2["payment_id"].as_str().unwrap();
+    let before = money_state(&ctx, &p2).await;
+    assert_error(
+        &phone.confirm(id2, &code, &counter).await.unwrap(),
+        422,
+        "stale_counter",
+    );
+    // Rewound counters and a jump past the window are refused the same way.
+    for c in [0, counter.parse::<u64>().unwrap() - 1]
+        .into_iter()
+        .chain([counter.parse::<u64>().unwrap() + twochan_domain::Counter::WINDOW + 1])
+    {
+        let code = device.auth_code_for(&p2, c);
+        assert_error(
+            &phone.confirm(id2, &code, &c.to_string()).await.unwrap(),
+            422,
+            "stale_counter",
+        );
+    }
+    assert_eq!(money_state(&ctx, &p2).await, before);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(balance(&pos).await, settled, "a replay settled again");
+}
+
+/// Brute force spread over many payments of one device: after DEVICE_MAX_FAILURES wrong codes in
+/// a row the device is locked; even its right code is refused (429 with Retry-After) and nothing
+/// moves; when the lock lapses, the right code works and the count starts again.
+#[tokio::test]
+async fn wrong_codes_spread_over_payments_lock_the_device() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (mut device, phone) = ctx.paired().await;
+    let mut failures = 0;
+    let mut last = None;
+    // Four wrong codes per payment (one short of failing it), then the POS cancels and retries.
+    while failures < DEVICE_MAX_FAILURES {
+        let p = ctx.pending_payment(&pos, &device, 100).await;
+        let id = p["payment_id"].as_str().unwrap().to_owned();
+        for _ in 0..4 {
+            if failures == DEVICE_MAX_FAILURES {
+                break;
+            }
+            let r = phone.confirm(&id, &"ab".repeat(32), "1").await.unwrap();
+            assert_error(&r, 422, "invalid_auth_code");
+            failures += 1;
+        }
+        if failures < DEVICE_MAX_FAILURES {
+            assert_eq!(pos.cancel(&id).await.unwrap().status, 200);
+        }
+        last = Some(p);
+    }
+    let p = last.unwrap();
+    let id = p["payment_id"].as_str().unwrap();
+    let before = money_state(&ctx, &p).await;
+    let (code, counter) = device.authorize(&p);
+    let r = phone.confirm(id, &code, &counter).await.unwrap();
+    assert_error(&r, 429, "too_many_attempts");
+    let retry_after: i64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (DEVICE_LOCKOUT_SECONDS - 60..=DEVICE_LOCKOUT_SECONDS).contains(&retry_after),
+        "Retry-After {retry_after}"
+    );
+    assert_eq!(
+        money_state(&ctx, &p).await,
+        before,
+        "a locked device moved state"
+    );
+
+    // Time passes: the lock lapses (moved into the past here rather than waited for).
+    let code_id = p["unique_code"].as_str().unwrap();
+    ctx.dynamodb
+        .update_item()
+        .table_name(&ctx.table)
+        .key("pk", AttributeValue::S(format!("DEVICE#{code_id}")))
+        .key("sk", AttributeValue::S("DEVICE".into()))
+        .update_expression("SET locked_until = :past")
+        .expression_attribute_values(
+            ":past",
+            AttributeValue::N((Timestamp::now().millis() - 1).to_string()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        phone.confirm(id, &code, &counter).await.unwrap().status,
+        200
+    );
+    let stored = ctx
+        .store
+        .device(&UniqueCode::try_from(code_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.failed_auth, 0,
+        "an accepted confirmation resets the count"
+    );
+}
+
+/// Another merchant or another phone acting on a payment: 404, as if it did not exist, and
+/// nothing moves.
+#[tokio::test]
+async fn strangers_cannot_read_or_act_on_a_payment() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let intruder_pos = ctx.pos().await;
+    let (mut device, _phone) = ctx.paired().await;
+    let (_, intruder_phone) = ctx.paired().await;
+    let p = ctx.pending_payment(&pos, &device, 300).await;
+    let id = p["payment_id"].as_str().unwrap();
+    let before = money_state(&ctx, &p).await;
+    let (code, counter) = device.authorize(&p);
+    for r in [
+        intruder_pos.payment(id).await.unwrap(),
+        intruder_pos.cancel(id).await.unwrap(),
+        intruder_phone.payment(id).await.unwrap(),
+        intruder_phone.confirm(id, &code, &counter).await.unwrap(),
+        intruder_phone.decline(id).await.unwrap(),
+    ] {
+        assert_error(&r, 404, "not_found");
+    }
+    assert_eq!(money_state(&ctx, &p).await, before);
+    assert_eq!(
+        intruder_phone.pending().await.unwrap().json["payments"],
+        json!([])
+    );
+}
+
+/// A token revoked by re-registration or deregistration authenticates nothing any more.
+#[tokio::test]
+async fn revoked_tokens_are_refused() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let device: Device = ctx.device();
+    let mut phone: Phone = ctx.phone();
+    assert_eq!(phone.register(&device).await.unwrap().status, 201);
+    let old = Phone {
+        token: phone.token.clone(),
+        ..ctx.phone()
+    };
+    // Same terminal again: a new token, the old one revoked.
+    assert_eq!(phone.register(&device).await.unwrap().status, 200);
+    let p = ctx.pending_payment(&pos, &device, 200).await;
+    let id = p["payment_id"].as_str().unwrap();
+    let before = money_state(&ctx, &p).await;
+    let code = device.auth_code_for(&p, device.counter() + 1);
+    for r in [
+        old.pending().await.unwrap(),
+        old.payment(id).await.unwrap(),
+        old.confirm(id, &code, &(device.counter() + 1).to_string())
+            .await
+            .unwrap(),
+        old.decline(id).await.unwrap(),
+        old.deregister(device.beacon()).await.unwrap(),
+    ] {
+        assert_error(&r, 401, "unauthorized");
+    }
+    assert_eq!(money_state(&ctx, &p).await, before);
+    // Deregistration revokes the current token too.
+    assert_eq!(phone.deregister(device.beacon()).await.unwrap().status, 204);
+    assert_error(&phone.pending().await.unwrap(), 401, "unauthorized");
+}
