@@ -13,6 +13,17 @@ if python scripts/check_template.py "$bad" 2>/dev/null; then
   echo "check_template.py missed a wildcard action" >&2
   exit 1
 fi
+log "docs/openapi.yaml against the template's routes"
+python scripts/check_openapi.py
+# This check must be able to fail too: a renamed route, and a route sent to another function.
+for change in "s|'GET /v1/balance'|'GET /v1/balances'|" \
+  "/BalanceRoute:/,/Target:/ s/PaymentRequestIntegration/ConfirmationIntegration/"; do
+  sed "$change" infra/template.yaml > "$bad"
+  if python scripts/check_openapi.py "$bad" 2>/dev/null; then
+    echo "check_openapi.py missed: $change" >&2
+    exit 1
+  fi
+done
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
@@ -23,3 +34,5 @@ log "integration tests against $(grep '^API_URL=' "$LOCAL/stack.env")"
 cargo test -p integration-tests -- --test-threads=8
 log "black-box client (Python, contract only)"
 python tests/blackbox/contract_client.py
+log "schemathesis: the API against docs/openapi.yaml"
+python scripts/schemathesis.py
