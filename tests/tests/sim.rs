@@ -24,12 +24,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use aws_sdk_dynamodb::types::{
-    AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, Projection,
-};
-use common::Ctx;
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::{Ctx, answer, request};
 use futures_util::future::join_all;
-use serde_json::{Value, json};
+use serde_json::json;
 use twochan_api::{
     App,
     reconcile::reconcile,
@@ -126,96 +124,11 @@ struct World {
     sqs: aws_sdk_sqs::Client,
 }
 
-/// An API Gateway v2 request, as the HTTP API hands it to a function.
-fn request(
-    method: &str,
-    path: &str,
-    bearer: &str,
-    extra: &[(&str, &str)],
-    body: Option<&Value>,
-) -> lambda_http::Request {
-    let mut headers = json!({"authorization": format!("Bearer {bearer}")});
-    if body.is_some() {
-        headers["content-type"] = json!("application/json");
-    }
-    for (k, v) in extra {
-        headers[*k] = json!(v);
-    }
-    let event = json!({
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": headers,
-        "requestContext": {
-            "accountId": "000000000000", "apiId": "sim", "domainName": "sim.local",
-            "domainPrefix": "sim", "requestId": "sim", "routeKey": "$default", "stage": "$default",
-            "time": "27/Nov/2026:00:00:00 +0000", "timeEpoch": 0,
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
-                     "sourceIp": "127.0.0.1", "userAgent": "sim"}
-        },
-        "body": body.map(|b| b.to_string()),
-        "isBase64Encoded": false
-    });
-    lambda_http::request::from_str(&event.to_string()).expect("API Gateway v2 event")
-}
-
-fn answer(resp: &lambda_http::Response<lambda_http::Body>) -> (u16, Value) {
-    let body = serde_json::from_slice(resp.body().as_ref()).unwrap_or(Value::Null);
-    (resp.status().as_u16(), body)
-}
-
 impl World {
     async fn new(ctx: &Ctx, worker: u64) -> World {
         let stamp = Timestamp::now().millis();
         let table = format!("twochan-sim-{stamp}-{worker}");
-        // The stack's own table definition, so the simulation runs on the real schema and index.
-        let live = ctx
-            .dynamodb
-            .describe_table()
-            .table_name(&ctx.table)
-            .send()
-            .await
-            .expect("describe the stack's table")
-            .table
-            .expect("table description");
-        let gsis = live
-            .global_secondary_indexes()
-            .iter()
-            .map(|g| {
-                GlobalSecondaryIndex::builder()
-                    .index_name(g.index_name().unwrap_or_default())
-                    .set_key_schema(Some(g.key_schema().to_vec()))
-                    .projection(
-                        g.projection()
-                            .cloned()
-                            .unwrap_or_else(|| Projection::builder().build()),
-                    )
-                    .build()
-                    .expect("gsi")
-            })
-            .collect::<Vec<_>>();
-        ctx.dynamodb
-            .create_table()
-            .table_name(&table)
-            .set_key_schema(Some(
-                live.key_schema()
-                    .iter()
-                    .map(|k| {
-                        KeySchemaElement::builder()
-                            .attribute_name(k.attribute_name())
-                            .key_type(k.key_type().clone())
-                            .build()
-                            .expect("key")
-                    })
-                    .collect(),
-            ))
-            .set_attribute_definitions(Some(live.attribute_definitions().to_vec()))
-            .set_global_secondary_indexes(Some(gsis))
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .expect("create the simulation table");
+        common::create_table_like(&ctx.dynamodb, &ctx.table, &ctx.dynamodb, &table).await;
         let queue_url = ctx
             .sqs
             .create_queue()

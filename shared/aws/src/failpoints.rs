@@ -29,12 +29,28 @@ pub enum Crash {
     After(usize),
 }
 
-#[derive(Debug, Default)]
+/// Something to do in the middle of a handler, just before its `n`-th AWS call (e.g. stop the
+/// emulator).
+type Hook = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
 struct State {
     /// `Service.Operation` of every call started, in order.
     calls: Vec<String>,
     crash: Option<Crash>,
     crashed: bool,
+    hook: Option<(usize, Hook)>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("calls", &self.calls)
+            .field("crash", &self.crash)
+            .field("crashed", &self.crashed)
+            .field("hook_at", &self.hook.as_ref().map(|(at, _)| at))
+            .finish()
+    }
 }
 
 /// Attach one to the clients of one simulated handler run (see [`Probe::clients`]).
@@ -52,6 +68,13 @@ impl Probe {
     pub fn crashing(crash: Option<Crash>) -> Self {
         let probe = Self::default();
         probe.lock().crash = crash;
+        probe
+    }
+
+    /// Runs `hook` just before the `at`-th AWS call is sent (the call itself then goes ahead).
+    pub fn with_hook(at: usize, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        let probe = Self::default();
+        probe.lock().hook = Some((at, Arc::new(hook)));
         probe
     }
 
@@ -115,6 +138,14 @@ impl Intercept for Probe {
         if state.crash == Some(Crash::Before(index)) {
             state.crashed = true;
             return Err(crash_error(Crash::Before(index)));
+        }
+        let hook = match &state.hook {
+            Some((at, hook)) if *at == index => Some(hook.clone()),
+            _ => None,
+        };
+        drop(state);
+        if let Some(hook) = hook {
+            hook();
         }
         Ok(())
     }

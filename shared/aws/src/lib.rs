@@ -9,6 +9,6 @@ pub mod failpoints;
 mod items;
 pub mod sqs;
 
-pub use config::{AwsClients, Settings};
+pub use config::{AwsClients, Settings, sdk_defaults};
 pub use dynamo::DynamoStore;
 pub use sqs::SqsSettlementQueue;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
-use serde_json::Value;
+use serde_json::{Value, json};
 use twochan_aws::DynamoStore;
 use twochan_domain::{
     MerchantId, Timestamp,
@@ -178,6 +178,103 @@ impl Ctx {
             .items
             .unwrap_or_default()
     }
+}
+
+/// Creates `table` through `target` with the key schema and indexes of `source_table` (the
+/// stack's), so a test can have a private table on the real schema.
+pub async fn create_table_like(
+    source: &aws_sdk_dynamodb::Client,
+    source_table: &str,
+    target: &aws_sdk_dynamodb::Client,
+    table: &str,
+) {
+    use aws_sdk_dynamodb::types::{
+        BillingMode, GlobalSecondaryIndex, KeySchemaElement, Projection,
+    };
+    let live = source
+        .describe_table()
+        .table_name(source_table)
+        .send()
+        .await
+        .expect("describe the stack's table")
+        .table
+        .expect("table description");
+    let key_schema = |keys: &[KeySchemaElement]| -> Vec<KeySchemaElement> {
+        keys.iter()
+            .map(|k| {
+                KeySchemaElement::builder()
+                    .attribute_name(k.attribute_name())
+                    .key_type(k.key_type().clone())
+                    .build()
+                    .expect("key")
+            })
+            .collect()
+    };
+    let indexes = live
+        .global_secondary_indexes()
+        .iter()
+        .map(|g| {
+            GlobalSecondaryIndex::builder()
+                .index_name(g.index_name().unwrap_or_default())
+                .set_key_schema(Some(key_schema(g.key_schema())))
+                .projection(
+                    g.projection()
+                        .cloned()
+                        .unwrap_or_else(|| Projection::builder().build()),
+                )
+                .build()
+                .expect("index")
+        })
+        .collect::<Vec<_>>();
+    target
+        .create_table()
+        .table_name(table)
+        .set_key_schema(Some(key_schema(live.key_schema())))
+        .set_attribute_definitions(Some(live.attribute_definitions().to_vec()))
+        .set_global_secondary_indexes((!indexes.is_empty()).then_some(indexes))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create table");
+}
+
+/// An API Gateway v2 request, as the HTTP API hands it to a function.
+pub fn request(
+    method: &str,
+    path: &str,
+    bearer: &str,
+    extra: &[(&str, &str)],
+    body: Option<&Value>,
+) -> lambda_http::Request {
+    let mut headers = json!({"authorization": format!("Bearer {bearer}")});
+    if body.is_some() {
+        headers["content-type"] = json!("application/json");
+    }
+    for (k, v) in extra {
+        headers[*k] = json!(v);
+    }
+    let event = json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": headers,
+        "requestContext": {
+            "accountId": "000000000000", "apiId": "sim", "domainName": "sim.local",
+            "domainPrefix": "sim", "requestId": "sim", "routeKey": "$default", "stage": "$default",
+            "time": "27/Nov/2026:00:00:00 +0000", "timeEpoch": 0,
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "127.0.0.1", "userAgent": "sim"}
+        },
+        "body": body.map(|b| b.to_string()),
+        "isBase64Encoded": false
+    });
+    lambda_http::request::from_str(&event.to_string()).expect("API Gateway v2 event")
+}
+
+pub fn answer(resp: &lambda_http::Response<lambda_http::Body>) -> (u16, Value) {
+    let body = serde_json::from_slice(resp.body().as_ref()).unwrap_or(Value::Null);
+    (resp.status().as_u16(), body)
 }
 
 /// Polls `f` until it returns `Some`, for at most `timeout`.
