@@ -71,6 +71,7 @@ impl Emulator {
         while Instant::now() < deadline {
             if std::process::Command::new("curl")
                 .args(["-fsS", "-o", "/dev/null", &health])
+                .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
             {
@@ -322,6 +323,10 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
     assert!(
         outage_answer < Duration::from_secs(6),
         "503 took {outage_answer:?}"
+    );
+    println!(
+        "outage: confirm answered 503 in {} ms",
+        outage_answer.as_millis()
     );
     let get = request(
         "GET",
