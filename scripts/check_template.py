@@ -51,6 +51,15 @@ def strings(value):
             yield from strings(v)
 
 
+def statements(listed):
+    """Policy statements, with both branches of a conditional (`!If [cond, stmt, stmt]`) checked."""
+    for st in listed:
+        if isinstance(st, Tagged) and st.tag == "!If":
+            yield from statements(b for b in st.value[1:] if isinstance(b, dict))
+        elif isinstance(st, dict):
+            yield st
+
+
 def findings(template):
     resources = template["Resources"]
     roles_used = {}
@@ -67,7 +76,7 @@ def findings(template):
         if r["Properties"].get("ManagedPolicyArns"):
             yield f"{name} uses managed policies; list the actions instead"
         for policy in r["Properties"].get("Policies", []):
-            for st in policy["PolicyDocument"]["Statement"]:
+            for st in statements(policy["PolicyDocument"]["Statement"]):
                 for action in strings(st.get("Action", [])):
                     if "*" in action:
                         yield f"{name}: wildcard action {action}"

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import time
 import zipfile
@@ -111,18 +112,23 @@ def main():
     args = ap.parse_args()
 
     master_key = os.environ.get("ISSUER_MASTER_KEY", "")
-    if len(master_key) != 64:
-        sys.exit("ISSUER_MASTER_KEY must be set to 64 hex characters")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}(,[0-9a-fA-F]{64}){0,3}", master_key):
+        sys.exit("ISSUER_MASTER_KEY must be set to 64 hex characters (or up to 4, comma-separated)")
     session = boto3.session.Session()
     s3 = session.client("s3")
     cfn = session.client("cloudformation")
     ddb = session.client("dynamodb")
 
+    # As on AWS: the key lives in SSM Parameter Store as a SecureString, and the functions read it
+    # at init; it never enters the template or the functions' environment.
+    key_parameter = f"/{args.stack}/issuer-master-key"
+    session.client("ssm").put_parameter(Name=key_parameter, Value=master_key, Type="SecureString", Overwrite=True)
+
     params = upload_code(s3, args.bucket)
     params.update(
         CodeBucket=args.bucket,
         Architecture=args.architecture,
-        IssuerMasterKey=master_key,
+        IssuerMasterKeyParameter=key_parameter,
         PendingTtlSeconds=os.environ.get("PENDING_TTL_SECONDS") or "120",
         EndpointUrl=args.endpoint_for_functions,
         LogLevel=os.environ.get("LOG_LEVEL", "info"),

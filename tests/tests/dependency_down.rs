@@ -20,10 +20,7 @@ async fn dead_clients() -> AwsClients {
         ))
         .load()
         .await;
-    AwsClients {
-        dynamodb: aws_sdk_dynamodb::Client::new(&config),
-        sqs: aws_sdk_sqs::Client::new(&config),
-    }
+    AwsClients::from_config(&config)
 }
 
 fn fixture(name: &str) -> lambda_http::Request {
@@ -41,13 +38,13 @@ async fn every_http_function_answers_503_when_dynamodb_is_down() {
             clients.sqs.clone(),
             "http://127.0.0.1:9/000000000000/q".into(),
         ),
-        master_key: Some(MasterKey::from_hex(&"00".repeat(32)).unwrap()),
+        issuer_keys: Some(MasterKey::from_hex(&"00".repeat(32)).unwrap().into()),
         pending_ttl_seconds: 120,
     };
     let no_queue = App {
         store: app.store.clone(),
         queue: NoQueue,
-        master_key: app.master_key.clone(),
+        issuer_keys: app.issuer_keys.clone(),
         pending_ttl_seconds: 120,
     };
     for (file, function) in [

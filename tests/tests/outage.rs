@@ -125,7 +125,7 @@ impl World {
         App {
             store: DynamoStore::new(c.dynamodb, self.table.clone()),
             queue: SqsSettlementQueue::new(c.sqs, self.queue_url.clone()),
-            master_key: self.app.master_key.clone(),
+            issuer_keys: self.app.issuer_keys.clone(),
             pending_ttl_seconds: 120,
         }
     }
@@ -280,7 +280,7 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
         app: App {
             store,
             queue: SqsSettlementQueue::new(clients.sqs.clone(), queue_url.clone()),
-            master_key: Some(ctx.master.clone()),
+            issuer_keys: Some(ctx.master.clone().into()),
             pending_ttl_seconds: 120,
         },
         config,

@@ -163,7 +163,7 @@ impl World {
         App {
             store: DynamoStore::new(clients.dynamodb, self.table.clone()),
             queue: SqsSettlementQueue::new(clients.sqs, self.queue_url.clone()),
-            master_key: Some(self.master.clone()),
+            issuer_keys: Some(self.master.clone().into()),
             pending_ttl_seconds: 120,
         }
     }
@@ -172,7 +172,7 @@ impl World {
         App {
             store: self.store.clone(),
             queue: NoQueue,
-            master_key: Some(self.master.clone()),
+            issuer_keys: Some(self.master.clone().into()),
             pending_ttl_seconds: 120,
         }
     }

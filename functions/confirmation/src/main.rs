@@ -1,7 +1,7 @@
 //! Lambda function `confirmation`: see `twochan_api::routes::Function::Confirmation` for its routes.
 
 use twochan_api::{App, routes::Function, serve_http, telemetry};
-use twochan_aws::{AwsClients, DynamoStore, Settings, SqsSettlementQueue};
+use twochan_aws::{AwsClients, DynamoStore, Settings, SqsSettlementQueue, secrets};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -9,11 +9,15 @@ async fn main() -> Result<(), lambda_http::Error> {
     let settings = Settings::from_env()?;
     let clients = AwsClients::from_env().await;
     let store = DynamoStore::new(clients.dynamodb.clone(), &settings.table_name);
-    store.warm_up().await;
+    // Both are network round trips at init; neither needs the other.
+    let ((), keys) = tokio::join!(
+        store.warm_up(),
+        secrets::issuer_keys(&settings, &clients.config)
+    );
     let app = App {
         store,
         queue: SqsSettlementQueue::new(clients.sqs.clone(), settings.require_queue_url()?),
-        master_key: Some(settings.require_master_key()?),
+        issuer_keys: Some(keys?),
         pending_ttl_seconds: settings.pending_ttl_seconds,
     };
     serve_http(app, Function::Confirmation).await

@@ -17,7 +17,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let app = App {
         store,
         queue: NoQueue,
-        master_key: None,
+        issuer_keys: None,
         pending_ttl_seconds: settings.pending_ttl_seconds,
     };
     serve_http(app, Function::PaymentRequest).await

@@ -9,7 +9,7 @@ use tracing::Instrument;
 use twochan_domain::{
     Amount, AuthCode, Counter, Currency, DomainError, IdempotencyKey, MerchantId, Payment,
     PaymentId, PaymentStatus, PosId, Reference, Result, TerminalId, Timestamp, UniqueCode,
-    crypto::{IssuedSecret, MasterKey, PaymentBinding, sha256_hex},
+    crypto::{IssuedSecret, IssuerKeys, PaymentBinding, sha256_hex},
     payment::{ConfirmGate, MAX_AUTH_ATTEMPTS},
     ports::{
         Confirmation, Devices, Directory, Idempotency, IdempotencyClaim, IdempotencyRecord, Ledger,
@@ -32,15 +32,16 @@ const MAX_RACE_RETRIES: usize = 4;
 pub struct App<S, Q> {
     pub store: S,
     pub queue: Q,
-    pub master_key: Option<MasterKey>,
+    /// Only the functions that verify device codes (registration, confirmation) have them.
+    pub issuer_keys: Option<IssuerKeys>,
     pub pending_ttl_seconds: i64,
 }
 
 impl<S, Q> App<S, Q> {
-    fn master_key(&self) -> Result<&MasterKey> {
-        self.master_key
+    fn issuer_keys(&self) -> Result<&IssuerKeys> {
+        self.issuer_keys
             .as_ref()
-            .ok_or_else(|| DomainError::Internal("ISSUER_MASTER_KEY is not configured".into()))
+            .ok_or_else(|| DomainError::Internal("no issuer master key is configured".into()))
     }
 }
 
@@ -237,8 +238,10 @@ where
     let terminal: TerminalId = body.field("terminal_id")?;
     let proof = body.string("registration_proof")?;
     // The proof comes first: without the device nobody learns whether a code is registered.
-    let device_key = app.master_key()?.device_key(&code);
-    if !device_key.verify_registration_proof(&code, &terminal, proof) {
+    if !app
+        .issuer_keys()?
+        .verify_registration_proof(&code, &terminal, proof)
+    {
         return Err(DomainError::InvalidRegistrationProof);
     }
     for _ in 0..MAX_RACE_RETRIES {
@@ -623,7 +626,7 @@ where
     let auth_code: AuthCode = body.field("auth_code")?;
     let counter: Counter = body.field("counter")?;
     let id = path_payment_id(raw_id)?;
-    let master_key = app.master_key()?;
+    let issuer_keys = app.issuer_keys()?;
     let fingerprint = Payment::confirmation_fingerprint(&auth_code, counter);
 
     for _ in 0..MAX_RACE_RETRIES {
@@ -700,10 +703,7 @@ where
             challenge: &payment.challenge,
             counter,
         };
-        if !master_key
-            .device_key(&payment.unique_code)
-            .verify_auth_code(&binding, &auth_code)
-        {
+        if !issuer_keys.verify_auth_code(&payment.unique_code, &binding, &auth_code) {
             let wrong = WrongCode {
                 payment: &payment,
                 device: &device,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, retry::RetryConfig, timeout::TimeoutConfig};
-use twochan_domain::{DomainError, crypto::MasterKey};
+use twochan_domain::{DomainError, crypto::IssuerKeys};
 
 /// Pending lifetime of a payment when `PENDING_TTL_SECONDS` is not set.
 pub const DEFAULT_PENDING_TTL_SECONDS: i64 = 120;
@@ -15,6 +15,8 @@ pub const DEFAULT_RECONCILE_AFTER_SECONDS: i64 = 60;
 pub struct AwsClients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
+    /// What they were built from, for a client needed once at init (SSM).
+    pub config: aws_config::SdkConfig,
 }
 
 impl AwsClients {
@@ -28,6 +30,7 @@ impl AwsClients {
         Self {
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             sqs: aws_sdk_sqs::Client::new(config),
+            config: config.clone(),
         }
     }
 }
@@ -56,7 +59,10 @@ pub fn sdk_defaults() -> aws_config::ConfigLoader {
 pub struct Settings {
     pub table_name: String,
     pub settlement_queue_url: Option<String>,
-    pub master_key: Option<MasterKey>,
+    /// `ISSUER_MASTER_KEY`: the keys themselves (local cloud, `cargo lambda watch`).
+    pub issuer_keys: Option<IssuerKeys>,
+    /// `ISSUER_MASTER_KEY_PARAMETER`: an SSM SecureString holding them (AWS); wins when set.
+    pub issuer_keys_parameter: Option<String>,
     pub pending_ttl_seconds: i64,
     /// How long a payment may stay `confirmed` before the reconciler sends its message again.
     pub reconcile_after_seconds: i64,
@@ -94,9 +100,9 @@ impl Settings {
         let table_name = get("TABLE_NAME")
             .filter(|s| !s.is_empty())
             .ok_or_else(|| DomainError::Internal("TABLE_NAME is not set".into()))?;
-        let master_key = get("ISSUER_MASTER_KEY")
+        let issuer_keys = get("ISSUER_MASTER_KEY")
             .filter(|s| !s.is_empty())
-            .map(|k| MasterKey::from_hex(&k))
+            .map(|k| IssuerKeys::parse(&k))
             .transpose()?;
         let pending_ttl_seconds = bounded(
             &get,
@@ -113,16 +119,11 @@ impl Settings {
         Ok(Self {
             table_name,
             settlement_queue_url: get("SETTLEMENT_QUEUE_URL").filter(|s| !s.is_empty()),
-            master_key,
+            issuer_keys,
+            issuer_keys_parameter: get("ISSUER_MASTER_KEY_PARAMETER").filter(|s| !s.is_empty()),
             pending_ttl_seconds,
             reconcile_after_seconds,
         })
-    }
-
-    pub fn require_master_key(&self) -> Result<MasterKey, DomainError> {
-        self.master_key
-            .clone()
-            .ok_or_else(|| DomainError::Internal("ISSUER_MASTER_KEY is not set".into()))
     }
 
     pub fn require_queue_url(&self) -> Result<String, DomainError> {
@@ -149,7 +150,7 @@ mod tests {
     fn defaults_and_validation() {
         let s = Settings::from_lookup(lookup(&[("TABLE_NAME", "t")])).unwrap();
         assert_eq!(s.pending_ttl_seconds, 120);
-        assert!(s.master_key.is_none());
+        assert!(s.issuer_keys.is_none() && s.issuer_keys_parameter.is_none());
         assert!(Settings::from_lookup(lookup(&[])).is_err());
         let s = Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("PENDING_TTL_SECONDS", "3")]))
             .unwrap();

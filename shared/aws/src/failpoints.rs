@@ -107,6 +107,7 @@ impl Probe {
                     .interceptor(self.clone())
                     .build(),
             ),
+            config: config.clone(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod dynamo;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 mod items;
+pub mod secrets;
 pub mod sqs;
 
 pub use config::{AwsClients, Settings, sdk_defaults};

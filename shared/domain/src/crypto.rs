@@ -56,6 +56,65 @@ impl fmt::Debug for MasterKey {
     }
 }
 
+/// The issuer master keys in service: the current generation first, then older ones whose
+/// devices are still in the field. Device keys are burned in at manufacture, so a new master key
+/// can only serve new devices; the old one must keep verifying the old devices until they are
+/// retired (docs/OPERATIONS.md, "Rotating the issuer master key"). Configured as comma-separated
+/// 64-hex-character keys; the contract's single key is the one-generation case.
+#[derive(Clone, Debug)]
+pub struct IssuerKeys(Vec<MasterKey>);
+
+impl IssuerKeys {
+    /// At most this many generations: each verification tries them all.
+    pub const MAX_GENERATIONS: usize = 4;
+
+    pub fn parse(s: &str) -> Result<Self, DomainError> {
+        let keys = s
+            .split(',')
+            .map(MasterKey::from_hex)
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.len() > Self::MAX_GENERATIONS {
+            return Err(DomainError::Internal(format!(
+                "at most {} issuer master keys",
+                Self::MAX_GENERATIONS
+            )));
+        }
+        Ok(Self(keys))
+    }
+
+    fn device_keys<'a>(&'a self, code: &'a UniqueCode) -> impl Iterator<Item = DeviceKey> + 'a {
+        self.0.iter().map(move |k| k.device_key(code))
+    }
+
+    /// Whether any generation's device key made this proof (each compare in constant time).
+    pub fn verify_registration_proof(
+        &self,
+        code: &UniqueCode,
+        terminal: &TerminalId,
+        proof: &str,
+    ) -> bool {
+        self.device_keys(code)
+            .any(|k| k.verify_registration_proof(code, terminal, proof))
+    }
+
+    /// Whether any generation's device key made this auth code (each compare in constant time).
+    pub fn verify_auth_code(
+        &self,
+        code: &UniqueCode,
+        binding: &PaymentBinding<'_>,
+        auth: &AuthCode,
+    ) -> bool {
+        self.device_keys(code)
+            .any(|k| k.verify_auth_code(binding, auth))
+    }
+}
+
+impl From<MasterKey> for IssuerKeys {
+    fn from(key: MasterKey) -> Self {
+        Self(vec![key])
+    }
+}
+
 /// A device's key, derived on demand and never stored.
 #[derive(Clone)]
 pub struct DeviceKey([u8; 32]);
@@ -201,6 +260,8 @@ mod tests {
     #[test]
     fn secret_checks_compare_in_constant_time() {
         let src = include_str!("crypto.rs");
+        // The device key is where the bytes are compared; the issuer keys only delegate to it.
+        let src = &src[src.find("impl DeviceKey {").expect("impl DeviceKey")..];
         for f in ["fn verify_registration_proof", "fn verify_auth_code"] {
             let body = &src[src.find(f).expect(f)..];
             let body = &body[..body.find("\n    }\n").expect("end of fn")];
@@ -216,6 +277,28 @@ mod tests {
             !auth_code[..60].contains("PartialEq"),
             "AuthCode must not derive PartialEq (a byte-wise, early-exit compare)"
         );
+    }
+
+    #[test]
+    fn every_key_generation_verifies_its_own_devices() {
+        let (old, new) = ([1u8; 32], [2u8; 32]);
+        let keys =
+            IssuerKeys::parse(&format!("{},{}", hex::encode(new), hex::encode(old))).unwrap();
+        let code = UniqueCode::try_from("device-0001").unwrap();
+        let terminal = TerminalId::try_from("terminal-01").unwrap();
+        for master in [old, new] {
+            let proof = MasterKey(master)
+                .device_key(&code)
+                .registration_proof(&code, &terminal);
+            assert!(keys.verify_registration_proof(&code, &terminal, &proof));
+        }
+        let stranger = MasterKey([3u8; 32])
+            .device_key(&code)
+            .registration_proof(&code, &terminal);
+        assert!(!keys.verify_registration_proof(&code, &terminal, &stranger));
+        assert!(IssuerKeys::parse("").is_err());
+        assert!(IssuerKeys::parse(&vec![hex::encode(old); 5].join(",")).is_err());
+        assert!(!format!("{keys:?}").contains(&hex::encode(old)));
     }
 
     #[test]
