@@ -41,11 +41,18 @@ pub fn status_of(e: &DomainError) -> StatusCode {
 pub fn error_response(e: &DomainError) -> Response<Body> {
     let status = status_of(e);
     if status.is_server_error() {
-        tracing::error!(error.code = e.code(), error.detail = ?e, "request failed");
+        tracing::error!(
+            error.code = e.code(),
+            error.detail = ?e,
+            status = status.as_u16(),
+            outcome = e.code(),
+            "request failed"
+        );
     } else {
         tracing::info!(
             error.code = e.code(),
             status = status.as_u16(),
+            outcome = e.code(),
             "request refused"
         );
     }

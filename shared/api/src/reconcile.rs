@@ -46,13 +46,21 @@ pub async fn reconcile<S: Payments, Q: SettlementQueue>(
                 report.requeued += 1;
                 tracing::warn!(
                     payment_id = %payment.payment_id,
+                    unique_code_hash = payment.unique_code.log_hash(),
                     outcome = "requeued",
                     "confirmed payment left unsettled; settlement message sent again"
                 );
             }
             Err(e) => {
                 report.failed += 1;
-                tracing::error!(payment_id = %payment.payment_id, error.code = e.code(), error.detail = ?e, "re-sending settlement failed");
+                tracing::error!(
+                    payment_id = %payment.payment_id,
+                    unique_code_hash = payment.unique_code.log_hash(),
+                    outcome = "requeue_failed",
+                    error.code = e.code(),
+                    error.detail = ?e,
+                    "re-sending settlement failed"
+                );
             }
         }
     }

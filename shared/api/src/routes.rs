@@ -1,7 +1,7 @@
 //! The use cases behind each endpoint, generic over the ports they need.
 
 use lambda_http::{
-    Body, Request, Response,
+    Body, Request, RequestExt, Response,
     http::{HeaderValue, Method, StatusCode},
 };
 use serde_json::json;
@@ -145,10 +145,17 @@ where
     if let Err(e) = body_bytes(&req) {
         return error_response(&e);
     }
+    // Every line of the request carries these; the handlers fill in the payment and device.
+    let request_id = req
+        .lambda_context_ref()
+        .map(|c| c.request_id.clone())
+        .unwrap_or_default();
     let span = tracing::info_span!(
         "request",
         route = route.name(),
-        payment_id = tracing::field::Empty
+        request_id = %request_id,
+        payment_id = tracing::field::Empty,
+        unique_code_hash = tracing::field::Empty,
     );
     // `instrument`, not `enter`: the span must follow the future across its awaits.
     let result = async {
@@ -169,11 +176,29 @@ where
     let _in_span = span.enter();
     match result {
         Ok(resp) => {
-            tracing::info!(status = resp.status().as_u16(), "request done");
+            tracing::info!(
+                status = resp.status().as_u16(),
+                outcome = "ok",
+                "request done"
+            );
             resp
         }
+        // `error_response` logs the refusal or failure, with its code as the outcome.
         Err(e) => error_response(&e),
     }
+}
+
+/// Names the device (by its hash) and the payment on every further log line of the request.
+fn tag(code: &UniqueCode, payment: Option<&PaymentId>) {
+    let span = tracing::Span::current();
+    span.record("unique_code_hash", code.log_hash());
+    if let Some(id) = payment {
+        span.record("payment_id", tracing::field::display(id));
+    }
+}
+
+fn tag_payment(p: &Payment) {
+    tag(&p.unique_code, Some(&p.payment_id));
 }
 
 async fn merchant<S: Directory>(store: &S, req: &Request) -> Result<MerchantId> {
@@ -237,6 +262,7 @@ where
     let code: UniqueCode = body.field("unique_code")?;
     let terminal: TerminalId = body.field("terminal_id")?;
     let proof = body.string("registration_proof")?;
+    tag(&code, None);
     // The proof comes first: without the device nobody learns whether a code is registered.
     if !app
         .issuer_keys()?
@@ -290,6 +316,7 @@ where
 {
     let session = terminal(&app.store, req).await?;
     let code = UniqueCode::try_from(raw_code).map_err(|_| DomainError::NotFound)?;
+    tag(&code, None);
     for _ in 0..MAX_RACE_RETRIES {
         let device = app
             .store
@@ -426,6 +453,7 @@ async fn create_pending<S, Q>(
 where
     S: Devices + Payments,
 {
+    tag(&r.unique_code, None);
     for _ in 0..MAX_RACE_RETRIES {
         let now = Timestamp::now();
         let device = app
@@ -469,7 +497,8 @@ where
             },
         };
         if app.store.create(&payment, &device, Some(record)).await? == Write::Applied {
-            tracing::info!(outcome = "payment_created", payment_id = %payment.payment_id);
+            tag_payment(&payment);
+            tracing::info!(outcome = "payment_created");
             return Ok(payment);
         }
     }
@@ -493,6 +522,7 @@ where
         .await?
         .filter(|p| owner.owns(p))
         .ok_or(DomainError::NotFound)?;
+    tag_payment(&payment);
     Ok(payment_response(StatusCode::OK, &payment))
 }
 
@@ -582,6 +612,7 @@ where
             .await?
             .filter(|p| owner.owns(p))
             .ok_or(DomainError::NotFound)?;
+        tag_payment(&payment);
         let now = Timestamp::now();
         if payment.status != PaymentStatus::Pending {
             return Err(DomainError::PaymentNotPending);
@@ -591,7 +622,7 @@ where
             return Err(DomainError::PaymentNotPending);
         }
         if app.store.finish_pending(&payment, to, now).await? == Write::Applied {
-            tracing::info!(outcome = to.as_str(), payment_id = %payment.payment_id);
+            tracing::info!(outcome = to.as_str());
             payment.status = to;
             return Ok(payment_response(StatusCode::OK, &payment));
         }
@@ -607,7 +638,7 @@ async fn record_expiry<S: Payments, Q>(app: &App<S, Q>, payment: &Payment, now: 
         .finish_pending(payment, PaymentStatus::Expired, now)
         .await
     {
-        Ok(_) => tracing::info!(outcome = "expired", payment_id = %payment.payment_id),
+        Ok(_) => tracing::info!(outcome = "expired"),
         Err(e) => tracing::warn!(error = ?e, "could not record expiry"),
     }
 }
@@ -637,7 +668,7 @@ where
             .await?
             .filter(|p| owner.owns(p))
             .ok_or(DomainError::NotFound)?;
-        tracing::Span::current().record("payment_id", tracing::field::display(&payment.payment_id));
+        tag_payment(&payment);
         match payment.gate_confirm(now, &fingerprint) {
             Ok(ConfirmGate::Proceed) => {}
             Ok(ConfirmGate::Repeat) => {

@@ -14,7 +14,12 @@ pub async fn settle_batch<L: Ledger>(ledger: &L, event: SqsEvent) -> SqsBatchRes
     let mut response = SqsBatchResponse::default();
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
-        let span = tracing::info_span!("settle", message_id = %id);
+        let span = tracing::info_span!(
+            "settle",
+            message_id = %id,
+            payment_id = tracing::field::Empty,
+            unique_code_hash = tracing::field::Empty,
+        );
         let outcome = settle_one(ledger, &record).instrument(span.clone()).await;
         let _in_span = span.enter();
         if let Err(e) = outcome {
@@ -33,12 +38,15 @@ async fn settle_one<L: Ledger>(ledger: &L, record: &SqsMessage) -> Result<(), Do
     let body = record.body.as_deref().unwrap_or("");
     let message: SettlementMessage = serde_json::from_str(body)
         .map_err(|e| DomainError::InvalidRequest(format!("settlement message: {e}")))?;
+    let span = tracing::Span::current();
+    span.record("payment_id", tracing::field::display(&message.payment_id));
+    span.record("unique_code_hash", message.unique_code.log_hash());
     match ledger.settle(&message, Timestamp::now()).await? {
         Settlement::Settled => {
-            tracing::info!(outcome = "settled", payment_id = %message.payment_id)
+            tracing::info!(outcome = "settled")
         }
         Settlement::AlreadySettled => {
-            tracing::info!(outcome = "duplicate_delivery", payment_id = %message.payment_id)
+            tracing::info!(outcome = "duplicate_delivery")
         }
     }
     Ok(())

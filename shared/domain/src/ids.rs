@@ -246,6 +246,16 @@ pub(crate) fn is_lower_hex(s: &str) -> bool {
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+impl UniqueCode {
+    /// How logs name a device: the first 16 hex characters of the code's SHA-256. Lines about one
+    /// device can be joined, and the logs do not carry the code a stranger could look for.
+    pub fn log_hash(&self) -> String {
+        let mut h = crate::crypto::sha256_hex(self.as_str().as_bytes());
+        h.truncate(16);
+        h
+    }
+}
+
 /// A payment auth code as sent by a phone: 64 hex characters (an HMAC-SHA256).
 ///
 /// Upper-case hex is accepted and folded to lower case: it carries the same bits.
