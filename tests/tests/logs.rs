@@ -2,7 +2,7 @@
 //! real handlers run a payment against the emulator: every line after the payment is known
 //! carries `payment_id`, `unique_code_hash` and `request_id`; every request ends with an
 //! `outcome`; no line carries the unique code, a token, an API key, an auth code or the master
-//! key.
+//! key. The fields the template's metric filters read are checked to exist.
 
 mod common;
 
@@ -177,6 +177,19 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
                 && l["span"]["request_id"] == "req-wrong"),
         "{text}"
     );
+    // The alarms' metric filters (infra/template.yaml) read these fields: each must exist in the
+    // lines the functions really write, or the filter would silently never match.
+    let template = include_str!("../../infra/template.yaml");
+    for field in template
+        .split("$.fields.")
+        .skip(1)
+        .map(|s| s.split(' ').next().unwrap())
+    {
+        assert!(
+            lines.iter().any(|l| !l["fields"][field].is_null()),
+            "the template filters on fields.{field}, which no log line has: {text}"
+        );
+    }
     let created = lines
         .iter()
         .find(|l| l["fields"]["outcome"] == "payment_created")
