@@ -4,7 +4,8 @@
 The same steps work against AWS, LocalStack and MiniStack: only the endpoint (AWS_ENDPOINT_URL,
 read by boto3 itself) and the parameters differ. Prints the stack's coordinates as KEY=value lines.
 
-Usage: deploy.py --stack NAME --bucket BUCKET [--endpoint-for-functions URL] [--api-url-base URL]
+Usage: deploy.py --stack NAME --bucket BUCKET [--key-parameter /ssm/name] [--architecture arm64]
+                 [--endpoint-for-functions URL] [--api-url-base URL]
 """
 
 import argparse
@@ -109,20 +110,28 @@ def main():
     ap.add_argument("--endpoint-for-functions", default="", help="AWS_ENDPOINT_URL given to the functions (emulators)")
     ap.add_argument("--api-url-base", default="", help="emulators: base of the path-style execute-api URL")
     ap.add_argument("--architecture", default="x86_64")
+    ap.add_argument(
+        "--key-parameter",
+        default="",
+        help="an existing SSM SecureString holding the issuer master key(s) (AWS); "
+        "without it, ISSUER_MASTER_KEY is stored in /<stack>/issuer-master-key first (emulators)",
+    )
     args = ap.parse_args()
 
-    master_key = os.environ.get("ISSUER_MASTER_KEY", "")
-    if not re.fullmatch(r"[0-9a-fA-F]{64}(,[0-9a-fA-F]{64}){0,3}", master_key):
-        sys.exit("ISSUER_MASTER_KEY must be set to 64 hex characters (or up to 4, comma-separated)")
     session = boto3.session.Session()
     s3 = session.client("s3")
     cfn = session.client("cloudformation")
     ddb = session.client("dynamodb")
 
-    # As on AWS: the key lives in SSM Parameter Store as a SecureString, and the functions read it
-    # at init; it never enters the template or the functions' environment.
-    key_parameter = f"/{args.stack}/issuer-master-key"
-    session.client("ssm").put_parameter(Name=key_parameter, Value=master_key, Type="SecureString", Overwrite=True)
+    # The key lives in SSM Parameter Store as a SecureString and the functions read it at init; it
+    # never enters the template or the functions' environment. On an emulator we put it there.
+    key_parameter = args.key_parameter
+    if not key_parameter:
+        master_key = os.environ.get("ISSUER_MASTER_KEY", "")
+        if not re.fullmatch(r"[0-9a-fA-F]{64}(,[0-9a-fA-F]{64}){0,3}", master_key):
+            sys.exit("ISSUER_MASTER_KEY must be 64 hex characters (up to 4, comma-separated), or pass --key-parameter")
+        key_parameter = f"/{args.stack}/issuer-master-key"
+        session.client("ssm").put_parameter(Name=key_parameter, Value=master_key, Type="SecureString", Overwrite=True)
 
     params = upload_code(s3, args.bucket)
     params.update(
