@@ -18,7 +18,9 @@ use sha2::{Digest, Sha256};
 use twochan_domain::{
     Amount, AuthCode, Challenge, Counter, Currency, DomainError, IdempotencyKey, MerchantId,
     PaymentId, PaymentStatus, PosId, Reference, TerminalId, Timestamp, UniqueCode,
-    crypto::{DeviceKey, IssuedSecret, MasterKey, PaymentBinding, SecretHash, sha256_hex},
+    crypto::{
+        DeviceKey, IssuedSecret, IssuerKeys, MasterKey, PaymentBinding, SecretHash, sha256_hex,
+    },
 };
 
 // ------------------------------------------------------------------ oracles from the contract
@@ -754,5 +756,76 @@ proptest! {
         prop_assert_eq!(h.as_str(), hex::encode(Sha256::digest(any_secret.as_bytes())));
         prop_assert_eq!(sha256_hex(any_secret.as_bytes()), h.as_str());
         prop_assert_eq!(SecretHash::from_stored(h.as_str().to_owned()), h);
+    }
+}
+
+// ------------------------------------------------------------------ issuer key generations
+
+/// `ISSUER_MASTER_KEY` as configured for rotation: 1 to 4 comma-separated 64-hex-char keys
+/// (scripts/deploy.py: "up to 4"; written out here, not taken from `MAX_GENERATIONS`).
+fn in_issuer_keys_language(s: &str) -> bool {
+    let keys: Vec<&str> = s.split(',').collect();
+    keys.len() <= 4
+        && keys.iter().all(|k| {
+            let k = k.trim();
+            k.len() == 64 && k.chars().all(|c| is_hex_digit(c, true))
+        })
+}
+
+proptest! {
+    #[test]
+    fn issuer_keys_text_is_accepted_exactly_when_in_the_language(
+        keys in proptest::collection::vec(any::<[u8; 32]>(), 0..=6),
+        sep in select(vec![",", ", ", " ,", ",\n"]),
+        extra in prop_oneof![Just(String::new()), any_text(), "[0-9a-f]{63,65}"],
+    ) {
+        let mut parts: Vec<String> = keys.iter().map(hex::encode).collect();
+        if !extra.is_empty() {
+            parts.push(extra);
+        }
+        let text = parts.join(sep);
+        prop_assert_eq!(IssuerKeys::parse(&text).is_ok(), in_issuer_keys_language(&text), "{:?}", text);
+    }
+
+    /// Every generation in service verifies its devices' proofs and codes; a key not in service
+    /// does not.
+    #[test]
+    fn every_issuer_key_generation_verifies_its_devices(
+        keys in proptest::collection::vec(any::<[u8; 32]>(), 1..=4),
+        which in any::<prop::sample::Index>(),
+        code in id_string(8, 64),
+        terminal in id_string(8, 64),
+        pid in payment_id_string(),
+        counter in any::<u64>(),
+    ) {
+        let ik = IssuerKeys::parse(&keys.iter().map(hex::encode).collect::<Vec<_>>().join(",")).unwrap();
+        let mut stranger = keys[0];
+        stranger[31] ^= 0x80;
+        prop_assume!(!keys.contains(&stranger));
+        let code_v = UniqueCode::try_from(code.as_str()).unwrap();
+        let term_v = TerminalId::try_from(terminal.as_str()).unwrap();
+        let pid_v = PaymentId::try_from(pid.as_str()).unwrap();
+        let merchant = MerchantId::try_from("m_rotation").unwrap();
+        let challenge = Challenge::try_from("00112233445566778899aabbccddeeff".to_owned()).unwrap();
+        let binding = PaymentBinding {
+            payment_id: &pid_v,
+            merchant_id: &merchant,
+            amount: Amount::try_from(4500).unwrap(),
+            currency: Currency::try_from("KRW").unwrap(),
+            challenge: &challenge,
+            counter: Counter::new(counter),
+        };
+        let made_by = |master: &[u8; 32]| {
+            let k_dev = contract_hmac(master, &format!("2ch/device-key/v1|{code}"));
+            let proof = hex::encode(contract_hmac(&k_dev, &format!("2ch/register/v1|{code}|{terminal}")));
+            let message = format!("2ch/pay/v1|{pid}|m_rotation|4500|KRW|00112233445566778899aabbccddeeff|{counter}");
+            (proof, AuthCode::try_from(hex::encode(contract_hmac(&k_dev, &message)).as_str()).unwrap())
+        };
+        let (proof, auth) = made_by(&keys[which.index(keys.len())]);
+        prop_assert!(ik.verify_registration_proof(&code_v, &term_v, &proof));
+        prop_assert!(ik.verify_auth_code(&code_v, &binding, &auth));
+        let (proof, auth) = made_by(&stranger);
+        prop_assert!(!ik.verify_registration_proof(&code_v, &term_v, &proof));
+        prop_assert!(!ik.verify_auth_code(&code_v, &binding, &auth));
     }
 }
