@@ -12,8 +12,8 @@ use twochan_domain::{
     crypto::{IssuedSecret, IssuerKeys, PaymentBinding, sha256_hex},
     payment::{ConfirmGate, MAX_AUTH_ATTEMPTS},
     ports::{
-        Confirmation, Devices, Directory, Idempotency, IdempotencyClaim, IdempotencyRecord, Ledger,
-        Payments, Registration, SettlementMessage, SettlementQueue, StoredResponse,
+        Confirmation, Device, Devices, Directory, Idempotency, IdempotencyClaim, IdempotencyRecord,
+        Ledger, Payments, Registration, SettlementMessage, SettlementQueue, StoredResponse,
         TerminalSession, Write, WrongCode,
     },
 };
@@ -351,6 +351,22 @@ struct CreateRequest {
 }
 
 impl CreateRequest {
+    /// The body (415, 400) and then the `Idempotency-Key` header (400).
+    fn from_request(req: &Request) -> Result<(Self, IdempotencyKey)> {
+        let body = json_body(
+            req,
+            &["unique_code", "amount", "currency", "pos_id", "reference"],
+        )?;
+        let key = req
+            .headers()
+            .get("idempotency-key")
+            .ok_or_else(|| DomainError::invalid("Idempotency-Key", "header is required"))?
+            .to_str()
+            .map_err(|_| DomainError::invalid("Idempotency-Key", "header must be printable ASCII"))
+            .and_then(IdempotencyKey::try_from)?;
+        Ok((Self::parse(&body)?, key))
+    }
+
     fn parse(body: &JsonBody) -> Result<Self> {
         Ok(Self {
             unique_code: body.field("unique_code")?,
@@ -382,19 +398,20 @@ async fn create_payment<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response
 where
     S: Directory + Devices + Payments + Idempotency,
 {
-    let merchant_id = merchant(&app.store, req).await?;
-    let body = json_body(
-        req,
-        &["unique_code", "amount", "currency", "pos_id", "reference"],
-    )?;
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .ok_or_else(|| DomainError::invalid("Idempotency-Key", "header is required"))?
-        .to_str()
-        .map_err(|_| DomainError::invalid("Idempotency-Key", "header must be printable ASCII"))
-        .and_then(IdempotencyKey::try_from)?;
-    let request = CreateRequest::parse(&body)?;
+    let parsed = CreateRequest::from_request(req);
+    // A well-formed request reads the caller's key and the device in one round trip. The
+    // answers keep the contract's order all the same: a bad bearer is 401 before a bad body.
+    let (merchant_id, device) = match (&parsed, bearer(req.headers())?) {
+        (Ok((request, _)), (BearerKind::MerchantKey, hash)) => {
+            let (merchant, device) = app
+                .store
+                .merchant_and_device(&hash, &request.unique_code)
+                .await?;
+            (merchant.ok_or(DomainError::Unauthorized)?, Some(device))
+        }
+        _ => (merchant(&app.store, req).await?, None),
+    };
+    let (request, key) = parsed?;
     let fingerprint = request.fingerprint();
 
     let lease = match app
@@ -416,7 +433,7 @@ where
         IdempotencyClaim::Mismatch => return Err(DomainError::IdempotencyKeyReused),
     };
 
-    match create_pending(app, &merchant_id, &request, &key, &lease).await {
+    match create_pending(app, &merchant_id, &request, &key, &lease, device).await {
         Ok(payment) => Ok(payment_response(StatusCode::CREATED, &payment)),
         Err(e) if crate::http::status_of(&e).is_server_error() => {
             // Nothing was written: give the key back so the POS's retry runs afresh.
@@ -449,6 +466,7 @@ async fn create_pending<S, Q>(
     r: &CreateRequest,
     key: &IdempotencyKey,
     lease: &str,
+    mut read_with_caller: Option<Option<Device>>,
 ) -> Result<Payment>
 where
     S: Devices + Payments,
@@ -456,11 +474,12 @@ where
     tag(&r.unique_code, None);
     for _ in 0..MAX_RACE_RETRIES {
         let now = Timestamp::now();
-        let device = app
-            .store
-            .device(&r.unique_code)
-            .await?
-            .ok_or(DomainError::UnknownDevice)?;
+        // The first round may use the device read with the caller's key; later rounds re-read.
+        let device = match read_with_caller.take() {
+            Some(device) => device,
+            None => app.store.device(&r.unique_code).await?,
+        }
+        .ok_or(DomainError::UnknownDevice)?;
         let terminal_id = device
             .registration
             .as_ref()
@@ -652,7 +671,8 @@ where
     S: Directory + Devices + Payments,
     Q: SettlementQueue,
 {
-    let owner = Owner::Terminal(terminal(&app.store, req).await?.terminal_id);
+    let session = terminal(&app.store, req).await?;
+    let owner = Owner::Terminal(session.terminal_id.clone());
     let body = json_body(req, &["auth_code", "counter"])?;
     let auth_code: AuthCode = body.field("auth_code")?;
     let counter: Counter = body.field("counter")?;
@@ -662,10 +682,13 @@ where
 
     for _ in 0..MAX_RACE_RETRIES {
         let now = Timestamp::now();
-        let payment = app
+        // The payment and, in one round trip, the device of the caller's token: the payment's own
+        // device unless the terminal has several devices (then it is read on its own below).
+        let (payment, device) = app
             .store
-            .payment(&id)
-            .await?
+            .payment_and_device(&id, &session.unique_code)
+            .await?;
+        let payment = payment
             .filter(|p| owner.owns(p))
             .ok_or(DomainError::NotFound)?;
         tag_payment(&payment);
@@ -687,11 +710,16 @@ where
             }
             Err(e) => return Err(e),
         }
-        let device = app
-            .store
-            .device(&payment.unique_code)
-            .await?
-            .ok_or_else(|| DomainError::Internal("pending payment without its device".into()))?;
+        let device = match device.filter(|d| d.unique_code == payment.unique_code) {
+            Some(device) => device,
+            None => app
+                .store
+                .device(&payment.unique_code)
+                .await?
+                .ok_or_else(|| {
+                    DomainError::Internal("pending payment without its device".into())
+                })?,
+        };
         if let Some(until) = device.locked_at(now) {
             // Refused before the code is even looked at, so a locked device teaches nothing.
             tracing::warn!(

@@ -7,7 +7,8 @@ use aws_sdk_dynamodb::{
     Client,
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     types::{
-        AttributeValue, Delete, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+        AttributeValue, Delete, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure,
+        TransactWriteItem, Update,
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -176,6 +177,54 @@ impl DynamoStore {
         out.item.map(parse_item).transpose()
     }
 
+    /// Two items in one request (BatchGetItem, strongly consistent): a request saved on the hot
+    /// paths, which each need an item keyed by the caller and one keyed by the request.
+    async fn get_two<A: DeserializeOwned, B: DeserializeOwned>(
+        &self,
+        a: (String, &str),
+        b: (String, &str),
+    ) -> Result<(Option<A>, Option<B>)> {
+        let (key_a, key_b) = (key(a.0, a.1), key(b.0, b.1));
+        let mut wanted = KeysAndAttributes::builder()
+            .keys(key_a.clone())
+            .keys(key_b.clone())
+            .consistent_read(true)
+            .build()
+            .map_err(build_err)?;
+        let (mut found_a, mut found_b) = (None, None);
+        // Unprocessed keys (throttling) are asked for again, a bounded number of times.
+        for _ in 0..3 {
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, wanted)
+                .send()
+                .await
+                .map_err(|e| sdk_error("BatchGetItem", e))?;
+            for item in out
+                .responses
+                .and_then(|mut r| r.remove(&self.table))
+                .unwrap_or_default()
+            {
+                let is = |k: &HashMap<String, AttributeValue>| {
+                    item.get("pk") == k.get("pk") && item.get("sk") == k.get("sk")
+                };
+                if is(&key_a) {
+                    found_a = Some(parse_item(item)?);
+                } else if is(&key_b) {
+                    found_b = Some(parse_item(item)?);
+                }
+            }
+            match out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
+                Some(rest) if !rest.keys().is_empty() => wanted = rest,
+                _ => return Ok((found_a, found_b)),
+            }
+        }
+        Err(DomainError::Unavailable(
+            "BatchGetItem left keys unprocessed".into(),
+        ))
+    }
+
     fn update_item(&self, spec: UpdateSpec) -> Result<TransactWriteItem> {
         let mut b = Update::builder()
             .table_name(&self.table)
@@ -262,6 +311,26 @@ impl Directory for DynamoStore {
                 .map_err(|e| DomainError::Internal(format!("stored api key: {e}")))
         })
         .transpose()
+    }
+
+    async fn merchant_and_device(
+        &self,
+        key_hash: &SecretHash,
+        code: &UniqueCode,
+    ) -> Result<(Option<MerchantId>, Option<Device>)> {
+        let (api_key, device): (Option<ApiKeyItem>, Option<DeviceItem>) = self
+            .get_two(
+                (api_key_pk(key_hash.as_str()), SK_API_KEY),
+                (device_pk(code.as_str()), SK_DEVICE),
+            )
+            .await?;
+        let merchant = api_key
+            .map(|i| {
+                MerchantId::try_from(i.merchant_id)
+                    .map_err(|e| DomainError::Internal(format!("stored api key: {e}")))
+            })
+            .transpose()?;
+        Ok((merchant, device.map(Device::try_from).transpose()?))
     }
 
     async fn session_for_token(&self, token: &SecretHash) -> Result<Option<TerminalSession>> {
@@ -413,6 +482,23 @@ impl Payments for DynamoStore {
     async fn payment(&self, id: &PaymentId) -> Result<Option<Payment>> {
         let item: Option<PaymentItem> = self.get(payment_pk(id.as_str()), SK_PAYMENT).await?;
         item.map(Payment::try_from).transpose()
+    }
+
+    async fn payment_and_device(
+        &self,
+        id: &PaymentId,
+        code: &UniqueCode,
+    ) -> Result<(Option<Payment>, Option<Device>)> {
+        let (payment, device): (Option<PaymentItem>, Option<DeviceItem>) = self
+            .get_two(
+                (payment_pk(id.as_str()), SK_PAYMENT),
+                (device_pk(code.as_str()), SK_DEVICE),
+            )
+            .await?;
+        Ok((
+            payment.map(Payment::try_from).transpose()?,
+            device.map(Device::try_from).transpose()?,
+        ))
     }
 
     async fn create(

@@ -112,6 +112,12 @@ impl Probe {
     }
 }
 
+/// `Service.Operation`, from the operation's metadata in the config bag.
+fn operation(cfg: &ConfigBag) -> Option<String> {
+    cfg.load::<Metadata>()
+        .map(|m| format!("{}.{}", m.service(), m.name()))
+}
+
 fn crash_error(at: Crash) -> BoxError {
     format!("failpoint: handler crashed at {at:?}").into()
 }
@@ -126,16 +132,15 @@ impl Intercept for Probe {
         _context: &BeforeSerializationInterceptorContextRef<'_>,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let operation = cfg
-            .load::<Metadata>()
-            .map(|m| format!("{}.{}", m.service(), m.name()))
-            .unwrap_or_else(|| "unknown".into());
         let mut state = self.lock();
         if state.crashed {
             return Err("failpoint: the handler already crashed".into());
         }
         let index = state.calls.len();
-        state.calls.push(operation);
+        // Named once the operation's own configuration is in the bag (after execution).
+        state
+            .calls
+            .push(operation(cfg).unwrap_or_else(|| "unknown".into()));
         if state.crash == Some(Crash::Before(index)) {
             state.crashed = true;
             return Err(crash_error(Crash::Before(index)));
@@ -155,11 +160,14 @@ impl Intercept for Probe {
         &self,
         _context: &FinalizerInterceptorContextRef<'_>,
         _runtime_components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
+        cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let mut state = self.lock();
         // Handlers make their calls one after another, so this execution is the last one started.
         let index = state.calls.len().saturating_sub(1);
+        if let (Some(name), Some(call)) = (operation(cfg), state.calls.get_mut(index)) {
+            *call = name;
+        }
         if !state.crashed && state.crash == Some(Crash::After(index)) {
             state.crashed = true;
             return Err(crash_error(Crash::After(index)));

@@ -156,6 +156,12 @@ pub trait Directory: Send + Sync {
         &self,
         key: &SecretHash,
     ) -> impl Future<Output = Result<Option<MerchantId>>> + Send;
+    /// The merchant of an API key and a device, read together (one round trip on the POS path).
+    fn merchant_and_device(
+        &self,
+        key: &SecretHash,
+        code: &UniqueCode,
+    ) -> impl Future<Output = Result<(Option<MerchantId>, Option<Device>)>> + Send;
     fn session_for_token(
         &self,
         token: &SecretHash,
@@ -189,6 +195,12 @@ pub trait Devices: Send + Sync {
 
 pub trait Payments: Send + Sync {
     fn payment(&self, id: &PaymentId) -> impl Future<Output = Result<Option<Payment>>> + Send;
+    /// A payment and a device, read together (one round trip on the confirmation path).
+    fn payment_and_device(
+        &self,
+        id: &PaymentId,
+        code: &UniqueCode,
+    ) -> impl Future<Output = Result<(Option<Payment>, Option<Device>)>> + Send;
     /// Creates a pending payment and takes its device's lock; `seen` is the device as read, whose
     /// (lapsed) lock may be taken over. Records `idempotency` in the same transaction.
     fn create(

@@ -1,0 +1,226 @@
+//! AWS requests and write units of one full payment (registration excluded), counted by the
+//! failpoints probe (an SDK interceptor on the handlers' clients) while the real handlers run
+//! against the emulator, and write units computed from the stored items' sizes with DynamoDB's
+//! rules. `make test` runs it as the regression check: a handler that starts making more calls
+//! fails it. `make bench` prints the same figures in its table (PERF_TABLE=1 prints here too).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::{Ctx, answer, request};
+use serde_json::json;
+use twochan_api::{
+    App,
+    routes::{Function, NoQueue, handle},
+    settlement::settle_batch,
+};
+use twochan_aws::{DynamoStore, SqsSettlementQueue, failpoints::Probe};
+use twochan_tools::unique_id;
+
+/// The ceiling per step, and in all (issue target: 8 requests per settled payment).
+const BUDGET: [(&str, usize); 3] = [("create", 3), ("confirm", 4), ("settle", 1)];
+const TOTAL_BUDGET: usize = 8;
+
+/// DynamoDB's item size: attribute names plus values (numbers: about one byte per two digits,
+/// plus one), as its capacity rules count it.
+fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
+    fn value(v: &AttributeValue) -> usize {
+        match v {
+            AttributeValue::S(s) => s.len(),
+            AttributeValue::N(n) => n.trim_start_matches('-').len().div_ceil(2) + 1,
+            AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+            AttributeValue::M(m) => {
+                3 + m.iter().map(|(k, v)| k.len() + value(v) + 1).sum::<usize>()
+            }
+            AttributeValue::L(l) => 3 + l.iter().map(|v| value(v) + 1).sum::<usize>(),
+            other => format!("{other:?}").len(),
+        }
+    }
+    item.iter().map(|(k, v)| k.len() + value(v)).sum()
+}
+
+/// Write units of one write of an item of `size` bytes: per started KB, doubled in a transaction.
+fn write_units(size: usize, transactional: bool) -> usize {
+    size.div_ceil(1024).max(1) * if transactional { 2 } else { 1 }
+}
+
+async fn item(ctx: &Ctx, pk: &str, sk: &str) -> HashMap<String, AttributeValue> {
+    ctx.dynamodb
+        .get_item()
+        .table_name(&ctx.table)
+        .key("pk", AttributeValue::S(pk.into()))
+        .key("sk", AttributeValue::S(sk.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap_or_else(|| panic!("no item {pk}/{sk}"))
+}
+
+#[tokio::test]
+async fn one_payment_costs_at_most_eight_aws_requests() {
+    let ctx = Ctx::new().await;
+    let queue_url = ctx
+        .sqs
+        .create_queue()
+        .queue_name(unique_id("twochan-cost-"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let app = |probe: &Probe| {
+        let c = probe.clients(&ctx.config);
+        App {
+            store: DynamoStore::new(c.dynamodb, ctx.table.clone()),
+            queue: SqsSettlementQueue::new(c.sqs, queue_url.clone()),
+            issuer_keys: Some(ctx.master.clone().into()),
+            pending_ttl_seconds: 120,
+        }
+    };
+    let plain = App {
+        store: ctx.store.clone(),
+        queue: NoQueue,
+        issuer_keys: Some(ctx.master.clone().into()),
+        pending_ttl_seconds: 120,
+    };
+    let pos = ctx.pos().await;
+    let mut device = ctx.device();
+    let terminal = unique_id("term-");
+    let reg = request(
+        "POST",
+        "/v1/devices",
+        "none",
+        &[],
+        Some(
+            &json!({"unique_code": device.beacon(), "terminal_id": terminal,
+                     "registration_proof": device.registration_proof(&terminal)}),
+        ),
+    );
+    let (status, body) = answer(&handle(&plain, Function::Registration, reg).await);
+    assert_eq!(status, 201, "{body}");
+    let token = body["terminal_token"].as_str().unwrap().to_owned();
+
+    let mut calls: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let probe = Probe::new();
+    let create = request(
+        "POST",
+        "/v1/payments",
+        &pos.api_key,
+        &[("idempotency-key", "k-cost")],
+        Some(
+            &json!({"unique_code": device.beacon(), "amount": 4200, "currency": "EUR",
+                     "pos_id": "pos-1", "reference": "order-1234"}),
+        ),
+    );
+    let (status, payment) = answer(&handle(&app(&probe), Function::PaymentRequest, create).await);
+    assert_eq!(status, 201, "{payment}");
+    calls.insert("create", probe.calls());
+
+    let probe = Probe::new();
+    let (code, counter) = device.authorize(&payment);
+    let id = payment["payment_id"].as_str().unwrap().to_owned();
+    let confirm = request(
+        "POST",
+        &format!("/v1/payments/{id}/confirm"),
+        &token,
+        &[],
+        Some(&json!({"auth_code": code, "counter": counter})),
+    );
+    let (status, body) = answer(&handle(&app(&probe), Function::Confirmation, confirm).await);
+    assert_eq!(status, 200, "{body}");
+    calls.insert("confirm", probe.calls());
+
+    let message = ctx
+        .sqs
+        .receive_message()
+        .queue_url(&queue_url)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+        .pop()
+        .expect("the settlement message");
+    let mut record = SqsMessage::default();
+    record.message_id = message.message_id;
+    record.body = message.body;
+    let mut event = SqsEvent::default();
+    event.records = vec![record];
+    let probe = Probe::new();
+    let out = settle_batch(&app(&probe).store, event).await;
+    assert!(out.batch_item_failures.is_empty());
+    calls.insert("settle", probe.calls());
+    let _ = ctx.sqs.delete_queue().queue_url(&queue_url).send().await;
+
+    // Write units, from the items as stored at the end (each write's item is at most that size).
+    let code_pk = format!("DEVICE#{}", device.beacon());
+    let payment_item = item_size(&item(&ctx, &format!("PAYMENT#{id}"), "PAYMENT").await);
+    let device_item = item_size(&item(&ctx, &code_pk, "DEVICE").await);
+    let merchant_pk = format!("MERCHANT#{}", pos.merchant_id);
+    let balance_item = item_size(&item(&ctx, &merchant_pk, "BALANCE#EUR").await);
+    let ledger = ctx.items_of(&format!("LEDGER#{id}")).await;
+    let idem = ctx
+        .dynamodb
+        .scan()
+        .table_name(&ctx.table)
+        .filter_expression("begins_with(pk, :p)")
+        .expression_attribute_values(
+            ":p",
+            AttributeValue::S(format!("IDEM#{}#", pos.merchant_id)),
+        )
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert_eq!((ledger.len(), idem.len()), (2, 1));
+    let idem_item = item_size(&idem[0]);
+    let writes: [(&str, &str, usize, bool); 10] = [
+        ("create", "idempotency claim (PutItem)", idem_item, false),
+        ("create", "payment put (tx)", payment_item, true),
+        ("create", "device lock (tx)", device_item, true),
+        ("create", "idempotency record (tx)", idem_item, true),
+        ("confirm", "payment confirmed (tx)", payment_item, true),
+        ("confirm", "device counter + unlock (tx)", device_item, true),
+        ("settle", "payment settled (tx)", payment_item, true),
+        ("settle", "ledger credit (tx)", item_size(&ledger[0]), true),
+        ("settle", "ledger debit (tx)", item_size(&ledger[1]), true),
+        ("settle", "balance (tx)", balance_item, true),
+    ];
+    let wcu: usize = writes.iter().map(|w| write_units(w.2, w.3)).sum();
+
+    let total: usize = calls.values().map(Vec::len).sum();
+    let table = calls
+        .iter()
+        .map(|(step, c)| format!("  {step:8} {} requests: {}", c.len(), c.join(", ")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let writes_table = writes
+        .iter()
+        .map(|(step, what, size, tx)| {
+            format!(
+                "  {step:8} {what:32} {size:5} B  {} WCU",
+                write_units(*size, *tx)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    println!("AWS requests per payment: {total}\n{table}\nwrite units: {wcu}\n{writes_table}");
+    for (step, budget) in BUDGET {
+        assert!(
+            calls[step].len() <= budget,
+            "{step} makes {} AWS requests, budget {budget}:\n{table}",
+            calls[step].len()
+        );
+    }
+    assert!(
+        total <= TOTAL_BUDGET,
+        "{total} AWS requests per payment, budget {TOTAL_BUDGET}:\n{table}"
+    );
+}
