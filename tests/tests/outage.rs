@@ -357,10 +357,13 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
         (PaymentStatus::Settled, 1, None)
     );
 
-    // 2. Stopped inside the confirmation handler, just before its transaction (call 3) and just
-    //    after it, before the settlement message (call 4): either all of the confirmation is
+    // 2. Stopped inside the confirmation handler, just before its transaction (call 2) and just
+    //    after it, before the settlement message (call 3): either all of the confirmation is
     //    written or none of it, and the same retry completes it.
-    for (at, counter) in [(3, 2), (4, 3)] {
+    for (at, op, counter) in [
+        (2, "DynamoDB.TransactWriteItems", 2),
+        (3, "SQS.SendMessage", 3),
+    ] {
         let (status, p) = w.create_payment(device.beacon()).await;
         assert_eq!(status, 201, "{p}");
         let id = PaymentId::try_from(p["payment_id"].as_str().unwrap()).unwrap();
@@ -377,9 +380,14 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
             &format!("confirm with the emulator stopped before call {at}"),
         );
         assert_eq!(probe.calls().len(), at + 1, "{:?}", probe.calls());
+        assert_eq!(
+            probe.calls()[at],
+            op,
+            "the emulator stopped before another call"
+        );
         emulator.lock().unwrap().restart();
         let after = state(&w, &id, &code).await;
-        let expected = if at == 3 {
+        let expected = if at == 2 {
             (PaymentStatus::Pending, counter - 1, Some(id.clone()))
         } else {
             (PaymentStatus::Confirmed, counter, None)

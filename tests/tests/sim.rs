@@ -269,10 +269,10 @@ async fn run_seed(w: &World, seed: u64) -> Result<Stats, String> {
         };
 
         // Copies of the confirmation race each other, each with its own crash plan (a confirm
-        // makes up to 5 AWS calls; a plan past the last one never fires).
+        // makes 4 AWS calls; a plan past the last one never fires).
         let runs = rng.range(1, 3);
         let plans: Vec<Probe> = (0..runs)
-            .map(|_| Probe::crashing(rng.crash(60, 6)))
+            .map(|_| Probe::crashing(rng.crash(60, 5)))
             .collect();
         let results = join_all(plans.into_iter().map(confirm)).await;
         stats.confirm_runs += runs;
