@@ -143,6 +143,11 @@ def main():
         LogLevel=os.environ.get("LOG_LEVEL", "info"),
         SettlementVisibilityTimeout=os.environ.get("SETTLEMENT_VISIBILITY_TIMEOUT") or "60",
     )
+    # Optional parameters: given every time, or an update would put the template's defaults back.
+    for env_name, param in [("ALARM_TOPIC_ARN", "AlarmTopicArn"), ("RECONCILE_AFTER_SECONDS", "ReconcileAfterSeconds"),
+                            ("RECONCILE_SCHEDULE", "ReconcileSchedule"), ("ISSUER_KEY_KMS_ARN", "IssuerMasterKeyKmsKeyArn")]:
+        if os.environ.get(env_name):
+            params[param] = os.environ[env_name]
     with open(os.path.join(ROOT, "infra", "template.yaml")) as f:
         template = f.read()
     outputs = deploy(cfn, args.stack, template, params)

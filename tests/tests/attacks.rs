@@ -186,6 +186,14 @@ async fn wrong_codes_spread_over_payments_lock_the_device() {
         before,
         "a locked device moved state"
     );
+    // Registering the device again does not lift the lock: it belongs to the device.
+    let mut phone = phone;
+    assert_eq!(phone.register(&device).await.unwrap().status, 200);
+    assert_error(
+        &phone.confirm(id, &code, &counter).await.unwrap(),
+        429,
+        "too_many_attempts",
+    );
 
     // Time passes: the lock lapses (moved into the past here rather than waited for).
     let code_id = p["unique_code"].as_str().unwrap();

@@ -32,10 +32,13 @@ impl Device {
         self.locked_until.filter(|until| *until > now)
     }
 
-    /// The lock-out that one more wrong code at `now` brings, if it reaches the limit.
+    /// The lock-out that one more wrong code at `now` brings, if it reaches the limit. Never
+    /// shorter than one already set (an operator may have blocked the device for good).
     pub fn lock_after_wrong_code(&self, now: Timestamp) -> Option<Timestamp> {
-        (self.failed_auth + 1 >= DEVICE_MAX_FAILURES)
-            .then(|| now.plus_seconds(DEVICE_LOCKOUT_SECONDS))
+        (self.failed_auth + 1 >= DEVICE_MAX_FAILURES).then(|| {
+            let lock = now.plus_seconds(DEVICE_LOCKOUT_SECONDS);
+            self.locked_until.map_or(lock, |set| set.max(lock))
+        })
     }
 }
 
