@@ -28,6 +28,10 @@ test: up ## Everything: format, clippy, unit tests, integration tests against th
 unit: ## Unit tests only (no stack needed)
 	cargo test --workspace --exclude integration-tests
 
+.PHONY: bench-cpu
+bench-cpu: ## Handler CPU per request, no I/O: criterion mean and p99, callgrind instructions per op
+	@scripts/bench_cpu.sh
+
 integration: ## Integration tests against a running stack (make up first)
 	cargo test -p integration-tests -- --test-threads=8
 
