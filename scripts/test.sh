@@ -32,6 +32,8 @@ log "unit tests"
 cargo test --workspace --exclude integration-tests
 log "integration tests against $(grep '^API_URL=' "$LOCAL/stack.env")"
 cargo test -p integration-tests -- --test-threads=8
+log "hostile-input sweep: 10000 malformed requests (scripts/sweep.py; docs/RELIABILITY.md)"
+python scripts/sweep.py --count 10000
 log "black-box client (Python, contract only)"
 python tests/blackbox/contract_client.py
 log "schemathesis: the API against docs/openapi.yaml"
