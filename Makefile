@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help setup build up down demo test unit integration test-sim lint fmt merchant watch clean-state schemathesis
+.PHONY: help setup build up down demo test unit integration test-sim lint fmt merchant watch clean-state schemathesis fuzz sweep
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,3 +59,18 @@ watch: ## Serve the functions with cargo lambda watch (see README: edit-run loop
 
 clean-state: down ## Forget the local cloud's persisted state
 	rm -rf .local/ministack-state
+
+FUZZ_SECONDS ?= 600
+SWEEP_COUNT ?= 10000
+
+fuzz: ## Fuzz request parsing and auth codes, FUZZ_SECONDS each (default 600; nightly + cargo-fuzz)
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	cd fuzz && for target in request auth_code; do \
+	  mkdir -p corpus/$$target && \
+	  cargo +nightly fuzz run $$target corpus/$$target seeds/$$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -print_final_stats=1 \
+	    $$([ -f $$target.dict ] && echo -dict=$$target.dict) || exit 1; \
+	done
+
+sweep: ## SWEEP_COUNT (10000) malformed HTTP requests against the running stack; SEED= to replay
+	.local/venv/bin/python scripts/sweep.py --count $(SWEEP_COUNT) $(if $(SEED),--seed $(SEED))
