@@ -2,8 +2,9 @@
 //! [`DomainError`] to a status and a JSON error body.
 
 use lambda_http::{
-    Body, Request, Response,
+    Body, Request, RequestExt, Response,
     http::{HeaderMap, HeaderValue, StatusCode, header},
+    request::RequestContext,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -156,17 +157,43 @@ pub fn bearer(headers: &HeaderMap) -> Result<(BearerKind, SecretHash)> {
 /// The path below `/v1`, as segments, whatever stage prefix API Gateway or `cargo lambda watch`
 /// puts in front of it.
 pub fn route_segments(req: &Request) -> Option<Vec<String>> {
-    let path = req.uri().path();
-    let start = path
-        .find("/v1/")
-        .or_else(|| path.ends_with("/v1").then(|| path.len() - 3))?;
-    Some(
-        path[start + 3..]
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(percent_decode)
-            .collect(),
-    )
+    // The path as API Gateway received it: `uri().path()` was re-parsed as a URL, where an
+    // escaped `?` or `#` in an id would end the path early.
+    let raw = match req.raw_http_path() {
+        "" => req.uri().path(),
+        raw => raw,
+    };
+    let stage = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.as_deref(),
+        _ => None,
+    };
+    segments_of(raw, stage)
+}
+
+/// The segments after `/v1`, decoded; `None` unless the path is `/v1` or starts with `/v1/`
+/// after at most one known prefix: a named stage (API Gateway puts it in front of the path) or
+/// `/lambda-url/<function>` (`cargo lambda watch`). Empty segments stay, so that `/v1/devices/`
+/// or `//v1//devices` match no route.
+pub fn segments_of(path: &str, stage: Option<&str>) -> Option<Vec<String>> {
+    let mut rest = path;
+    if let Some(after) = stage
+        .filter(|s| *s != "$default")
+        .and_then(|s| rest.strip_prefix('/')?.strip_prefix(s))
+        .filter(|after| after.starts_with('/'))
+    {
+        rest = after;
+    } else if let Some(after) = rest.strip_prefix("/lambda-url/") {
+        rest = &after[after.find('/')?..];
+    }
+    match rest.strip_prefix("/v1")? {
+        "" => Some(Vec::new()),
+        tail => Some(
+            tail.strip_prefix('/')?
+                .split('/')
+                .map(percent_decode)
+                .collect(),
+        ),
+    }
 }
 
 fn percent_decode(s: &str) -> String {

@@ -14,6 +14,7 @@ use support::*;
 use twochan_api::{
     http::{
         BearerKind, JsonBody, MAX_BODY_BYTES, bearer, body_bytes, require_json, route_segments,
+        segments_of,
     },
     routes::{Function, Route},
 };
@@ -215,33 +216,41 @@ fn get(path: &str) -> lambda_http::Request {
 }
 
 proptest! {
-    /// Whatever stage prefix is in front, the segments after `/v1` come back decoded, empty ones
-    /// (doubled slashes) dropped.
+    /// After an allowed prefix (none, a named stage, `cargo lambda watch`'s `/lambda-url/<fn>`),
+    /// the segments after `/v1` come back decoded; a doubled or trailing slash leaves an empty
+    /// segment, which no route has.
     #[test]
     fn route_segments_decode_what_was_encoded(
-        prefix in select(vec!["", "/prod", "/$default", "/_aws/execute-api/0d9e9dbf", "/lambda-url/registration"]),
+        (prefix, stage) in select(vec![("", None), ("", Some("$default")), ("/prod", Some("prod")), ("/lambda-url/registration", None)]),
         segs in proptest::collection::vec("\\PC{1,12}", 0..5),
         doubled in proptest::collection::vec(any::<bool>(), 5),
         trailing in any::<bool>(),
     ) {
         let mut path = format!("{prefix}/v1");
+        let mut expected = Vec::new();
         for (i, s) in segs.iter().enumerate() {
             path.push('/');
             if doubled[i] {
                 path.push('/');
+                expected.push(String::new());
             }
             path.push_str(&pct(s));
+            expected.push(s.clone());
         }
         if trailing {
             path.push('/');
+            expected.push(String::new());
         }
-        prop_assert_eq!(route_segments(&get(&path)), Some(segs), "{}", path);
+        prop_assert_eq!(segments_of(&path, stage), Some(expected), "{}", path);
+        prop_assert_eq!(route_segments(&get(&path)).is_some(), stage.is_none() || prefix.is_empty());
     }
 
+    /// Anything before `/v1` but those prefixes, or no `/v1` at the start, is no route.
     #[test]
-    fn paths_without_v1_have_no_segments(path in "/[a-z0-9/_-]{0,30}") {
-        prop_assume!(!path.contains("/v1/") && !path.ends_with("/v1"));
-        prop_assert_eq!(route_segments(&get(&path)), None);
+    fn other_paths_have_no_segments(prefix in "/[a-z0-9_-]{1,12}", rest in "(/[a-z0-9]{0,8}){0,3}") {
+        prop_assume!(prefix != "/lambda-url");
+        prop_assert_eq!(segments_of(&format!("{prefix}/v1{rest}"), None), None);
+        prop_assert_eq!(segments_of(&format!("{prefix}{rest}"), None), None);
     }
 
     /// A malformed escape is kept as it is; a valid one that is not UTF-8 becomes U+FFFD.
