@@ -41,28 +41,18 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import boto3
+import botocore.exceptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_BODY = 8 * 1024
 
-# Classes of requests the stack answers against the contract today (docs/RELIABILITY.md): two make
-# `lambda_http` 1.3.2 panic while it converts the API Gateway event, before any project code runs;
-# one reaches a resource the path does not name. They are still sent and reported, but their
-# answers (and `lambda_http`'s panics) do not fail the sweep until the bug is fixed. Remove the
-# entry with the fix: a known bug that no longer reproduces fails the sweep, so that the exemption
-# does not outlive it. `--strict` treats them as failures now.
+# Classes of requests the stack answered against the contract when they were found. They are still
+# sent and reported, but their answers do not fail the sweep until the bug is fixed. Remove the entry
+# with the fix: a known bug that no longer reproduces fails the sweep, so that the exemption does not
+# outlive it. `--strict` treats them as failures now.
 KNOWN_BUGS = {
-    "proxy-headers": "a Host or X-Forwarded-Proto header that does not make a URL: lambda_http "
-    "unwraps url::Url::parse (request.rs:553) -> panic -> 502",
-    "raw-query": 'a query string with " < or > (as clients may send it): lambda_http builds an '
-    "http::Uri from it and expects success (request.rs:175) -> panic -> 502",
-    "route-alias": "POST /x/v1/devices, POST /v1/devices/ (any prefix before /v1/, a trailing or doubled "
-    "slash): the $default route hands them to the registration function, whose router finds /v1/ "
-    "anywhere and drops empty segments -> served as POST /v1/devices (400/413/415, 201 with a valid "
-    "body) instead of 404",
-    "path-escape": "an escaped ? or # after a payment id (GET /v1/payments/<id>%3F): the path arrives "
-    "decoded, lambda_http re-parses it as a URL, the route sees only <id> -> 200 with that payment "
-    "instead of 404",
+    # Empty since 7e7e618 fixed the four found by this sweep and the fuzzer (docs/RELIABILITY.md):
+    # "proxy-headers", "raw-query" (lambda_http panics), "route-alias", "path-escape".
 }
 
 CONTRACT_ERRORS = {
@@ -464,7 +454,8 @@ def unknown_route(rnd, ctx):
     req.categories.append(f"route:{method} {path.replace(pid, '{id}').replace(code, '{code}')}")
     req.expect = {404}
     if (method, path) in (("POST", "/x/v1/devices"), ("POST", "/v1/devices/"), ("POST", "//v1//devices")):
-        req.known_bug = "route-alias"
+        # Served as POST /v1/devices until 7e7e618 (finding 3).
+        mark(req, "route-alias")
     # Whatever else is in the request (valid caller included): the route decides first.
     if rnd.random() < 0.5:
         req.headers.append(("Authorization", ("Bearer " + rnd.choice([ctx.merchant_key, ctx.token_a])).encode()))
@@ -479,12 +470,21 @@ def path_escape(rnd, ctx):
     # MiniStack (like API Gateway) decodes the path; an escaped '?' or '#' must not cut the id.
     suffix = rnd.choice(["%3F", "%3Fx=1", "%23", "%23frag", "%3F%23"])
     req = Req("path-escape", "GET", f"/v1/payments/{ctx.payment_a}{suffix}")
-    req.known_bug = "path-escape"
+    # Answered 200 with the payment until 7e7e618 (finding 4).
+    mark(req, "path-escape")
     req.headers.append(("Authorization", ("Bearer " + rnd.choice([ctx.merchant_key, ctx.token_a])).encode()))
     req.valid_caller = True
     req.categories.append(f"path-escape:{suffix}")
     req.expect = {404}
     return req
+
+
+def mark(req, category):
+    """Files `req` under `category`; a category of KNOWN_BUGS is exempt from the checks."""
+    req.categories.append(category)
+    if category in KNOWN_BUGS:
+        req.known_bug = category
+        req.expect = None
 
 
 def generate(rnd, ctx, index):
@@ -501,11 +501,11 @@ def generate(rnd, ctx, index):
                             rnd.choice([b"1", b"*/*", "é".encode(), b"x" * 2000, b"a=b; c=d"])))
     if rnd.random() < 0.1 and "?" not in req.path:
         req.path += rnd.choice(["?a=1", "?a=1&a=2", "?x=%00", "?%ff", "?debug=true", "?=", "?&&", "?q=a%20b"])
-    # Known bugs (KNOWN_BUGS), layered on an otherwise refused request.
+    # Headers and queries lambda_http 1.3.2 panics on (findings 1 and 2 of docs/RELIABILITY.md): the
+    # functions drop Host and the query before converting the event, so they must change nothing.
     bug = rnd.random()
     if req.known_bug is None and bug < 0.015:
-        req.known_bug = "proxy-headers"
-        req.expect = None
+        mark(req, "proxy-headers")
         name, value = rnd.choice(
             [("Host", b"a b"), ("Host", b"[zz"), ("Host", b"exa mple.com"), ("Host", b":99999"),
              ("X-Forwarded-Proto", b"1"), ("X-Forwarded-Proto", b"ht tp"), ("X-Forwarded-Proto", b""),
@@ -514,10 +514,8 @@ def generate(rnd, ctx, index):
         req.headers.append((name, value))
         req.categories.append(f"proxy-headers:{name}")
     elif req.known_bug is None and bug < 0.03 and "?" not in req.path:
-        req.known_bug = "raw-query"
-        req.expect = None
+        mark(req, "raw-query")
         req.path += rnd.choice(['?q="x"', "?a<b", "?a>b", '?json={"a":1}'.replace("{", "%7B").replace("}", "%7D")])
-        req.categories.append("raw-query")
     req.index = index
     return req
 
@@ -862,11 +860,23 @@ def background_settlement(before, after, changed):
     return explained, len(settled)
 
 
+def patiently(call, **kwargs):
+    """MiniStack's log store sometimes fails a read while functions write to it ("dictionary changed
+    size during iteration"); such a read is tried again a few seconds later."""
+    for attempt in range(6):
+        try:
+            return call(**kwargs)
+        except botocore.exceptions.ClientError as e:
+            if e.response.get("Error", {}).get("Code") != "InternalError" or attempt == 5:
+                raise
+            time.sleep(2)
+
+
 def log_groups(logs, env):
     stack = env["TABLE_NAME"].split("-Table-")[0]
     groups, kwargs = [], {}
     while True:
-        page = logs.describe_log_groups(logGroupNamePrefix=f"/aws/lambda/{stack}-", **kwargs)
+        page = patiently(logs.describe_log_groups, logGroupNamePrefix=f"/aws/lambda/{stack}-", **kwargs)
         groups += [g["logGroupName"] for g in page["logGroups"]]
         if not page.get("nextToken"):
             return groups
@@ -876,7 +886,8 @@ def log_groups(logs, env):
 def log_lines(logs, group, start_ms, end_ms, pattern):
     kwargs = {}
     while True:
-        page = logs.filter_log_events(
+        page = patiently(
+            logs.filter_log_events,
             logGroupName=group, startTime=start_ms, endTime=end_ms, filterPattern=pattern, **kwargs
         )
         for e in page["events"]:

@@ -172,8 +172,8 @@ pub fn route_segments(req: &Request) -> Option<Vec<String>> {
 
 /// The segments after `/v1`, decoded; `None` unless the path is `/v1` or starts with `/v1/`
 /// after at most one known prefix: a named stage (API Gateway puts it in front of the path) or
-/// `/lambda-url/<function>` (`cargo lambda watch`). Empty segments stay, so that `/v1/devices/`
-/// or `//v1//devices` match no route.
+/// `/lambda-url/<function>` (`cargo lambda watch`). A doubled or trailing slash (an empty
+/// segment) is no route either: `/v1/devices/` is not `DELETE /v1/devices/{unique_code}`.
 pub fn segments_of(path: &str, stage: Option<&str>) -> Option<Vec<String>> {
     let mut rest = path;
     if let Some(after) = stage
@@ -187,12 +187,11 @@ pub fn segments_of(path: &str, stage: Option<&str>) -> Option<Vec<String>> {
     }
     match rest.strip_prefix("/v1")? {
         "" => Some(Vec::new()),
-        tail => Some(
-            tail.strip_prefix('/')?
-                .split('/')
-                .map(percent_decode)
-                .collect(),
-        ),
+        tail => tail
+            .strip_prefix('/')?
+            .split('/')
+            .map(|s| (!s.is_empty()).then(|| percent_decode(s)))
+            .collect(),
     }
 }
 
