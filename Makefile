@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help setup build up down demo test unit integration test-sim lint fmt merchant watch clean-state schemathesis fuzz sweep
+.PHONY: help setup build up down demo test unit integration test-sim bench lint fmt merchant watch clean-state schemathesis fuzz sweep
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ bench-cpu: ## Handler CPU per request, no I/O: criterion mean and p99, callgrind
 
 integration: ## Integration tests against a running stack (make up first)
 	cargo test -p integration-tests -- --test-threads=8
+
+bench: up ## The performance table of docs/PERFORMANCE.md, measured now (init, requests per payment, throughput, CPU)
+	@scripts/bench.sh
 
 test-sim: up ## Seeded fault simulation of the money path, 1000 seeds (SIM_SEED=n replays one)
 	SIM_SEEDS=$${SIM_SEEDS:-1000} cargo test -p integration-tests --test sim -- --nocapture

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""make bench: every performance figure of docs/PERFORMANCE.md in one table, measured now.
+
+Needs the stack up (make up) and the release build (make build). Steps:
+  1. init / first request / warm request / peak RSS / size of each bootstrap (bench_init.py);
+  2. AWS requests and write units per payment (the `cost` integration test, with its interceptor);
+  3. throughput: N = 1, 8, 32 POS+phone pairs driving full payments through the local cloud's HTTP
+     API, beside the stack's own ceilings measured in the same run (loadgen noop / putitem);
+  4. handler CPU (criterion, callgrind), if scripts/bench_cpu.sh exists.
+BENCH_SECONDS (default 20) is the length of each load phase."""
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stack import ROOT  # noqa: E402
+
+SECONDS = os.environ.get("BENCH_SECONDS", "20")
+LOADGEN = os.path.join(ROOT, "target", "lambda", "loadgen", "bootstrap")
+HTTP_CALLS_PER_PAYMENT = 2  # payment request + confirmation
+rows = []
+
+
+def row(metric, target, measured, command):
+    rows.append((metric, target, measured, command))
+    print(f"  {metric}: {measured}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    print("==> " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, **kw).stdout
+
+
+def loadgen(phase, n):
+    return json.loads(run([LOADGEN, phase, str(n), SECONDS]).strip().splitlines()[-1])["result"]
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process():
+    """CPU seconds so far of MiniStack and of each of its child processes (the functions)."""
+    with open(os.path.join(ROOT, ".local", "ministack.pid")) as f:
+        root = int(f.read())
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ppid, cpu = int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK
+        if int(pid) == root:
+            out["emulator"] = cpu
+        elif ppid == root:
+            out[pid] = cpu
+    return out
+
+
+def profile(phase, n):
+    """The load phase, with the cores each side used: the emulator (one Python process), the
+    function processes it runs, the load generator. A process near 1.0 core is saturated."""
+    before, self_before, wall = cpu_by_process(), os.times(), time.monotonic()
+    result = loadgen(phase, n)
+    after, self_after, wall = cpu_by_process(), os.times(), time.monotonic() - wall
+    emulator = (after.get("emulator", 0) - before.get("emulator", 0)) / wall
+    functions = sum(v - before.get(k, 0) for k, v in after.items() if k != "emulator") / wall
+    client = (self_after.children_user + self_after.children_system - self_before.children_user - self_before.children_system) / wall
+    result["cores"] = {"emulator": round(emulator, 2), "functions": round(functions, 2), "load_generator": round(client, 2)}
+    return result
+
+
+def main():
+    py = sys.executable
+    # 1. Init, first request, memory, size.
+    inits = [json.loads(line) for line in run([py, "scripts/bench_init.py"]).splitlines() if line.startswith("{")]
+    for r in inits:
+        f = r["function"]
+        row(f"init: {f} (median of {r['runs']}, p90 {r['init_p90_ms']} ms)", "≤ 15 ms", f"{r['init_ms']} ms", "scripts/bench_init.py")
+    for r in inits:
+        row(f"first / warm request: {r['function']}", "≤ 2×",
+            f"{r['first_ms']} / {r['warm_ms']} ms = {r['first_over_warm']}×", "scripts/bench_init.py")
+    row("peak RSS, any function (after 1 + 50 requests)", "≤ 30 MB", f"{max(r['peak_rss_mb'] for r in inits)} MB", "scripts/bench_init.py")
+    for r in inits:
+        row(f"bootstrap size: {r['function']}", "≤ 6 MB", f"{r['size_mb']} MB", "ls -l target/lambda/*/bootstrap")
+
+    # 2. AWS requests and write units per settled payment.
+    out = run(["cargo", "test", "-q", "-p", "integration-tests", "--test", "cost", "--", "--nocapture"])
+    requests = int(re.search(r"AWS requests per payment: (\d+)", out).group(1))
+    wcu = int(re.search(r"write units: (\d+)", out).group(1))
+    steps = "; ".join(m.group(1).strip() for m in re.finditer(r"^ +(\w+ +\d+ requests)", out, re.M))
+    row("AWS requests per settled payment", "≤ 8", f"{requests} ({steps})", "cargo test -p integration-tests --test cost -- --nocapture")
+    row("DynamoDB write units per settled payment", "≤ 10", f"{wcu}", "same")
+
+    # 3. Throughput against the stack's ceilings, measured in this run.
+    noop = profile("noop", 32)
+    put = profile("putitem", 32)
+    ceiling = min(put["ops_per_s"] / requests, noop["ops_per_s"] / HTTP_CALLS_PER_PAYMENT)
+    row("ceiling: no-op function behind the same API Gateway + Lambda path (32 clients)", "-",
+        f"{noop['ops_per_s']} req/s, p50 {noop['latency']['p50_ms']} ms, p99 {noop['latency']['p99_ms']} ms, errors {noop['errors']}; "
+        f"cores: emulator {noop['cores']['emulator']}, functions {noop['cores']['functions']}",
+        f"target/lambda/loadgen/bootstrap noop 32 {SECONDS}")
+    row("ceiling: conditional PutItem on the emulator (32 clients)", "-",
+        f"{put['ops_per_s']} ops/s, p50 {put['latency']['p50_ms']} ms, p99 {put['latency']['p99_ms']} ms; "
+        f"cores: emulator {put['cores']['emulator']}",
+        f"target/lambda/loadgen/bootstrap putitem 32 {SECONDS}")
+    row("ceiling for payments: min(PutItem/s ÷ AWS requests, no-op/s ÷ HTTP calls)", "-", f"{ceiling:.1f} payments/s", "")
+    # Both ceilings are spent in the same single emulator process, so together they allow less.
+    shared = 1 / (requests / put["ops_per_s"] + HTTP_CALLS_PER_PAYMENT / noop["ops_per_s"])
+    row("ceiling when both share the one emulator process: 1 ÷ (8 ÷ PutItem/s + 2 ÷ no-op/s)", "-", f"{shared:.1f} payments/s", "")
+    for n in (1, 8, 32):
+        p = profile("payments", n)
+        row(f"throughput, N = {n}", "≥ 0.8 × ceiling at N = 32" if n == 32 else "-",
+            f"{p['payments_per_s']} payments/s = {p['payments_per_s'] / ceiling:.2f} × ceiling; "
+            f"create p50/p99 {p['create']['p50_ms']}/{p['create']['p99_ms']} ms, confirm p50/p99 "
+            f"{p['confirm']['p50_ms']}/{p['confirm']['p99_ms']} ms; errors {p['errors']}; "
+            f"settled {p['settled']}/{p['confirmed']} (all {p['all_settled_after_s']} s after the load); "
+            f"cores used: emulator {p['cores']['emulator']}, functions {p['cores']['functions']}, "
+            f"load generator {p['cores']['load_generator']} (of {os.cpu_count()})",
+            f"target/lambda/loadgen/bootstrap payments {n} {SECONDS}")
+
+    print("| metric | target | measured | command |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    cpu = os.path.join(ROOT, "scripts", "bench_cpu.sh")
+    if os.path.exists(cpu):
+        print()
+        print(run(["bash", cpu]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+//! Load against the local stack, for `make bench`: `loadgen <phase> <concurrency> <seconds>`.
+//!
+//! Phases, each printing one JSON line:
+//! - `payments`: N simulated POS + phone pairs, each on its own device, run full payments
+//!   (payment request over channel 1, confirmation over channel 2) back to back through the HTTP
+//!   API; afterwards every confirmed payment must settle (checked on the merchant's balance).
+//! - `noop`: the same API Gateway + Lambda path doing nothing: an unknown route, answered 404 by
+//!   a function without touching AWS. The ceiling of the emulator's invoke path.
+//! - `putitem`: raw conditional PutItems (`attribute_not_exists`) on a scratch table of the
+//!   emulator's DynamoDB. Its write ceiling.
+//!
+//! Reads the stack's coordinates from `.local/stack.env` (see `twochan_tools::stack`).
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use reqwest::Method;
+use serde_json::json;
+use twochan_aws::{AwsClients, DynamoStore};
+use twochan_domain::{
+    MerchantId, Timestamp,
+    crypto::{IssuedSecret, MasterKey},
+    ports::Directory,
+};
+use twochan_tools::{Api, Call, Device, Phone, Pos, stack::Stack, unique_id};
+
+/// Latencies of one kind of step, in milliseconds.
+#[derive(Default)]
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn push(&mut self, since: Instant) {
+        self.0.push(since.elapsed().as_secs_f64() * 1000.0);
+    }
+    fn extend(&mut self, other: Samples) {
+        self.0.extend(other.0);
+    }
+    fn percentile(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.sort_by(f64::total_cmp);
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        self.0[rank.clamp(1, self.0.len()) - 1]
+    }
+    fn summary(&mut self) -> serde_json::Value {
+        json!({"n": self.0.len(), "p50_ms": round(self.percentile(50.0)), "p99_ms": round(self.percentile(99.0))})
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("loadgen: {msg}");
+    std::process::exit(1)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (phase, n, seconds) = match args.as_slice() {
+        [_, phase, n, s] => (
+            phase.clone(),
+            n.parse::<usize>().unwrap_or_else(|_| fail("concurrency")),
+            s.parse::<u64>().unwrap_or_else(|_| fail("seconds")),
+        ),
+        _ => fail("usage: loadgen <payments|noop|putitem> <concurrency> <seconds>"),
+    };
+    let stack = Stack::load();
+    let var = |k: &str| stack.require(k).unwrap_or_else(|e| fail(e)).to_owned();
+    let run_for = Duration::from_secs(seconds);
+    let out = match phase.as_str() {
+        "payments" => payments(&stack, n, run_for).await,
+        "noop" => noop(&Api::new(&var("API_URL")), n, run_for).await,
+        "putitem" => putitem(n, run_for).await,
+        other => fail(format!("unknown phase {other}")),
+    };
+    println!(
+        "{}",
+        json!({"phase": phase, "concurrency": n, "seconds": seconds, "result": out})
+    );
+}
+
+async fn noop(api: &Api, n: usize, run_for: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    let workers = (0..n).map(|_| async {
+        let (mut lat, mut errors) = (Samples::default(), 0);
+        while start.elapsed() < run_for {
+            let t = Instant::now();
+            match api
+                .call(Method::GET, "/v1/bench-noop", Call::default())
+                .await
+            {
+                Ok(r) if r.status == 404 => lat.push(t),
+                _ => errors += 1,
+            }
+        }
+        (lat, errors)
+    });
+    let (mut lat, mut errors) = (Samples::default(), 0);
+    for (l, e) in futures_util::future::join_all(workers).await {
+        lat.extend(l);
+        errors += e;
+    }
+    let ops = lat.0.len() as f64 / start.elapsed().as_secs_f64();
+    json!({"ops_per_s": round(ops), "errors": errors, "latency": lat.summary()})
+}
+
+async fn putitem(n: usize, run_for: Duration) -> serde_json::Value {
+    let clients = AwsClients::from_env().await;
+    let db = &clients.dynamodb;
+    let table = unique_id("twochan-bench-");
+    db.create_table()
+        .table_name(&table)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap_or_else(|e| fail(format!("create table: {e}")));
+    let start = Instant::now();
+    let workers = (0..n).map(|_| {
+        let table = table.clone();
+        async move {
+            let (mut lat, mut errors) = (Samples::default(), 0);
+            while start.elapsed() < run_for {
+                let t = Instant::now();
+                let put = db
+                    .put_item()
+                    .table_name(&table)
+                    .item("pk", AttributeValue::S(unique_id("item-")))
+                    .item("payload", AttributeValue::S("x".repeat(400)))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .send()
+                    .await;
+                match put {
+                    Ok(_) => lat.push(t),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }
+    });
+    let (mut lat, mut errors) = (Samples::default(), 0);
+    for (l, e) in futures_util::future::join_all(workers).await {
+        lat.extend(l);
+        errors += e;
+    }
+    let ops = lat.0.len() as f64 / start.elapsed().as_secs_f64();
+    let _ = db.delete_table().table_name(&table).send().await;
+    json!({"ops_per_s": round(ops), "errors": errors, "latency": lat.summary()})
+}
+
+async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Value {
+    let var = |k: &str| stack.require(k).unwrap_or_else(|e| fail(e)).to_owned();
+    let api = Api::new(&var("API_URL"));
+    let master = MasterKey::from_hex(var("ISSUER_MASTER_KEY").split(',').next().unwrap_or(""))
+        .unwrap_or_else(|e| fail(e));
+    // A merchant of its own, so its balance counts exactly this run's payments.
+    let merchant = unique_id("bench-m-");
+    let key = IssuedSecret::generate("mk_");
+    let clients = AwsClients::from_env().await;
+    DynamoStore::new(clients.dynamodb, var("TABLE_NAME"))
+        .put_merchant(
+            &MerchantId::try_from(merchant.as_str()).unwrap(),
+            &key.hash,
+            Timestamp::now(),
+        )
+        .await
+        .unwrap_or_else(|e| fail(format!("merchant: {e}")));
+    let pos = Pos::new(api.clone(), &merchant, &key.secret, "bench-pos");
+    let mut pairs = Vec::new();
+    for _ in 0..n {
+        let device = Device::manufacture(&master, &unique_id("bench-dev-"));
+        let mut phone = Phone::new(api.clone(), &unique_id("bench-phone-"));
+        let r = phone.register(&device).await.unwrap_or_else(|e| fail(e));
+        if r.status != 201 {
+            fail(format!("register: {} {}", r.status, r.json));
+        }
+        pairs.push((device, phone));
+    }
+    let start = Instant::now();
+    let workers = pairs.into_iter().map(|(mut device, phone)| {
+        let pos = pos.clone();
+        async move {
+            let (mut create, mut confirm, mut whole) =
+                (Samples::default(), Samples::default(), Samples::default());
+            let mut errors = Vec::new();
+            while start.elapsed() < run_for {
+                let t = Instant::now();
+                let r = pos
+                    .request_payment(device.beacon(), 1250, "EUR", None, &unique_id("k-"))
+                    .await;
+                let payment = match r {
+                    Ok(r) if r.status == 201 => r.json,
+                    Ok(r) => {
+                        errors.push(format!("create {} {}", r.status, r.json));
+                        continue;
+                    }
+                    Err(e) => {
+                        errors.push(format!("create: {e}"));
+                        continue;
+                    }
+                };
+                create.push(t);
+                let t2 = Instant::now();
+                let (code, counter) = device.authorize(&payment);
+                let id = payment["payment_id"].as_str().unwrap_or_default();
+                match phone.confirm(id, &code, &counter).await {
+                    Ok(r) if r.status == 200 => {
+                        confirm.push(t2);
+                        whole.push(t);
+                    }
+                    Ok(r) => errors.push(format!("confirm {} {}", r.status, r.json)),
+                    Err(e) => errors.push(format!("confirm: {e}")),
+                }
+            }
+            (create, confirm, whole, errors)
+        }
+    });
+    let (mut create, mut confirm, mut whole) =
+        (Samples::default(), Samples::default(), Samples::default());
+    let mut errors = Vec::new();
+    for (a, b, c, e) in futures_util::future::join_all(workers).await {
+        create.extend(a);
+        confirm.extend(b);
+        whole.extend(c);
+        errors.extend(e);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let confirmed = whole.0.len() as u64;
+    // Nothing lost: every confirmed payment settles (through SQS and the settlement function).
+    let settle_start = Instant::now();
+    let mut settled = 0;
+    while settle_start.elapsed() < Duration::from_secs(120) {
+        settled = pos
+            .settled("EUR")
+            .await
+            .map(|(_, count)| count)
+            .unwrap_or(0);
+        if settled >= confirmed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    json!({
+        "payments_per_s": round(confirmed as f64 / elapsed),
+        "confirmed": confirmed,
+        "settled": settled,
+        "all_settled_after_s": round(settle_start.elapsed().as_secs_f64()),
+        "errors": errors.len(),
+        "first_errors": errors.iter().take(3).collect::<Vec<_>>(),
+        "create": create.summary(),
+        "confirm": confirm.summary(),
+        "payment": whole.summary(),
+    })
+}
