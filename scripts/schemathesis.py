@@ -17,15 +17,10 @@ import time
 import urllib.error
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOCAL = os.path.join(ROOT, ".local")
-env = {}
-with open(os.path.join(LOCAL, "stack.env")) as f:
-    for line in f:
-        if "=" in line:
-            k, v = line.strip().split("=", 1)
-            env[k] = v
-env.update({k: v for k, v in os.environ.items() if k in ("API_URL", "MERCHANT_API_KEY", "ISSUER_MASTER_KEY")})
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stack import LOCAL, ROOT, stack_env  # noqa: E402
+
+env = stack_env()
 API, MASTER = env["API_URL"], bytes.fromhex(env["ISSUER_MASTER_KEY"])
 
 CHECKS = ",".join([

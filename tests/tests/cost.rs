@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::{Ctx, answer, request};
+use common::{Ctx, answer, registration_request, request};
 use serde_json::json;
 use twochan_api::{
     App,
@@ -91,16 +91,7 @@ async fn one_payment_costs_at_most_eight_aws_requests() {
     let pos = ctx.pos().await;
     let mut device = ctx.device();
     let terminal = unique_id("term-");
-    let reg = request(
-        "POST",
-        "/v1/devices",
-        "none",
-        &[],
-        Some(
-            &json!({"unique_code": device.beacon(), "terminal_id": terminal,
-                     "registration_proof": device.registration_proof(&terminal)}),
-        ),
-    );
+    let reg = registration_request(&device, &terminal);
     let (status, body) = answer(&handle(&plain, Function::Registration, reg).await);
     assert_eq!(status, 201, "{body}");
     let token = body["terminal_token"].as_str().unwrap().to_owned();

@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::{Ctx, answer, request};
+use common::{Ctx, answer, registration_request, request};
 use lambda_http::{Context, RequestExt};
 use serde_json::{Value, json};
 use twochan_api::{
@@ -62,16 +62,7 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
     };
     let mut device = ctx.device();
     let terminal = unique_id("term-");
-    let reg = request(
-        "POST",
-        "/v1/devices",
-        "none",
-        &[],
-        Some(
-            &json!({"unique_code": device.beacon(), "terminal_id": terminal,
-                     "registration_proof": device.registration_proof(&terminal)}),
-        ),
-    );
+    let reg = registration_request(&device, &terminal);
     let (status, body) = answer(
         &handle(
             &no_queue,

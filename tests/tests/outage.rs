@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use common::{Ctx, answer, request};
+use common::{Ctx, answer, registration_request, request};
 use serde_json::{Value, json};
 use twochan_api::{
     App,
@@ -292,16 +292,7 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
     let device = ctx.device();
     let code = UniqueCode::try_from(device.beacon()).unwrap();
     let terminal = unique_id("term-");
-    let reg = request(
-        "POST",
-        "/v1/devices",
-        "none",
-        &[],
-        Some(
-            &json!({"unique_code": device.beacon(), "terminal_id": terminal,
-                     "registration_proof": device.registration_proof(&terminal)}),
-        ),
-    );
+    let reg = registration_request(&device, &terminal);
     let (status, body) = answer(&handle(&w.app, Function::Registration, reg).await);
     assert_eq!(status, 201, "{body}");
     w.token = body["terminal_token"].as_str().unwrap().to_owned();

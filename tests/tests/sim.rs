@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::{Ctx, answer, request};
+use common::{Ctx, answer, registration_request, request};
 use futures_util::future::join_all;
 use serde_json::json;
 use twochan_api::{
@@ -204,14 +204,7 @@ async fn run_seed(w: &World, seed: u64) -> Result<Stats, String> {
     let reg = handle(
         &plain,
         Function::Registration,
-        request(
-            "POST",
-            "/v1/devices",
-            "none",
-            &[],
-            Some(&json!({"unique_code": code, "terminal_id": terminal,
-                         "registration_proof": device.registration_proof(&terminal)})),
-        ),
+        registration_request(&device, &terminal),
     )
     .await;
     let (status, body) = answer(&reg);

@@ -29,11 +29,7 @@ pub async fn serve_http<S, Q>(
     function: routes::Function,
 ) -> Result<(), lambda_http::Error>
 where
-    S: twochan_domain::ports::Directory
-        + twochan_domain::ports::Devices
-        + twochan_domain::ports::Payments
-        + twochan_domain::ports::Idempotency
-        + twochan_domain::ports::Ledger,
+    S: routes::Store,
     Q: twochan_domain::ports::SettlementQueue,
 {
     let app = &app;
@@ -65,11 +61,7 @@ async fn answer<S, Q>(
     req: lambda_http::Request,
 ) -> lambda_http::Response<lambda_http::Body>
 where
-    S: twochan_domain::ports::Directory
-        + twochan_domain::ports::Devices
-        + twochan_domain::ports::Payments
-        + twochan_domain::ports::Idempotency
-        + twochan_domain::ports::Ledger,
+    S: routes::Store,
     Q: twochan_domain::ports::SettlementQueue,
 {
     std::panic::AssertUnwindSafe(routes::handle(app, function, req))

@@ -131,10 +131,14 @@ impl Function {
     }
 }
 
+/// Every port an HTTP function's store provides (the DynamoDB adapter; the tests' in-memory world).
+pub trait Store: Directory + Devices + Payments + Idempotency + Ledger {}
+impl<T: Directory + Devices + Payments + Idempotency + Ledger> Store for T {}
+
 /// The entry point of every HTTP function: never fails, every error becomes a contract response.
 pub async fn handle<S, Q>(app: &App<S, Q>, function: Function, req: Request) -> Response<Body>
 where
-    S: Directory + Devices + Payments + Idempotency + Ledger,
+    S: Store,
     Q: SettlementQueue,
 {
     let route = route_segments(&req).and_then(|segs| Route::of(req.method(), &segs));

@@ -277,6 +277,20 @@ pub fn answer(resp: &lambda_http::Response<lambda_http::Body>) -> (u16, Value) {
     (resp.status().as_u16(), body)
 }
 
+/// The registration a phone sends after pairing with `device`, as API Gateway hands it over.
+pub fn registration_request(device: &Device, terminal: &str) -> lambda_http::Request {
+    request(
+        "POST",
+        "/v1/devices",
+        "none",
+        &[],
+        Some(
+            &json!({"unique_code": device.beacon(), "terminal_id": terminal,
+                     "registration_proof": device.registration_proof(terminal)}),
+        ),
+    )
+}
+
 /// Polls `f` until it returns `Some`, for at most `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
 where
