@@ -14,20 +14,16 @@
 //! ```
 //!
 //! flags bits 0–1: the function (0 registration, 1 payment-request, 2 confirmation, 3 all three);
-//! bit 2: event mode (the request goes through an API Gateway v2 JSON event and
-//! `lambda_http::request::from_str`, as in the deployed functions).
+//! bit 2: event mode (the request becomes an API Gateway v2 JSON event, read and converted the way
+//! `twochan_api::serve_http` does: `LambdaRequest`, `without_unread_parts`, then `lambda_http`'s
+//! conversion, whose panics would be caught there but are crashes here, so that none goes unseen).
 //!
 //! Must hold for every input: no panic; every answer is a contract answer (contract status, never
 //! 5xx, the JSON error shape with a code of its status); a request refused as malformed writes
 //! nothing.
 //!
-//! `lambda_http` 1.3.2 panics, before any project code runs, on a `Host` or `X-Forwarded-Proto`
-//! header that does not make a URL, and on a raw query string with a char `http::Uri` refuses
-//! (`"`, `<`, `>`, space, non-ASCII: all of which clients can send). These are recorded in
-//! docs/RELIABILITY.md; so that the fuzzer gets past them, event mode replaces those two headers
-//! by what API Gateway sends and percent-encodes such chars of the query. Set
-//! `TWOCHAN_FUZZ_RAW_EVENT=1` to send the event as the client made it (and see them crash).
-//! The path gets a leading `/` if it has none, as API Gateway's `rawPath` always does.
+//! The event carries the client's headers (`Host`, `X-Forwarded-Proto` included), path and query
+//! as they came: `lambda_http` 1.3.2 alone panics on some of them (docs/RELIABILITY.md).
 
 #![no_main]
 
@@ -37,31 +33,17 @@ mod support;
 use std::sync::OnceLock;
 
 use base64::Engine;
+use lambda_http::{Context, LambdaEvent, request::LambdaRequest};
 use libfuzzer_sys::fuzz_target;
 use support::*;
-use twochan_api::routes::{App, Function};
+use twochan_api::{
+    routes::{App, Function},
+    without_unread_parts,
+};
 
 fn app() -> &'static App<World, WorldQueue> {
     static APP: OnceLock<App<World, WorldQueue>> = OnceLock::new();
     APP.get_or_init(|| World::new().app())
-}
-
-fn raw_event() -> bool {
-    static RAW: OnceLock<bool> = OnceLock::new();
-    *RAW.get_or_init(|| std::env::var_os("TWOCHAN_FUZZ_RAW_EVENT").is_some())
-}
-
-/// Percent-encodes what `http::Uri` refuses in a query (it allows 0x21, 0x24–0x3B, 0x3D, 0x3F–0x7E).
-fn uri_safe_query(q: &str) -> String {
-    let mut out = String::with_capacity(q.len());
-    for b in q.bytes() {
-        if matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 struct Parsed<'a> {
@@ -100,22 +82,13 @@ fn parse(data: &[u8]) -> Parsed<'_> {
     }
 }
 
-/// The request as API Gateway (payload format 2.0) hands it to a function, through the same
-/// conversion the `lambda_http` runtime applies.
+/// The request as API Gateway (payload format 2.0) hands it to a function, read and converted as
+/// `twochan_api::serve_http` does.
 fn via_event(p: &Parsed<'_>) -> Option<lambda_http::Request> {
     let target = String::from_utf8_lossy(p.target);
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    // API Gateway's rawPath always starts with a slash (lambda_http glues it to the host).
-    let raw_path = if path.starts_with('/') {
-        path.to_owned()
-    } else {
-        format!("/{path}")
-    };
+    let (raw_path, query) = target.split_once('?').unwrap_or((&target, ""));
     let mut headers = serde_json::Map::new();
     for (name, value) in &p.headers {
-        if !raw_event() && matches!(name.as_str(), "host" | "x-forwarded-proto") {
-            continue;
-        }
         let value = String::from_utf8_lossy(value).into_owned();
         // API Gateway joins repeated headers with commas.
         match headers.get_mut(name) {
@@ -127,15 +100,6 @@ fn via_event(p: &Parsed<'_>) -> Option<lambda_http::Request> {
                 headers.insert(name.clone(), value.into());
             }
         }
-    }
-    let query = if raw_event() {
-        query.to_owned()
-    } else {
-        uri_safe_query(query)
-    };
-    if !raw_event() {
-        headers.insert("host".into(), "0d9e9dbf.execute-api.localhost".into());
-        headers.insert("x-forwarded-proto".into(), "https".into());
     }
     let content_type = headers
         .get("content-type")
@@ -180,7 +144,9 @@ fn via_event(p: &Parsed<'_>) -> Option<lambda_http::Request> {
         }
     }
     // An event the runtime cannot read is refused before any handler runs.
-    lambda_http::request::from_str(&event.to_string()).ok()
+    let payload: LambdaRequest = serde_json::from_value(event).ok()?;
+    let event = without_unread_parts(LambdaEvent::new(payload, Context::default()));
+    Some(event.payload.into())
 }
 
 fn direct(p: &Parsed<'_>) -> Option<lambda_http::Request> {
