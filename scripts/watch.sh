@@ -33,6 +33,8 @@ watch_env="$LOCAL/watch.env"
     echo "AWS_REGION=$AWS_REGION"
     echo "AWS_DEFAULT_REGION=$AWS_REGION"
     echo "RUST_LOG=${RUST_LOG:-info}"
+    # cargo lambda watch serves each function under /lambda-url/<function>: let the router accept it.
+    echo "TWOCHAN_LAMBDA_URL_PREFIX=1"
   } > "$watch_env"
 )
 

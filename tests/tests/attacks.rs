@@ -186,6 +186,9 @@ async fn wrong_codes_spread_over_payments_lock_the_device() {
         before,
         "a locked device moved state"
     );
+    // A wrong code while locked is refused the same way, and counts nothing.
+    let r = phone.confirm(id, &"cd".repeat(32), &counter).await.unwrap();
+    assert_error(&r, 429, "too_many_attempts");
     // Registering the device again does not lift the lock: it belongs to the device.
     let mut phone = phone;
     assert_eq!(phone.register(&device).await.unwrap().status, 200);

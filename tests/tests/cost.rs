@@ -18,11 +18,15 @@ use twochan_api::{
     settlement::settle_batch,
 };
 use twochan_aws::{DynamoStore, SqsSettlementQueue, failpoints::Probe};
+use twochan_domain::crypto::sha256_hex;
 use twochan_tools::unique_id;
 
 /// The ceiling per step, and in all (issue target: 8 requests per settled payment).
 const BUDGET: [(&str, usize); 3] = [("create", 3), ("confirm", 4), ("settle", 1)];
 const TOTAL_BUDGET: usize = 8;
+/// Write units as measured when this check was written (docs/PERFORMANCE.md: the issue's target
+/// of 10 is not met); more means a write grew past 1 KB or a new one was added.
+const WCU_BUDGET: usize = 19;
 
 /// DynamoDB's item size: attribute names plus values (numbers: about one byte per two digits,
 /// plus one), as its capacity rules count it.
@@ -156,22 +160,9 @@ async fn one_payment_costs_at_most_eight_aws_requests() {
     let merchant_pk = format!("MERCHANT#{}", pos.merchant_id);
     let balance_item = item_size(&item(&ctx, &merchant_pk, "BALANCE#EUR").await);
     let ledger = ctx.items_of(&format!("LEDGER#{id}")).await;
-    let idem = ctx
-        .dynamodb
-        .scan()
-        .table_name(&ctx.table)
-        .filter_expression("begins_with(pk, :p)")
-        .expression_attribute_values(
-            ":p",
-            AttributeValue::S(format!("IDEM#{}#", pos.merchant_id)),
-        )
-        .send()
-        .await
-        .unwrap()
-        .items
-        .unwrap_or_default();
-    assert_eq!((ledger.len(), idem.len()), (2, 1));
-    let idem_item = item_size(&idem[0]);
+    assert_eq!(ledger.len(), 2);
+    let idem_pk = format!("IDEM#{}#{}", pos.merchant_id, sha256_hex(b"k-cost"));
+    let idem_item = item_size(&item(&ctx, &idem_pk, "IDEM").await);
     let writes: [(&str, &str, usize, bool); 10] = [
         ("create", "idempotency claim (PutItem)", idem_item, false),
         ("create", "payment put (tx)", payment_item, true),
@@ -213,5 +204,9 @@ async fn one_payment_costs_at_most_eight_aws_requests() {
     assert!(
         total <= TOTAL_BUDGET,
         "{total} AWS requests per payment, budget {TOTAL_BUDGET}:\n{table}"
+    );
+    assert!(
+        wcu <= WCU_BUDGET,
+        "{wcu} write units per payment, budget {WCU_BUDGET}:\n{writes_table}"
     );
 }

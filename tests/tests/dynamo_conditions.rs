@@ -264,6 +264,7 @@ async fn stale_confirmed_lists_confirmed_until_settled() {
     let at = Timestamp::now();
     let confirmation = Confirmation {
         payment: &p,
+        device_failures: device.failed_auth,
         previous_counter: device.last_counter,
         counter: Counter::new(device.last_counter.get() + 1),
         fingerprint: "f".into(),
@@ -301,6 +302,12 @@ async fn stale_confirmed_lists_confirmed_until_settled() {
     assert!(
         !listed(at.plus_seconds(1)).await,
         "settled payments leave the index"
+    );
+    // Left the index itself, not only filtered out on reading it.
+    let item = &ctx.items_of(&format!("PAYMENT#{}", p.payment_id)).await[0];
+    assert!(
+        !item.contains_key("gsi1pk") && !item.contains_key("gsi1sk"),
+        "{item:?}"
     );
 }
 
@@ -368,51 +375,71 @@ async fn payment_pending_unexpired_attempts_and_lapsed() {
     );
 }
 
+/// A confirmation of `p` as if the device had been read with `failures` and counter `prev`.
+async fn confirm_as(
+    ctx: &Ctx,
+    p: &Payment,
+    failures: u32,
+    prev: u64,
+    counter: u64,
+    at: Timestamp,
+) -> Write {
+    let c = Confirmation {
+        payment: p,
+        device_failures: failures,
+        previous_counter: Counter::new(prev),
+        counter: Counter::new(counter),
+        fingerprint: "fp".into(),
+        at,
+    };
+    ctx.store.confirm(&c).await.unwrap()
+}
+
 #[tokio::test]
 async fn confirm_needs_the_counter_as_read_and_the_lock() {
     let ctx = Ctx::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     let p = payment_for(&code, &terminal, 120);
     ctx.store.create(&p, &device, None).await.unwrap();
-    let confirmation = |prev: u64, counter: u64, at: Timestamp| Confirmation {
-        payment: &p,
-        previous_counter: Counter::new(prev),
-        counter: Counter::new(counter),
-        fingerprint: "fp".into(),
-        at,
-    };
     // COUNTER_UNCHANGED: another confirmation moved the counter since it was read.
     assert_eq!(
-        ctx.store
-            .confirm(&confirmation(7, 8, Timestamp::now()))
-            .await
-            .unwrap(),
+        confirm_as(&ctx, &p, 0, 7, 8, Timestamp::now()).await,
         Write::Conflict
     );
-    // PAYMENT_PENDING_UNEXPIRED inside the same transaction.
+    // PAYMENT_PENDING_ATTEMPTS inside the same transaction: expired...
     assert_eq!(
-        ctx.store
-            .confirm(&confirmation(0, 1, p.expires_at.plus_seconds(1)))
-            .await
-            .unwrap(),
+        confirm_as(&ctx, &p, 0, 0, 1, p.expires_at.plus_seconds(1)).await,
         Write::Conflict
     );
+    // ...or a wrong code counted since the payment and the device were read (this is what keeps
+    // a correct code already being checked from beating a lock set meanwhile).
+    let seen = ctx.store.device(&code).await.unwrap().unwrap();
+    assert_eq!(wrong_code(&ctx, &p, &seen, false).await, Write::Applied);
     assert_eq!(
-        ctx.store
-            .confirm(&confirmation(0, 1, Timestamp::now()))
-            .await
-            .unwrap(),
+        confirm_as(&ctx, &p, 1, 0, 1, Timestamp::now()).await,
+        Write::Conflict,
+        "the payment's attempts changed"
+    );
+    let p = ctx.store.payment(&p.payment_id).await.unwrap().unwrap();
+    assert_eq!(
+        confirm_as(&ctx, &p, 0, 0, 1, Timestamp::now()).await,
+        Write::Conflict,
+        "the device's wrong-code count changed"
+    );
+    assert_eq!(
+        confirm_as(&ctx, &p, 1, 0, 1, Timestamp::now()).await,
         Write::Applied
     );
     let d = ctx.store.device(&code).await.unwrap().unwrap();
     assert_eq!(d.last_counter, Counter::new(1));
     assert!(d.pending.is_none());
+    assert_eq!(
+        d.failed_auth, 0,
+        "an accepted confirmation resets the count"
+    );
     // Twice: the payment is no longer pending.
     assert_eq!(
-        ctx.store
-            .confirm(&confirmation(1, 2, Timestamp::now()))
-            .await
-            .unwrap(),
+        confirm_as(&ctx, &p, 0, 1, 2, Timestamp::now()).await,
         Write::Conflict
     );
     assert_eq!(
@@ -439,6 +466,7 @@ async fn settlement_is_conditional_on_confirmed_and_matching() {
     );
     let c = Confirmation {
         payment: &p,
+        device_failures: 0,
         previous_counter: Counter::new(0),
         counter: Counter::new(1),
         fingerprint: "fp".into(),

@@ -167,14 +167,22 @@ pub fn route_segments(req: &Request) -> Option<Vec<String>> {
         Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.as_deref(),
         _ => None,
     };
-    segments_of(raw, stage)
+    segments_of(raw, stage, lambda_url_prefix_allowed())
 }
 
-/// The segments after `/v1`, decoded; `None` unless the path is `/v1` or starts with `/v1/`
-/// after at most one known prefix: a named stage (API Gateway puts it in front of the path) or
-/// `/lambda-url/<function>` (`cargo lambda watch`). A doubled or trailing slash (an empty
-/// segment) is no route either: `/v1/devices/` is not `DELETE /v1/devices/{unique_code}`.
-pub fn segments_of(path: &str, stage: Option<&str>) -> Option<Vec<String>> {
+/// `cargo lambda watch` serves a function under `/lambda-url/<function>`; `make watch` sets
+/// `TWOCHAN_LAMBDA_URL_PREFIX=1` so that its paths route. Deployed functions never accept it.
+fn lambda_url_prefix_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var("TWOCHAN_LAMBDA_URL_PREFIX").is_ok_and(|v| v == "1"))
+}
+
+/// The segments after `/v1`; `None` unless the path is `/v1` or starts with `/v1/` after at most
+/// one prefix: a named stage (API Gateway puts it in front of the path) or, when allowed,
+/// `/lambda-url/<function>`. No segment may be empty (`/v1/devices/` is not
+/// `DELETE /v1/devices/{unique_code}`) or escaped: every literal and id of the contract is made
+/// of `[A-Za-z0-9_-]`, so a `%` can only spell one of them a second way.
+pub fn segments_of(path: &str, stage: Option<&str>, lambda_url: bool) -> Option<Vec<String>> {
     let mut rest = path;
     if let Some(after) = stage
         .filter(|s| *s != "$default")
@@ -182,7 +190,7 @@ pub fn segments_of(path: &str, stage: Option<&str>) -> Option<Vec<String>> {
         .filter(|after| after.starts_with('/'))
     {
         rest = after;
-    } else if let Some(after) = rest.strip_prefix("/lambda-url/") {
+    } else if let Some(after) = rest.strip_prefix("/lambda-url/").filter(|_| lambda_url) {
         rest = &after[after.find('/')?..];
     }
     match rest.strip_prefix("/v1")? {
@@ -190,34 +198,9 @@ pub fn segments_of(path: &str, stage: Option<&str>) -> Option<Vec<String>> {
         tail => tail
             .strip_prefix('/')?
             .split('/')
-            .map(|s| (!s.is_empty()).then(|| percent_decode(s)))
+            .map(|s| (!s.is_empty() && !s.contains('%')).then(|| s.to_owned()))
             .collect(),
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
-            .then(|| Some(hex(bytes[i + 1])? * 16 + hex(bytes[i + 2])?))
-            .flatten();
-        match escaped {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A JSON object body with a fixed set of fields. Every error names the field at fault.
@@ -426,11 +409,36 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("abc"), "abc");
-        assert_eq!(percent_decode("a%2Fb"), "a/b");
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%é%"), "%é%");
+    fn routes_from_the_path_start_only() {
+        let segs = |p: &str| segments_of(p, None, false);
+        assert_eq!(
+            segs("/v1/payments/x"),
+            Some(vec!["payments".into(), "x".into()])
+        );
+        assert_eq!(segs("/v1"), Some(vec![]));
+        for no_route in [
+            "/x/v1/devices",
+            "//v1/devices",
+            "/v1//devices",
+            "/v1/devices/",
+            "/v1/%64evices",
+            "/v1/payments/pay_x%3F",
+            "/v1x",
+            "/lambda-url/registration/v1/devices",
+        ] {
+            assert_eq!(segs(no_route), None, "{no_route}");
+        }
+        assert_eq!(
+            segments_of("/lambda-url/registration/v1/devices", None, true),
+            Some(vec!["devices".into()])
+        );
+        assert_eq!(
+            segments_of("/prod/v1/devices", Some("prod"), false),
+            Some(vec!["devices".into()])
+        );
+        assert_eq!(
+            segments_of("/prod/v1/devices", Some("$default"), false),
+            None
+        );
     }
 }

@@ -45,7 +45,15 @@ where
                 adapter.call(event)
             })) {
                 Ok(response) => serde_json::to_value(response.await?),
-                Err(_) => serde_json::to_value(unreadable_request()),
+                Err(_) => {
+                    // Our 400 to the client, but a lambda_http regression to us: make it visible.
+                    tracing::error!(
+                        outcome = "event_conversion_panic",
+                        status = 400,
+                        "lambda_http could not convert the event"
+                    );
+                    serde_json::to_value(unreadable_request())
+                }
             };
             response.map_err(lambda_http::Error::from)
         },

@@ -727,7 +727,7 @@ where
         if let Some(until) = device.locked_at(now) {
             // Refused before the code is even looked at, so a locked device teaches nothing.
             tracing::warn!(
-                security_event = "device_locked",
+                security_event = "locked_device_refused",
                 "confirmation refused: device locked after repeated wrong codes"
             );
             return Err(DomainError::DeviceLocked { until });
@@ -798,6 +798,7 @@ where
         }
         let confirmation = Confirmation {
             payment: &payment,
+            device_failures: device.failed_auth,
             previous_counter: device.last_counter,
             counter,
             fingerprint: fingerprint.clone(),
@@ -818,7 +819,21 @@ where
             .await?;
         return Ok(payment_response(StatusCode::OK, &confirmed));
     }
-    Err(DomainError::Unavailable("payment kept changing".into()))
+    // Lost every race: many concurrent confirmations (wrong codes among them, which count on
+    // the payment and the device). Answer from where they left it rather than a 503.
+    let (payment, device) = app
+        .store
+        .payment_and_device(&id, &session.unique_code)
+        .await?;
+    match (payment.filter(|p| owner.owns(p)), device) {
+        (Some(p), _) if p.status == PaymentStatus::Failed => Err(DomainError::TooManyAttempts),
+        (Some(p), Some(d)) if d.unique_code == p.unique_code => match d.locked_at(Timestamp::now())
+        {
+            Some(until) => Err(DomainError::DeviceLocked { until }),
+            None => Err(DomainError::Unavailable("payment kept changing".into())),
+        },
+        _ => Err(DomainError::Unavailable("payment kept changing".into())),
+    }
 }
 
 #[cfg(test)]

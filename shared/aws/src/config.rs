@@ -8,7 +8,9 @@ use twochan_domain::{DomainError, crypto::IssuerKeys};
 /// Pending lifetime of a payment when `PENDING_TTL_SECONDS` is not set.
 pub const DEFAULT_PENDING_TTL_SECONDS: i64 = 120;
 /// See `twochan_api::reconcile`: confirmed this long without settlement means a lost message.
-pub const DEFAULT_RECONCILE_AFTER_SECONDS: i64 = 60;
+/// Above the queue's own redeliveries (visibility timeout 60 s x 5 receives), so a message that
+/// SQS is still retrying is not sent a second time.
+pub const DEFAULT_RECONCILE_AFTER_SECONDS: i64 = 600;
 
 /// The SDK clients every function shares.
 #[derive(Clone, Debug)]
@@ -155,7 +157,7 @@ mod tests {
         let s = Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("PENDING_TTL_SECONDS", "3")]))
             .unwrap();
         assert_eq!(s.pending_ttl_seconds, 3);
-        assert_eq!(s.reconcile_after_seconds, 60);
+        assert_eq!(s.reconcile_after_seconds, 600);
         assert!(
             Settings::from_lookup(lookup(&[
                 ("TABLE_NAME", "t"),

@@ -65,13 +65,16 @@ mod cond {
     pub const LOCK_HELD_BY: &str = "pending_payment_id = :held";
     /// A wrong code: the device's failure count is still the one read (absent means never failed,
     /// as the count is never removed)...
-    pub const DEVICE_FAILURES_UNCHANGED: &str =
-        "attribute_not_exists(failed_auth) OR failed_auth = :seen_failures";
+    pub const DEVICE_FAILURES_UNCHANGED: &str = "attribute_exists(pk) \
+         AND (attribute_not_exists(failed_auth) OR failed_auth = :seen_failures)";
     /// ...and, when the wrong code fails its payment, the lock is that payment's.
     pub const DEVICE_FAILURES_UNCHANGED_LOCK_HELD: &str = "(attribute_not_exists(failed_auth) \
          OR failed_auth = :seen_failures) AND pending_payment_id = :held";
     /// Confirmation: the lock is this payment's and the counter is the one we checked against.
-    pub const COUNTER_UNCHANGED: &str = "pending_payment_id = :held AND last_counter = :prev";
+    /// ...and no wrong code was counted on the device since it was read (so a lock set meanwhile
+    /// wins over a correct code that was already being checked).
+    pub const COUNTER_UNCHANGED: &str = "pending_payment_id = :held AND last_counter = :prev \
+         AND (attribute_not_exists(failed_auth) OR failed_auth = :seen_failures)";
     /// Settlement: confirmed, and the message describes this very payment.
     pub const PAYMENT_SETTLEABLE: &str = "#status = :confirmed AND merchant_id = :merchant \
          AND amount = :amount AND currency = :currency AND unique_code = :code";
@@ -185,19 +188,20 @@ impl DynamoStore {
         b: (String, &str),
     ) -> Result<(Option<A>, Option<B>)> {
         let (key_a, key_b) = (key(a.0, a.1), key(b.0, b.1));
-        let mut wanted = KeysAndAttributes::builder()
-            .keys(key_a.clone())
-            .keys(key_b.clone())
-            .consistent_read(true)
-            .build()
-            .map_err(build_err)?;
+        let mut wanted = vec![key_a.clone(), key_b.clone()];
         let (mut found_a, mut found_b) = (None, None);
-        // Unprocessed keys (throttling) are asked for again, a bounded number of times.
-        for _ in 0..3 {
+        // Keys left unprocessed (throttling) are asked for again after a short pause.
+        for pause_ms in [0, 25, 100] {
+            tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut wanted)))
+                .consistent_read(true)
+                .build()
+                .map_err(build_err)?;
             let out = self
                 .client
                 .batch_get_item()
-                .request_items(&self.table, wanted)
+                .request_items(&self.table, request)
                 .send()
                 .await
                 .map_err(|e| sdk_error("BatchGetItem", e))?;
@@ -215,9 +219,13 @@ impl DynamoStore {
                     found_b = Some(parse_item(item)?);
                 }
             }
-            match out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
-                Some(rest) if !rest.keys().is_empty() => wanted = rest,
-                _ => return Ok((found_a, found_b)),
+            wanted = out
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.table))
+                .map(|k| k.keys)
+                .unwrap_or_default();
+            if wanted.is_empty() {
+                return Ok((found_a, found_b));
             }
         }
         Err(DomainError::Unavailable(
@@ -581,7 +589,10 @@ impl Payments for DynamoStore {
         to: PaymentStatus,
         at: Timestamp,
     ) -> Result<Write> {
-        if !PaymentStatus::Pending.can_become(to) || to == PaymentStatus::Confirmed {
+        // `confirm` and `record_wrong_code` make the other two moves, with their own conditions.
+        if !PaymentStatus::Pending.can_become(to)
+            || matches!(to, PaymentStatus::Confirmed | PaymentStatus::Failed)
+        {
             return Err(DomainError::Internal(format!(
                 "finish_pending to {}",
                 to.as_str()
@@ -592,22 +603,15 @@ impl Payments for DynamoStore {
         } else {
             cond::PAYMENT_PENDING_UNEXPIRED
         };
-        let attempts = if to == PaymentStatus::Failed {
-            payment.failed_attempts + 1
-        } else {
-            payment.failed_attempts
-        };
         let items = vec![
             self.update_item(UpdateSpec {
                 key: key(payment_pk(payment.payment_id.as_str()), SK_PAYMENT),
-                update: "SET #status = :to, failed_attempts = :attempts REMOVE gsi1pk, gsi1sk"
-                    .into(),
+                update: "SET #status = :to REMOVE gsi1pk, gsi1sk".into(),
                 condition,
                 values: vec![
                     (":pending", s("pending")),
                     (":to", s(to.as_str())),
                     (":now", n(at.millis())),
-                    (":attempts", n(attempts)),
                 ],
             })?,
             self.update_item(UpdateSpec {
@@ -683,9 +687,10 @@ impl Payments for DynamoStore {
                     "SET #status = :confirmed, confirmed_at = :at, confirmation = :fingerprint, \
                          gsi1pk = :gsi_pk, gsi1sk = :gsi_sk"
                         .into(),
-                condition: cond::PAYMENT_PENDING_UNEXPIRED,
+                condition: cond::PAYMENT_PENDING_ATTEMPTS,
                 values: vec![
                     (":pending", s("pending")),
+                    (":seen_attempts", n(p.failed_attempts)),
                     (":confirmed", s("confirmed")),
                     (":now", n(c.at.millis())),
                     (":at", n(c.at.truncated_to_second().millis())),
@@ -711,6 +716,7 @@ impl Payments for DynamoStore {
                     (":prev", n(c.previous_counter.get())),
                     (":counter", n(c.counter.get())),
                     (":zero", n(0)),
+                    (":seen_failures", n(c.device_failures)),
                 ],
             })?,
         ];
@@ -719,12 +725,15 @@ impl Payments for DynamoStore {
 
     async fn stale_confirmed(&self, before: Timestamp, limit: usize) -> Result<Vec<Payment>> {
         let mut out = Vec::new();
+        // An equal share per shard, so a backlog in one cannot starve the others.
+        let per_shard = limit.div_ceil(usize::from(CONFIRMED_SHARDS));
         for shard in 0..CONFIRMED_SHARDS {
             let mut start = None;
+            let mut taken = 0;
             loop {
-                let want = limit.saturating_sub(out.len());
+                let want = per_shard.saturating_sub(taken);
                 if want == 0 {
-                    return Ok(out);
+                    break;
                 }
                 let page = self
                     .client
@@ -744,6 +753,7 @@ impl Payments for DynamoStore {
                     .map_err(|e| sdk_error("Query(gsi1 confirmed)", e))?;
                 for item in page.items.unwrap_or_default() {
                     let p = Payment::try_from(parse_item::<PaymentItem>(item)?)?;
+                    taken += 1;
                     // The index is eventually consistent: it may still list a settled payment.
                     if p.status == PaymentStatus::Confirmed {
                         out.push(p);

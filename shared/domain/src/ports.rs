@@ -134,6 +134,9 @@ pub struct Balance {
 #[derive(Debug, Clone)]
 pub struct Confirmation<'a> {
     pub payment: &'a Payment,
+    /// The device's wrong-code count as read: a wrong code (or a lock) since then refuses the
+    /// confirmation, so the lock-out also holds against concurrent requests.
+    pub device_failures: u32,
     pub previous_counter: Counter,
     pub counter: Counter,
     pub fingerprint: String,
