@@ -86,18 +86,22 @@ async fn main() {
     );
 }
 
-async fn noop(api: &Api, n: usize, run_for: Duration) -> serde_json::Value {
+/// `n` clients repeating `op` (true: it succeeded) back to back for `run_for`: its rate and
+/// latencies, and the failures.
+async fn hammer<F, Fut>(n: usize, run_for: Duration, op: F) -> serde_json::Value
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let start = Instant::now();
     let workers = (0..n).map(|_| async {
         let (mut lat, mut errors) = (Samples::default(), 0);
         while start.elapsed() < run_for {
             let t = Instant::now();
-            match api
-                .call(Method::GET, "/v1/bench-noop", Call::default())
-                .await
-            {
-                Ok(r) if r.status == 404 => lat.push(t),
-                _ => errors += 1,
+            if op().await {
+                lat.push(t);
+            } else {
+                errors += 1;
             }
         }
         (lat, errors)
@@ -109,6 +113,15 @@ async fn noop(api: &Api, n: usize, run_for: Duration) -> serde_json::Value {
     }
     let ops = lat.0.len() as f64 / start.elapsed().as_secs_f64();
     json!({"ops_per_s": round(ops), "errors": errors, "latency": lat.summary()})
+}
+
+async fn noop(api: &Api, n: usize, run_for: Duration) -> serde_json::Value {
+    hammer(n, run_for, || async {
+        api.call(Method::GET, "/v1/bench-noop", Call::default())
+            .await
+            .is_ok_and(|r| r.status == 404)
+    })
+    .await
 }
 
 async fn putitem(n: usize, run_for: Duration) -> serde_json::Value {
@@ -135,37 +148,19 @@ async fn putitem(n: usize, run_for: Duration) -> serde_json::Value {
         .send()
         .await
         .unwrap_or_else(|e| fail(format!("create table: {e}")));
-    let start = Instant::now();
-    let workers = (0..n).map(|_| {
-        let table = table.clone();
-        async move {
-            let (mut lat, mut errors) = (Samples::default(), 0);
-            while start.elapsed() < run_for {
-                let t = Instant::now();
-                let put = db
-                    .put_item()
-                    .table_name(&table)
-                    .item("pk", AttributeValue::S(unique_id("item-")))
-                    .item("payload", AttributeValue::S("x".repeat(400)))
-                    .condition_expression("attribute_not_exists(pk)")
-                    .send()
-                    .await;
-                match put {
-                    Ok(_) => lat.push(t),
-                    Err(_) => errors += 1,
-                }
-            }
-            (lat, errors)
-        }
-    });
-    let (mut lat, mut errors) = (Samples::default(), 0);
-    for (l, e) in futures_util::future::join_all(workers).await {
-        lat.extend(l);
-        errors += e;
-    }
-    let ops = lat.0.len() as f64 / start.elapsed().as_secs_f64();
+    let result = hammer(n, run_for, || async {
+        db.put_item()
+            .table_name(&table)
+            .item("pk", AttributeValue::S(unique_id("item-")))
+            .item("payload", AttributeValue::S("x".repeat(400)))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
     let _ = db.delete_table().table_name(&table).send().await;
-    json!({"ops_per_s": round(ops), "errors": errors, "latency": lat.summary()})
+    result
 }
 
 async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Value {
