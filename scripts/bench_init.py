@@ -6,7 +6,7 @@ API address), time from exec to its first `GET /runtime/invocation/next` (init),
 real event (first request) and WARM more (warm requests), timing each from the event's delivery
 to the posted response; finally read its peak RSS (VmHWM). The events do real work against the
 local stack (DynamoDB, SQS, SSM on the emulator): a re-registration, a balance, a pending list,
-a duplicate settlement delivery, a reconciler run.
+a duplicate settlement delivery.
 
 Prints one JSON object per function (medians over RUNS); `scripts/bench.sh` tabulates them."""
 
@@ -130,13 +130,13 @@ def setup(env):
     settled = wait_for(lambda: call(api, "GET", f"/v1/payments/{payment['payment_id']}", bearer=merchant_key)[1]["status"] == "settled")
     assert settled, "the bench payment did not settle"
     message = {k: payment[k] for k in ("payment_id", "merchant_id", "unique_code", "amount", "currency")}
+    message["sent_at_ms"] = int(time.time() * 1000)
     return {
         "registration": apigw("POST", "/v1/devices", body=devices["reg"][4]),
         "payment-request": apigw("GET", "/v1/balance", bearer=merchant_key),
         "confirmation": apigw("GET", "/v1/pending-payments", bearer=token),
         "settlement": {"Records": [{"messageId": "bench", "receiptHandle": "bench", "body": json.dumps(message),
                                     "attributes": {}, "messageAttributes": {}, "eventSource": "aws:sqs"}]},
-        "reconciler": {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}},
     }
 
 

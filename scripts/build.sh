@@ -10,4 +10,4 @@ log "cargo lambda build --release"
 # The tools (demo, merchant) are built in the same invocation so that they share its flags and
 # artifacts; cargo lambda also packages them under target/lambda/, which is harmless.
 cargo lambda build --release --compiler cargo --target "$TARGET_TRIPLE" \
-  -p registration -p payment-request -p confirmation -p settlement -p reconciler -p twochan-tools
+  -p registration -p payment-request -p confirmation -p settlement -p twochan-tools

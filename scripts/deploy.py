@@ -27,7 +27,6 @@ FUNCTIONS = {
     "PaymentRequest": "payment-request",
     "Confirmation": "confirmation",
     "Settlement": "settlement",
-    "Reconciler": "reconciler",
 }
 
 
@@ -96,13 +95,6 @@ def deploy(cfn, stack, template, params):
     sys.exit(f"stack {stack} did not finish in 10 minutes")
 
 
-def ensure_ttl(ddb, table):
-    """Not every emulator applies TimeToLiveSpecification from a template; set it explicitly."""
-    desc = ddb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
-    if desc.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-        ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"AttributeName": "ttl", "Enabled": True})
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--stack", required=True)
@@ -121,7 +113,6 @@ def main():
     session = boto3.session.Session()
     s3 = session.client("s3")
     cfn = session.client("cloudformation")
-    ddb = session.client("dynamodb")
 
     # The key lives in SSM Parameter Store as a SecureString and the functions read it at init; it
     # never enters the template or the functions' environment. On an emulator we put it there.
@@ -144,14 +135,12 @@ def main():
         SettlementVisibilityTimeout=os.environ.get("SETTLEMENT_VISIBILITY_TIMEOUT") or "60",
     )
     # Optional parameters: given every time, or an update would put the template's defaults back.
-    for env_name, param in [("ALARM_TOPIC_ARN", "AlarmTopicArn"), ("RECONCILE_AFTER_SECONDS", "ReconcileAfterSeconds"),
-                            ("RECONCILE_SCHEDULE", "ReconcileSchedule"), ("ISSUER_KEY_KMS_ARN", "IssuerMasterKeyKmsKeyArn")]:
+    for env_name, param in [("ALARM_TOPIC_ARN", "AlarmTopicArn"), ("ISSUER_KEY_KMS_ARN", "IssuerMasterKeyKmsKeyArn")]:
         if os.environ.get(env_name):
             params[param] = os.environ[env_name]
     with open(os.path.join(ROOT, "infra", "template.yaml")) as f:
         template = f.read()
     outputs = deploy(cfn, args.stack, template, params)
-    ensure_ttl(ddb, outputs["TableName"])
 
     api_url = outputs["ApiEndpoint"]
     if args.api_url_base:
@@ -161,7 +150,6 @@ def main():
     print(f"TABLE_NAME={outputs['TableName']}")
     print(f"SETTLEMENT_QUEUE_URL={outputs['SettlementQueueUrl']}")
     print(f"SETTLEMENT_DLQ_URL={outputs['SettlementDeadLetterQueueUrl']}")
-    print(f"RECONCILER_FUNCTION={outputs['ReconcilerFunctionName']}")
 
 
 if __name__ == "__main__":

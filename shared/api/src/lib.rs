@@ -2,7 +2,6 @@
 //! contract's responses out. Handlers are generic over the ports of `twochan-domain`.
 
 pub mod http;
-pub mod reconcile;
 pub mod routes;
 pub mod settlement;
 pub mod telemetry;

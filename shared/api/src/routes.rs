@@ -8,13 +8,14 @@ use serde_json::json;
 use tracing::Instrument;
 use twochan_domain::{
     Amount, AuthCode, Counter, Currency, DomainError, IdempotencyKey, MerchantId, Payment,
-    PaymentId, PaymentStatus, PosId, Reference, Result, TerminalId, Timestamp, UniqueCode,
+    PaymentId, PaymentSlot, PaymentStatus, PosId, Reference, Result, TerminalId, Timestamp,
+    UniqueCode,
     crypto::{IssuedSecret, IssuerKeys, PaymentBinding, sha256_hex},
     payment::{ConfirmGate, MAX_AUTH_ATTEMPTS},
     ports::{
-        Confirmation, Device, Devices, Directory, Idempotency, IdempotencyClaim, IdempotencyRecord,
-        Ledger, Payments, Registration, SettlementMessage, SettlementQueue, StoredResponse,
-        TerminalSession, Write, WrongCode,
+        Confirmation, Device, Devices, Directory, Ledger, Payments, Registration,
+        SettlementMessage, SettlementQueue, SlotRecord, StoredResponse, TerminalSession, Write,
+        WrongCode,
     },
 };
 
@@ -27,6 +28,12 @@ use crate::view::{BalanceView, PaymentView, PendingPaymentsView, RegistrationVie
 /// How often a use case re-reads and retries after losing a race on a conditional write, before
 /// answering 503 (a client retry is then safe).
 const MAX_RACE_RETRIES: usize = 4;
+
+/// How long a payment request may hold its device's lock before storing its payment. A retry of
+/// the same request that finds the lock younger than this is told the first is still in flight
+/// (409 `idempotency_key_in_use`); an older one was left by a request that died, and the retry
+/// finishes its work. Above the function timeout (10 s), so a live request is never overtaken.
+const IN_FLIGHT_LEASE_MS: i64 = 15_000;
 
 /// Everything a handler may need, built once at init.
 pub struct App<S, Q> {
@@ -132,8 +139,8 @@ impl Function {
 }
 
 /// Every port an HTTP function's store provides (the DynamoDB adapter; the tests' in-memory world).
-pub trait Store: Directory + Devices + Payments + Idempotency + Ledger {}
-impl<T: Directory + Devices + Payments + Idempotency + Ledger> Store for T {}
+pub trait Store: Directory + Devices + Payments + Ledger {}
+impl<T: Directory + Devices + Payments + Ledger> Store for T {}
 
 /// The entry point of every HTTP function: never fails, every error becomes a contract response.
 pub async fn handle<S, Q>(app: &App<S, Q>, function: Function, req: Request) -> Response<Body>
@@ -400,7 +407,7 @@ impl CreateRequest {
 
 async fn create_payment<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
 where
-    S: Directory + Devices + Payments + Idempotency,
+    S: Directory + Devices + Payments,
 {
     let parsed = CreateRequest::from_request(req);
     // A well-formed request reads the caller's key and the device in one round trip. The
@@ -416,65 +423,99 @@ where
         _ => (merchant(&app.store, req).await?, None),
     };
     let (request, key) = parsed?;
-    let fingerprint = request.fingerprint();
-
-    let lease = match app
-        .store
-        .claim(&merchant_id, &key, &fingerprint, Timestamp::now())
-        .await?
-    {
-        IdempotencyClaim::Claimed { lease } => lease,
-        IdempotencyClaim::Replay(stored) => {
-            tracing::info!(outcome = "idempotent_replay", status = stored.status);
-            let status = StatusCode::from_u16(stored.status)
-                .map_err(|_| DomainError::Internal("stored status".into()))?;
-            let mut resp = raw_json_response(status, stored.body);
-            resp.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return Ok(resp);
-        }
-        IdempotencyClaim::InFlight => return Err(DomainError::IdempotencyKeyInUse),
-        IdempotencyClaim::Mismatch => return Err(DomainError::IdempotencyKeyReused),
+    let new = NewPayment {
+        fingerprint: request.fingerprint(),
+        slot: PaymentSlot::of(&merchant_id, &key),
+        merchant_id,
+        request,
     };
-
-    match create_pending(app, &merchant_id, &request, &key, &lease, device).await {
-        Ok(payment) => Ok(payment_response(StatusCode::CREATED, &payment)),
-        Err(e) if crate::http::status_of(&e).is_server_error() => {
-            // Nothing was written: give the key back so the POS's retry runs afresh.
-            if let Err(release) = app.store.release(&merchant_id, &key, &lease).await {
-                tracing::error!(error = ?release, "could not release idempotency key");
-            }
-            Err(e)
-        }
+    match create_pending(app, &new, device).await {
+        Ok(Created::New(payment)) => Ok(payment_response(StatusCode::CREATED, &payment)),
+        Ok(Created::Stored(record)) => replay(record, &new.fingerprint),
+        // Nothing final happened; the retry may find the device locked for this key and finish.
+        Err(e) if crate::http::status_of(&e).is_server_error() => Err(e),
+        Err(e @ DomainError::IdempotencyKeyInUse) => Err(e),
         Err(e) => {
             // A final answer (unknown device, busy): the same key gets the same answer.
             let resp = error_response(&e);
-            let record = IdempotencyRecord {
-                merchant_id: &merchant_id,
-                key: &key,
-                lease: &lease,
-                response: StoredResponse {
-                    status: resp.status().as_u16(),
-                    body: String::from_utf8_lossy(resp.body().as_ref()).into_owned(),
-                },
+            let stored = StoredResponse {
+                status: resp.status().as_u16(),
+                body: String::from_utf8_lossy(resp.body().as_ref()).into_owned(),
             };
-            app.store.complete(record).await?;
-            Ok(resp)
+            let kept = app
+                .store
+                .record_rejection(&new.slot, &new.fingerprint, &stored, Timestamp::now())
+                .await?;
+            match kept {
+                Write::Applied => Ok(resp),
+                // The key already holds an answer (an earlier request's): that one stands.
+                Write::Conflict => match app.store.slot(&new.slot).await? {
+                    Some(record) => replay(record, &new.fingerprint),
+                    None => Err(DomainError::Unavailable("payment slot changed".into())),
+                },
+            }
         }
     }
 }
 
+/// A parsed payment request and where it is kept.
+struct NewPayment {
+    merchant_id: MerchantId,
+    request: CreateRequest,
+    fingerprint: String,
+    slot: PaymentSlot,
+}
+
+enum Created {
+    New(Payment),
+    /// The key's slot already held an answer: an earlier (or concurrent) request's.
+    Stored(SlotRecord),
+}
+
+/// The answer kept under an idempotency key, again: the same status and body for the same
+/// request, `422 idempotency_key_reused` for a different one.
+fn replay(record: SlotRecord, fingerprint: &str) -> Result<Response<Body>> {
+    let mut resp = match record {
+        SlotRecord::Payment {
+            payment,
+            fingerprint: kept,
+        } if kept == fingerprint => {
+            // The creation's own answer: the payment as it was then, whatever it is now.
+            let created = payment.as_created();
+            json_response(
+                StatusCode::CREATED,
+                &PaymentView::new(&created, created.created_at),
+            )
+        }
+        SlotRecord::Rejected {
+            fingerprint: kept,
+            response,
+        } if kept == fingerprint => {
+            let status = StatusCode::from_u16(response.status)
+                .map_err(|_| DomainError::Internal("stored status".into()))?;
+            raw_json_response(status, response.body)
+        }
+        _ => return Err(DomainError::IdempotencyKeyReused),
+    };
+    tracing::info!(outcome = "idempotent_replay", status = resp.status().as_u16());
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+/// Two writes, no transaction: the device's lock (one pending payment per code), then the
+/// payment in the key's slot. A request that dies between them leaves a lock whose payment
+/// id is in the key's slot, so the POS's retry finishes the work; the lock alone lapses
+/// with the pending lifetime.
 async fn create_pending<S, Q>(
     app: &App<S, Q>,
-    merchant_id: &MerchantId,
-    r: &CreateRequest,
-    key: &IdempotencyKey,
-    lease: &str,
+    new: &NewPayment,
     mut read_with_caller: Option<Option<Device>>,
-) -> Result<Payment>
+) -> Result<Created>
 where
     S: Devices + Payments,
 {
+    let r = &new.request;
     tag(&r.unique_code, None);
     for _ in 0..MAX_RACE_RETRIES {
         let now = Timestamp::now();
@@ -490,43 +531,73 @@ where
             .ok_or(DomainError::UnknownDevice)?
             .terminal_id
             .clone();
-        if device
-            .pending
-            .as_ref()
-            .is_some_and(|(_, lapses)| now <= *lapses)
-        {
-            return Err(DomainError::DeviceBusy);
-        }
-        let payment = Payment::new(
-            r.unique_code.clone(),
-            terminal_id,
-            merchant_id.clone(),
-            r.pos_id.clone(),
-            r.amount,
-            r.currency,
-            r.reference.clone(),
-            now,
-            app.pending_ttl_seconds,
-        );
-        let body = serde_json::to_string(&PaymentView::new(&payment, now))
-            .map_err(|e| DomainError::Internal(format!("serialize payment: {e}")))?;
-        let record = IdempotencyRecord {
-            merchant_id,
-            key,
-            lease,
-            response: StoredResponse {
-                status: StatusCode::CREATED.as_u16(),
-                body,
-            },
+        let live_lock = device.pending.clone().filter(|(_, lapses)| now <= *lapses);
+        let (payment, locked_here) = match live_lock {
+            // The lock is this key's: its first request is in flight, or stored its payment.
+            Some((held, lapses)) if held.slot() == new.slot => {
+                if let Some(record) = app.store.slot(&new.slot).await? {
+                    return Ok(Created::Stored(record));
+                }
+                if now.millis() - held.requested_at().millis() < IN_FLIGHT_LEASE_MS {
+                    return Err(DomainError::IdempotencyKeyInUse);
+                }
+                // Its request died after locking: finish its work, with its id and expiry.
+                let mut payment = pending_payment(app, new, held, terminal_id);
+                payment.expires_at = lapses;
+                (payment, false)
+            }
+            Some(_) => return Err(DomainError::DeviceBusy),
+            None => {
+                let payment =
+                    pending_payment(app, new, PaymentId::in_slot(now, &new.slot), terminal_id);
+                if app.store.lock_device(&payment, &device).await? == Write::Conflict {
+                    continue;
+                }
+                (payment, true)
+            }
         };
-        if app.store.create(&payment, &device, Some(record)).await? == Write::Applied {
-            tag_payment(&payment);
+        tag_payment(&payment);
+        if app.store.put_payment(&payment, &new.fingerprint).await? == Write::Applied {
             tracing::info!(outcome = "payment_created");
-            return Ok(payment);
+            return Ok(Created::New(payment));
         }
+        // The slot holds an answer already (a retry after the first request's lock was gone).
+        let record = app
+            .store
+            .slot(&new.slot)
+            .await?
+            .ok_or_else(|| DomainError::Unavailable("payment slot changed".into()))?;
+        let ours = matches!(&record, SlotRecord::Payment { payment: p, .. } if p.payment_id == payment.payment_id);
+        if locked_here && !ours {
+            // The lock just taken is for a payment that will never be stored: give it back.
+            app.store
+                .release_lock(&r.unique_code, &payment.payment_id)
+                .await?;
+        }
+        return Ok(Created::Stored(record));
     }
     // Lost every race: someone else holds the lock by now, or keeps changing the device.
     Err(DomainError::DeviceBusy)
+}
+
+fn pending_payment<S, Q>(
+    app: &App<S, Q>,
+    new: &NewPayment,
+    id: PaymentId,
+    terminal_id: TerminalId,
+) -> Payment {
+    let r = &new.request;
+    Payment::new(
+        id,
+        r.unique_code.clone(),
+        terminal_id,
+        new.merchant_id.clone(),
+        r.pos_id.clone(),
+        r.amount,
+        r.currency,
+        r.reference.clone(),
+        app.pending_ttl_seconds,
+    )
 }
 
 async fn get_payment<S, Q>(app: &App<S, Q>, req: &Request, raw_id: &str) -> Result<Response<Body>>
@@ -703,7 +774,7 @@ where
                 // have failed to enqueue: enqueue again (settlement is idempotent).
                 if payment.status == PaymentStatus::Confirmed {
                     app.queue
-                        .enqueue(&SettlementMessage::for_payment(&payment))
+                        .enqueue(&SettlementMessage::for_payment(&payment, now))
                         .await?;
                 }
                 return Ok(payment_response(StatusCode::OK, &payment));
@@ -804,6 +875,13 @@ where
             fingerprint: fingerprint.clone(),
             at: now,
         };
+        // The settlement message goes out *before* the commit, so no crash can leave a confirmed
+        // payment without one. If the commit then fails or never happens, settlement finds the
+        // payment not confirmed and drops the orphan (see `settlement::settle_batch`); if sending
+        // fails, nothing was committed and the caller's retry is safe.
+        app.queue
+            .enqueue(&SettlementMessage::for_payment(&payment, now))
+            .await?;
         if app.store.confirm(&confirmation).await? == Write::Conflict {
             continue;
         }
@@ -812,11 +890,6 @@ where
         confirmed.confirmed_at = Some(now.truncated_to_second());
         confirmed.confirmation = Some(fingerprint.clone());
         tracing::info!(outcome = "confirmed");
-        // Committed. If the enqueue fails the caller gets 503 and its retry (the exact same
-        // confirmation) enqueues again; nothing is confirmed twice.
-        app.queue
-            .enqueue(&SettlementMessage::for_payment(&confirmed))
-            .await?;
         return Ok(payment_response(StatusCode::OK, &confirmed));
     }
     // Lost every race: many concurrent confirmations (wrong codes among them, which count on

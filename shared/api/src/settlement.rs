@@ -3,14 +3,28 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 use twochan_domain::{
-    DomainError, Timestamp,
+    DomainError, PaymentStatus, Timestamp,
     ports::{Ledger, Settlement, SettlementMessage},
 };
+
+/// Pauses before a message whose payment is still `pending` is tried again within the same
+/// invocation. The confirmation sends the message just before it commits, so the commit is
+/// normally milliseconds behind; only a slower one costs a redelivery (the visibility timeout).
+pub const RECHECK_PAUSES_MS: [u64; 4] = [50, 150, 400, 1000];
 
 /// Settles every message of a batch and reports the ones to deliver again. A message that can
 /// never settle (malformed, unknown payment) is reported too: after 5 receives the queue's redrive
 /// policy moves it to the dead-letter queue, where an operator looks at it.
 pub async fn settle_batch<L: Ledger>(ledger: &L, event: SqsEvent) -> SqsBatchResponse {
+    settle_batch_with(ledger, event, &RECHECK_PAUSES_MS).await
+}
+
+/// [`settle_batch`] with its own pauses before a pending payment is checked again.
+pub async fn settle_batch_with<L: Ledger>(
+    ledger: &L,
+    event: SqsEvent,
+    recheck_pauses_ms: &[u64],
+) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
@@ -20,7 +34,9 @@ pub async fn settle_batch<L: Ledger>(ledger: &L, event: SqsEvent) -> SqsBatchRes
             payment_id = tracing::field::Empty,
             unique_code_hash = tracing::field::Empty,
         );
-        let outcome = settle_one(ledger, &record).instrument(span.clone()).await;
+        let outcome = settle_one(ledger, &record, recheck_pauses_ms)
+            .instrument(span.clone())
+            .await;
         let _in_span = span.enter();
         if let Err(e) = outcome {
             if e.is_retryable() {
@@ -34,20 +50,51 @@ pub async fn settle_batch<L: Ledger>(ledger: &L, event: SqsEvent) -> SqsBatchRes
     response
 }
 
-async fn settle_one<L: Ledger>(ledger: &L, record: &SqsMessage) -> Result<(), DomainError> {
+async fn settle_one<L: Ledger>(
+    ledger: &L,
+    record: &SqsMessage,
+    recheck_pauses_ms: &[u64],
+) -> Result<(), DomainError> {
     let body = record.body.as_deref().unwrap_or("");
     let message: SettlementMessage = serde_json::from_str(body)
         .map_err(|e| DomainError::InvalidRequest(format!("settlement message: {e}")))?;
     let span = tracing::Span::current();
     span.record("payment_id", tracing::field::display(&message.payment_id));
     span.record("unique_code_hash", message.unique_code.log_hash());
-    match ledger.settle(&message, Timestamp::now()).await? {
-        Settlement::Settled => {
-            tracing::info!(outcome = "settled")
-        }
-        Settlement::AlreadySettled => {
-            tracing::info!(outcome = "duplicate_delivery")
+    let mut pauses = recheck_pauses_ms.iter();
+    loop {
+        let now = Timestamp::now();
+        match ledger.settle(&message, now).await? {
+            Settlement::Settled => {
+                tracing::info!(outcome = "settled");
+                return Ok(());
+            }
+            Settlement::AlreadySettled => {
+                tracing::info!(outcome = "duplicate_delivery");
+                return Ok(());
+            }
+            // Its confirmation may still be committing: look again shortly, then let the
+            // queue deliver it again.
+            Settlement::NotConfirmed(PaymentStatus::Pending) if !message.is_orphan_at(now) => {
+                match pauses.next() {
+                    Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(*ms)).await,
+                    None => {
+                        return Err(DomainError::Unavailable(
+                            "payment not confirmed yet".into(),
+                        ));
+                    }
+                }
+            }
+            // The confirmation that sent it never committed (lost a race, failed, or died
+            // before its commit): nothing to settle, and nothing to retry.
+            Settlement::NotConfirmed(status) => {
+                tracing::info!(
+                    outcome = "orphan_message",
+                    status = status.as_str(),
+                    "settlement message of a confirmation that never committed; dropped"
+                );
+                return Ok(());
+            }
         }
     }
-    Ok(())
 }

@@ -7,10 +7,6 @@ use twochan_domain::{DomainError, crypto::IssuerKeys};
 
 /// Pending lifetime of a payment when `PENDING_TTL_SECONDS` is not set.
 pub const DEFAULT_PENDING_TTL_SECONDS: i64 = 120;
-/// See `twochan_api::reconcile`: confirmed this long without settlement means a lost message.
-/// Above the queue's own redeliveries (visibility timeout 60 s x 5 receives), so a message that
-/// SQS is still retrying is not sent a second time.
-pub const DEFAULT_RECONCILE_AFTER_SECONDS: i64 = 600;
 
 /// The SDK clients every function shares.
 #[derive(Clone, Debug)]
@@ -66,8 +62,6 @@ pub struct Settings {
     /// `ISSUER_MASTER_KEY_PARAMETER`: an SSM SecureString holding them (AWS); wins when set.
     pub issuer_keys_parameter: Option<String>,
     pub pending_ttl_seconds: i64,
-    /// How long a payment may stay `confirmed` before the reconciler sends its message again.
-    pub reconcile_after_seconds: i64,
 }
 
 /// An optional integer setting within `range`; anything else is a configuration error.
@@ -112,19 +106,12 @@ impl Settings {
             DEFAULT_PENDING_TTL_SECONDS,
             1..=86_400,
         )?;
-        let reconcile_after_seconds = bounded(
-            &get,
-            "RECONCILE_AFTER_SECONDS",
-            DEFAULT_RECONCILE_AFTER_SECONDS,
-            0..=86_400,
-        )?;
         Ok(Self {
             table_name,
             settlement_queue_url: get("SETTLEMENT_QUEUE_URL").filter(|s| !s.is_empty()),
             issuer_keys,
             issuer_keys_parameter: get("ISSUER_MASTER_KEY_PARAMETER").filter(|s| !s.is_empty()),
             pending_ttl_seconds,
-            reconcile_after_seconds,
         })
     }
 
@@ -157,14 +144,6 @@ mod tests {
         let s = Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("PENDING_TTL_SECONDS", "3")]))
             .unwrap();
         assert_eq!(s.pending_ttl_seconds, 3);
-        assert_eq!(s.reconcile_after_seconds, 600);
-        assert!(
-            Settings::from_lookup(lookup(&[
-                ("TABLE_NAME", "t"),
-                ("RECONCILE_AFTER_SECONDS", "-1")
-            ]))
-            .is_err()
-        );
         assert!(
             Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("PENDING_TTL_SECONDS", "0")]))
                 .is_err()

@@ -6,36 +6,30 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::{
     Client,
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
-    types::{
-        AttributeValue, Delete, KeysAndAttributes, Put, ReturnValuesOnConditionCheckFailure,
-        TransactWriteItem, Update,
-    },
+    types::{AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
 use twochan_domain::{
-    Currency, DomainError, IdempotencyKey, MerchantId, Payment, PaymentId, PaymentStatus, Result,
+    Currency, DomainError, MerchantId, Payment, PaymentId, PaymentSlot, PaymentStatus, Result,
     TerminalId, Timestamp, UniqueCode,
-    crypto::{SecretHash, fill_random, sha256_hex},
+    crypto::SecretHash,
     ports::{
-        Balance, Confirmation, Device, Devices, Directory, Idempotency, IdempotencyClaim,
-        IdempotencyRecord, Ledger, Payments, Registration, Settlement, SettlementMessage,
-        StoredResponse, TerminalSession, Write, WrongCode,
+        Balance, Confirmation, Device, Devices, Directory, Ledger, Payments, Registration,
+        Settlement, SettlementMessage, SlotRecord, StoredResponse, TerminalSession, Write,
+        WrongCode,
     },
 };
 
 use crate::items::*;
 
-/// How long a request may hold an idempotency key before another may take it over. Longer than
-/// any function timeout, so a live request never loses its key.
-pub const IDEMPOTENCY_LEASE_MS: i64 = 30_000;
-/// How long a response is replayed under its idempotency key.
-pub const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// Keys per `BatchGetItem` request (the service's limit).
+const BATCH_GET_LIMIT: usize = 100;
 
 /// The conditions, named. Attribute names are literal because none is a reserved word except
-/// `status`, `state` and `ttl`, which go through `#status`, `#state` placeholders.
+/// `status`, which goes through the `#status` placeholder.
 mod cond {
-    /// A key (device, token, payment, ledger entry) that must not exist yet.
+    /// A key (token, api key, payment slot) that must not exist yet.
     pub const NEW_ITEM: &str = "attribute_not_exists(pk)";
     /// A device free to register: unknown, or known (with its counter) but deregistered.
     pub const DEVICE_UNREGISTERED: &str = "attribute_not_exists(terminal_id)";
@@ -76,15 +70,12 @@ mod cond {
     pub const COUNTER_UNCHANGED: &str = "pending_payment_id = :held AND last_counter = :prev \
          AND (attribute_not_exists(failed_auth) OR failed_auth = :seen_failures)";
     /// Settlement: confirmed, and the message describes this very payment.
-    pub const PAYMENT_SETTLEABLE: &str = "#status = :confirmed AND merchant_id = :merchant \
-         AND amount = :amount AND currency = :currency AND unique_code = :code";
-    /// An idempotency key is free: never used, its 24 h are over, or its holder's lease lapsed on
-    /// the same request.
-    pub const IDEMPOTENCY_FREE: &str = "attribute_not_exists(pk) OR expires_at < :now \
-         OR (#state = :in_flight AND lease_expires_at < :now AND fingerprint = :fingerprint)";
-    /// Only the lease holder completes or releases a key.
-    pub const IDEMPOTENCY_HELD: &str = "#state = :in_flight AND lease = :lease";
+    pub const PAYMENT_SETTLEABLE: &str = "#status = :confirmed AND payment_id = :payment \
+         AND merchant_id = :merchant AND amount = :amount AND currency = :currency \
+         AND unique_code = :code";
 }
+
+type RawItem = HashMap<String, AttributeValue>;
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -180,57 +171,128 @@ impl DynamoStore {
         out.item.map(parse_item).transpose()
     }
 
-    /// Two items in one request (BatchGetItem, strongly consistent): a request saved on the hot
-    /// paths, which each need an item keyed by the caller and one keyed by the request.
-    async fn get_two<A: DeserializeOwned, B: DeserializeOwned>(
+    /// Items by key (BatchGetItem, strongly consistent), in no particular order. The hot paths
+    /// each need an item keyed by the caller and one keyed by the request: one round trip.
+    async fn get_many(
+        &self,
+        keys: Vec<RawItem>,
+    ) -> Result<Vec<RawItem>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_GET_LIMIT) {
+            let mut wanted = chunk.to_vec();
+            // Keys left unprocessed (throttling) are asked for again after a short pause.
+            for pause_ms in [0, 25, 100] {
+                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut wanted)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(build_err)?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("BatchGetItem", e))?;
+                found.extend(
+                    out.responses
+                        .and_then(|mut r| r.remove(&self.table))
+                        .unwrap_or_default(),
+                );
+                wanted = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if wanted.is_empty() {
+                    break;
+                }
+            }
+            if !wanted.is_empty() {
+                return Err(DomainError::Unavailable(
+                    "BatchGetItem left keys unprocessed".into(),
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Two items in one request, raw.
+    async fn get_two(
         &self,
         a: (String, &str),
         b: (String, &str),
-    ) -> Result<(Option<A>, Option<B>)> {
+    ) -> Result<(Option<RawItem>, Option<RawItem>)> {
         let (key_a, key_b) = (key(a.0, a.1), key(b.0, b.1));
-        let mut wanted = vec![key_a.clone(), key_b.clone()];
         let (mut found_a, mut found_b) = (None, None);
-        // Keys left unprocessed (throttling) are asked for again after a short pause.
-        for pause_ms in [0, 25, 100] {
-            tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
-            let request = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut wanted)))
-                .consistent_read(true)
-                .build()
-                .map_err(build_err)?;
-            let out = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, request)
-                .send()
-                .await
-                .map_err(|e| sdk_error("BatchGetItem", e))?;
-            for item in out
-                .responses
-                .and_then(|mut r| r.remove(&self.table))
-                .unwrap_or_default()
-            {
-                let is = |k: &HashMap<String, AttributeValue>| {
-                    item.get("pk") == k.get("pk") && item.get("sk") == k.get("sk")
-                };
-                if is(&key_a) {
-                    found_a = Some(parse_item(item)?);
-                } else if is(&key_b) {
-                    found_b = Some(parse_item(item)?);
-                }
-            }
-            wanted = out
-                .unprocessed_keys
-                .and_then(|mut u| u.remove(&self.table))
-                .map(|k| k.keys)
-                .unwrap_or_default();
-            if wanted.is_empty() {
-                return Ok((found_a, found_b));
+        for item in self.get_many(vec![key_a.clone(), key_b.clone()]).await? {
+            let is = |k: &HashMap<String, AttributeValue>| {
+                item.get("pk") == k.get("pk") && item.get("sk") == k.get("sk")
+            };
+            if is(&key_a) {
+                found_a = Some(item);
+            } else if is(&key_b) {
+                found_b = Some(item);
             }
         }
-        Err(DomainError::Unavailable(
-            "BatchGetItem left keys unprocessed".into(),
-        ))
+        Ok((found_a, found_b))
+    }
+
+    /// A single conditional write outside a transaction: a failed condition is `Conflict`.
+    fn write_if<T, E, R>(
+        &self,
+        op: &'static str,
+        result: std::result::Result<T, SdkError<E, R>>,
+    ) -> Result<Write>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        match result {
+            Ok(_) => Ok(Write::Applied),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                tracing::info!(operation = op, "condition failed");
+                Ok(Write::Conflict)
+            }
+            Err(e) => Err(sdk_error(op, e)),
+        }
+    }
+
+    /// A conditional `UpdateItem` on its own (not in a transaction).
+    async fn update_if(&self, op: &'static str, spec: UpdateSpec) -> Result<Write> {
+        let mut b = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(spec.key))
+            .update_expression(spec.update)
+            .condition_expression(spec.condition);
+        for (name, value) in spec.values {
+            b = b.expression_attribute_values(name, value);
+        }
+        if spec.condition.contains("#status") {
+            b = b.expression_attribute_names("#status", "status");
+        }
+        let result = b.send().await;
+        self.write_if(op, result)
+    }
+
+    /// A `PutItem` of an item whose key must be new.
+    async fn put_if_new(
+        &self,
+        op: &'static str,
+        item: HashMap<String, AttributeValue>,
+    ) -> Result<Write> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(cond::NEW_ITEM)
+            .send()
+            .await;
+        self.write_if(op, result)
     }
 
     fn update_item(&self, spec: UpdateSpec) -> Result<TransactWriteItem> {
@@ -326,13 +388,16 @@ impl Directory for DynamoStore {
         key_hash: &SecretHash,
         code: &UniqueCode,
     ) -> Result<(Option<MerchantId>, Option<Device>)> {
-        let (api_key, device): (Option<ApiKeyItem>, Option<DeviceItem>) = self
+        let (api_key, device) = self
             .get_two(
                 (api_key_pk(key_hash.as_str()), SK_API_KEY),
                 (device_pk(code.as_str()), SK_DEVICE),
             )
             .await?;
+        let device = device.map(parse_item::<DeviceItem>).transpose()?;
         let merchant = api_key
+            .map(parse_item::<ApiKeyItem>)
+            .transpose()?
             .map(|i| {
                 MerchantId::try_from(i.merchant_id)
                     .map_err(|e| DomainError::Internal(format!("stored api key: {e}")))
@@ -419,6 +484,7 @@ impl Devices for DynamoStore {
             (":token", s(reg.token_hash.as_str())),
             (":at", n(reg.registered_at.millis())),
             (":zero", n(0)),
+            (":terminal_pk", s(terminal_gsi_pk(reg.terminal_id.as_str()))),
         ];
         let condition = match previous {
             None => cond::DEVICE_UNREGISTERED,
@@ -430,9 +496,11 @@ impl Devices for DynamoStore {
         let mut items = vec![
             self.update_item(UpdateSpec {
                 key: key(device_pk(code.as_str()), SK_DEVICE),
+                // Into the terminal's keys-only index: the one index write of a device, here.
                 update: "SET unique_code = :code, terminal_id = :terminal, token_hash = :token, \
                          registered_at = :at, last_counter = if_not_exists(last_counter, :zero), \
-                         failed_auth = if_not_exists(failed_auth, :zero)"
+                         failed_auth = if_not_exists(failed_auth, :zero), \
+                         gsi1pk = :terminal_pk, gsi1sk = :code"
                     .into(),
                 condition,
                 values,
@@ -461,7 +529,7 @@ impl Devices for DynamoStore {
             self.update_item(UpdateSpec {
                 key: key(device_pk(device.unique_code.as_str()), SK_DEVICE),
                 update: "REMOVE terminal_id, token_hash, registered_at, pending_payment_id, \
-                         pending_expires_at"
+                         pending_expires_at, gsi1pk, gsi1sk"
                     .into(),
                 condition,
                 values,
@@ -476,8 +544,8 @@ impl Devices for DynamoStore {
                 PaymentStatus::Canceled
             };
             items.push(self.update_item(UpdateSpec {
-                key: key(payment_pk(held.as_str()), SK_PAYMENT),
-                update: "SET #status = :to REMOVE gsi1pk, gsi1sk".into(),
+                key: key(payment_pk(held), SK_PAYMENT),
+                update: "SET #status = :to".into(),
                 condition: cond::PAYMENT_PENDING,
                 values: vec![(":pending", s("pending")), (":to", s(to.as_str()))],
             })?);
@@ -488,8 +556,8 @@ impl Devices for DynamoStore {
 
 impl Payments for DynamoStore {
     async fn payment(&self, id: &PaymentId) -> Result<Option<Payment>> {
-        let item: Option<PaymentItem> = self.get(payment_pk(id.as_str()), SK_PAYMENT).await?;
-        item.map(Payment::try_from).transpose()
+        let item = self.get_raw(payment_pk(id), SK_PAYMENT).await?;
+        payment_in(item, id)
     }
 
     async fn payment_and_device(
@@ -497,64 +565,95 @@ impl Payments for DynamoStore {
         id: &PaymentId,
         code: &UniqueCode,
     ) -> Result<(Option<Payment>, Option<Device>)> {
-        let (payment, device): (Option<PaymentItem>, Option<DeviceItem>) = self
+        let (payment, device) = self
             .get_two(
-                (payment_pk(id.as_str()), SK_PAYMENT),
+                (payment_pk(id), SK_PAYMENT),
                 (device_pk(code.as_str()), SK_DEVICE),
             )
             .await?;
+        let device = device.map(parse_item::<DeviceItem>).transpose()?;
         Ok((
-            payment.map(Payment::try_from).transpose()?,
+            payment_in(payment, id)?,
             device.map(Device::try_from).transpose()?,
         ))
     }
 
-    async fn create(
-        &self,
-        payment: &Payment,
-        seen: &Device,
-        idempotency: Option<IdempotencyRecord<'_>>,
-    ) -> Result<Write> {
-        let now = Timestamp::now();
+    async fn slot(&self, slot: &PaymentSlot) -> Result<Option<SlotRecord>> {
+        self.get_raw(slot_pk(slot), SK_PAYMENT)
+            .await?
+            .map(slot_record)
+            .transpose()
+    }
+
+    async fn lock_device(&self, payment: &Payment, seen: &Device) -> Result<Write> {
         let mut values = vec![
             (":terminal", s(payment.terminal_id.as_str())),
             (":payment", s(payment.payment_id.as_str())),
             (":lapses", n(payment.expires_at.millis())),
         ];
+        // A lapsed lock is taken over; its payment stays `pending` in the table and every reader
+        // sees it `expired` (its own writes record that when they meet it).
         let condition = match &seen.pending {
             None => cond::LOCK_FREE,
             Some((held, _)) => {
                 values.push((":held", s(held.as_str())));
-                values.push((":now", n(now.millis())));
+                values.push((":now", n(Timestamp::now().millis())));
                 cond::LOCK_LAPSED
             }
         };
-        let mut items = vec![
-            self.put_new(item_of(&PaymentItem::from(payment))?)?,
-            self.update_item(UpdateSpec {
+        self.update_if(
+            "UpdateItem(lock_device)",
+            UpdateSpec {
                 key: key(device_pk(payment.unique_code.as_str()), SK_DEVICE),
                 update: "SET pending_payment_id = :payment, pending_expires_at = :lapses".into(),
                 condition,
                 values,
-            })?,
-        ];
-        if let Some((held, _)) = &seen.pending {
-            items.push(self.update_item(UpdateSpec {
-                key: key(payment_pk(held.as_str()), SK_PAYMENT),
-                update: "SET #status = :expired REMOVE gsi1pk, gsi1sk".into(),
-                condition: cond::PAYMENT_PENDING,
-                values: vec![(":pending", s("pending")), (":expired", s("expired"))],
-            })?);
-        }
-        if let Some(record) = idempotency {
-            items.push(self.complete_item(record)?);
-        }
-        self.transact("TransactWriteItems(create_payment)", items)
-            .await
+            },
+        )
+        .await
+    }
+
+    async fn put_payment(&self, payment: &Payment, fingerprint: &str) -> Result<Write> {
+        let item = item_of(&PaymentItem::new(payment, fingerprint))?;
+        self.put_if_new("PutItem(payment)", item).await
+    }
+
+    async fn release_lock(&self, code: &UniqueCode, payment: &PaymentId) -> Result<()> {
+        self.update_if(
+            "UpdateItem(release_lock)",
+            UpdateSpec {
+                key: key(device_pk(code.as_str()), SK_DEVICE),
+                update: "REMOVE pending_payment_id, pending_expires_at".into(),
+                condition: cond::LOCK_HELD_BY,
+                values: vec![(":held", s(payment.as_str()))],
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn record_rejection(
+        &self,
+        slot: &PaymentSlot,
+        fingerprint: &str,
+        response: &StoredResponse,
+        at: Timestamp,
+    ) -> Result<Write> {
+        let item = RejectedItem {
+            pk: slot_pk(slot),
+            sk: SK_PAYMENT.into(),
+            request_fingerprint: fingerprint.into(),
+            rejected_status: response.status,
+            rejected_body: response.body.clone(),
+            rejected_at: at.millis(),
+        };
+        self.put_if_new("PutItem(rejection)", item_of(&item)?).await
     }
 
     async fn pending_for_terminal(&self, terminal: &TerminalId) -> Result<Vec<Payment>> {
-        let mut out = Vec::new();
+        // The terminal's devices (keys only), then the devices, then their pending payments:
+        // three reads, so that no payment ever writes an index.
+        let mut device_keys = Vec::new();
         let mut start = None;
         loop {
             let page = self
@@ -563,23 +662,58 @@ impl Payments for DynamoStore {
                 .table_name(&self.table)
                 .index_name("gsi1")
                 .key_condition_expression("gsi1pk = :pk")
-                .expression_attribute_values(":pk", s(pending_gsi_pk(terminal.as_str())))
-                .scan_index_forward(true)
+                .expression_attribute_values(":pk", s(terminal_gsi_pk(terminal.as_str())))
                 .set_exclusive_start_key(start)
                 .send()
                 .await
                 .map_err(|e| sdk_error("Query(gsi1)", e))?;
             for item in page.items.unwrap_or_default() {
-                let p: PaymentItem = parse_item(item)?;
-                out.push(Payment::try_from(p)?);
+                if let (Some(pk), Some(sk)) = (item.get("pk"), item.get("sk")) {
+                    device_keys.push(HashMap::from([
+                        ("pk".to_owned(), pk.clone()),
+                        ("sk".to_owned(), sk.clone()),
+                    ]));
+                }
             }
             start = page.last_evaluated_key;
             if start.is_none() {
                 break;
             }
         }
-        // The index is eventually consistent: drop what has left `pending` since.
-        out.retain(|p| p.status == PaymentStatus::Pending);
+        if device_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut held = Vec::new();
+        for item in self.get_many(device_keys).await? {
+            let device = Device::try_from(parse_item::<DeviceItem>(item)?)?;
+            // The index is eventually consistent: keep only what is still this terminal's.
+            let registered_here = device
+                .registration
+                .as_ref()
+                .is_some_and(|r| r.terminal_id == *terminal);
+            if let (true, Some((payment, _))) = (registered_here, device.pending) {
+                held.push(payment);
+            }
+        }
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = held
+            .iter()
+            .map(|id| key(payment_pk(id), SK_PAYMENT))
+            .collect();
+        let mut out = Vec::new();
+        for item in self.get_many(keys).await? {
+            if let SlotRecord::Payment { payment, .. } = slot_record(item)?
+                && held.contains(&payment.payment_id)
+                && payment.status == PaymentStatus::Pending
+                && payment.terminal_id == *terminal
+            {
+                out.push(payment);
+            }
+        }
+        // Payment ids are ULIDs: sorting by them is sorting by creation time.
+        out.sort_by(|a, b| a.payment_id.as_str().cmp(b.payment_id.as_str()));
         Ok(out)
     }
 
@@ -605,8 +739,8 @@ impl Payments for DynamoStore {
         };
         let items = vec![
             self.update_item(UpdateSpec {
-                key: key(payment_pk(payment.payment_id.as_str()), SK_PAYMENT),
-                update: "SET #status = :to REMOVE gsi1pk, gsi1sk".into(),
+                key: key(payment_pk(&payment.payment_id), SK_PAYMENT),
+                update: "SET #status = :to".into(),
                 condition,
                 values: vec![
                     (":pending", s("pending")),
@@ -646,7 +780,7 @@ impl Payments for DynamoStore {
             payment_values.push((":failed", s("failed")));
             device_values.push((":held", s(p.payment_id.as_str())));
             (
-                "SET #status = :failed, failed_attempts = :attempts REMOVE gsi1pk, gsi1sk",
+                "SET #status = :failed, failed_attempts = :attempts",
                 format!(
                     "SET {} REMOVE pending_payment_id, pending_expires_at",
                     device_set.join(", ")
@@ -662,7 +796,7 @@ impl Payments for DynamoStore {
         };
         let items = vec![
             self.update_item(UpdateSpec {
-                key: key(payment_pk(p.payment_id.as_str()), SK_PAYMENT),
+                key: key(payment_pk(&p.payment_id), SK_PAYMENT),
                 update: payment_update.into(),
                 condition: cond::PAYMENT_PENDING_ATTEMPTS,
                 values: payment_values,
@@ -681,12 +815,9 @@ impl Payments for DynamoStore {
         let p = c.payment;
         let items = vec![
             self.update_item(UpdateSpec {
-                key: key(payment_pk(p.payment_id.as_str()), SK_PAYMENT),
-                // Into the index of confirmed payments, where the reconciler looks for lost messages.
-                update:
-                    "SET #status = :confirmed, confirmed_at = :at, confirmation = :fingerprint, \
-                         gsi1pk = :gsi_pk, gsi1sk = :gsi_sk"
-                        .into(),
+                key: key(payment_pk(&p.payment_id), SK_PAYMENT),
+                update: "SET #status = :confirmed, confirmed_at = :at, confirmation = :fingerprint"
+                    .into(),
                 condition: cond::PAYMENT_PENDING_ATTEMPTS,
                 values: vec![
                     (":pending", s("pending")),
@@ -695,14 +826,6 @@ impl Payments for DynamoStore {
                     (":now", n(c.at.millis())),
                     (":at", n(c.at.truncated_to_second().millis())),
                     (":fingerprint", s(c.fingerprint.clone())),
-                    (
-                        ":gsi_pk",
-                        s(confirmed_gsi_pk(confirmed_shard(p.payment_id.as_str()))),
-                    ),
-                    (
-                        ":gsi_sk",
-                        s(confirmed_gsi_sk(c.at.millis(), p.payment_id.as_str())),
-                    ),
                 ],
             })?,
             self.update_item(UpdateSpec {
@@ -722,251 +845,32 @@ impl Payments for DynamoStore {
         ];
         self.transact("TransactWriteItems(confirm)", items).await
     }
-
-    async fn stale_confirmed(&self, before: Timestamp, limit: usize) -> Result<Vec<Payment>> {
-        let mut out = Vec::new();
-        // An equal share per shard, so a backlog in one cannot starve the others.
-        let per_shard = limit.div_ceil(usize::from(CONFIRMED_SHARDS));
-        for shard in 0..CONFIRMED_SHARDS {
-            let mut start = None;
-            let mut taken = 0;
-            loop {
-                let want = per_shard.saturating_sub(taken);
-                if want == 0 {
-                    break;
-                }
-                let page = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name("gsi1")
-                    .key_condition_expression("gsi1pk = :pk AND gsi1sk < :before")
-                    .expression_attribute_values(":pk", s(confirmed_gsi_pk(shard)))
-                    .expression_attribute_values(
-                        ":before",
-                        s(confirmed_gsi_sk(before.millis(), "")),
-                    )
-                    .limit(i32::try_from(want).unwrap_or(i32::MAX))
-                    .set_exclusive_start_key(start)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_error("Query(gsi1 confirmed)", e))?;
-                for item in page.items.unwrap_or_default() {
-                    let p = Payment::try_from(parse_item::<PaymentItem>(item)?)?;
-                    taken += 1;
-                    // The index is eventually consistent: it may still list a settled payment.
-                    if p.status == PaymentStatus::Confirmed {
-                        out.push(p);
-                    }
-                }
-                start = page.last_evaluated_key;
-                if start.is_none() {
-                    break;
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-impl DynamoStore {
-    fn complete_item(&self, record: IdempotencyRecord<'_>) -> Result<TransactWriteItem> {
-        let b = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                idempotency_pk(
-                    record.merchant_id.as_str(),
-                    &sha256_hex(record.key.as_str().as_bytes()),
-                ),
-                SK_IDEMPOTENCY,
-            )))
-            .update_expression(
-                "SET #state = :done, response_status = :status, response_body = :body \
-                 REMOVE lease, lease_expires_at",
-            )
-            .condition_expression(cond::IDEMPOTENCY_HELD)
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":done", s("done"))
-            .expression_attribute_values(":in_flight", s("in_flight"))
-            .expression_attribute_values(":lease", s(record.lease))
-            .expression_attribute_values(":status", n(record.response.status))
-            .expression_attribute_values(":body", s(record.response.body));
-        Ok(TransactWriteItem::builder()
-            .update(b.build().map_err(build_err)?)
-            .build())
-    }
-}
-
-impl Idempotency for DynamoStore {
-    async fn claim(
-        &self,
-        merchant: &MerchantId,
-        idem_key: &IdempotencyKey,
-        fingerprint: &str,
-        now: Timestamp,
-    ) -> Result<IdempotencyClaim> {
-        let mut lease = [0u8; 16];
-        fill_random(&mut lease);
-        let lease = hex_lease(&lease);
-        let expires_at = now.millis() + IDEMPOTENCY_WINDOW_MS;
-        let item = IdempotencyItem {
-            pk: idempotency_pk(merchant.as_str(), &sha256_hex(idem_key.as_str().as_bytes())),
-            sk: SK_IDEMPOTENCY.into(),
-            fingerprint: fingerprint.into(),
-            state: "in_flight".into(),
-            lease: Some(lease.clone()),
-            lease_expires_at: Some(now.millis() + IDEMPOTENCY_LEASE_MS),
-            response_status: None,
-            response_body: None,
-            expires_at,
-            ttl: expires_at / 1000,
-        };
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item_of(&item)?))
-            .condition_expression(cond::IDEMPOTENCY_FREE)
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":now", n(now.millis()))
-            .expression_attribute_values(":in_flight", s("in_flight"))
-            .expression_attribute_values(":fingerprint", s(fingerprint))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        let old = match result {
-            Ok(_) => return Ok(IdempotencyClaim::Claimed { lease }),
-            Err(e) => match e.as_service_error() {
-                Some(se) if se.is_conditional_check_failed_exception() => {
-                    let returned = match se {
-                        aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => c.item.clone(),
-                        _ => None,
-                    };
-                    match returned {
-                        Some(item) => parse_item::<IdempotencyItem>(item)?,
-                        // Not every emulator returns the old item: read it.
-                        None => match self
-                            .get::<IdempotencyItem>(item.pk.clone(), SK_IDEMPOTENCY)
-                            .await?
-                        {
-                            Some(old) => old,
-                            None => {
-                                return Err(DomainError::Unavailable(
-                                    "idempotency key vanished; retry".into(),
-                                ));
-                            }
-                        },
-                    }
-                }
-                _ => return Err(sdk_error("PutItem(idempotency)", e)),
-            },
-        };
-        let live_lease =
-            old.state == "in_flight" && old.lease_expires_at.is_some_and(|t| t >= now.millis());
-        Ok(if live_lease {
-            // Whatever its body, a request must wait for the one holding the key.
-            IdempotencyClaim::InFlight
-        } else if old.fingerprint != fingerprint {
-            IdempotencyClaim::Mismatch
-        } else if old.state == "done" {
-            match (old.response_status, old.response_body) {
-                (Some(status), Some(body)) => {
-                    IdempotencyClaim::Replay(StoredResponse { status, body })
-                }
-                _ => {
-                    return Err(DomainError::Internal(
-                        "idempotency record without response".into(),
-                    ));
-                }
-            }
-        } else {
-            IdempotencyClaim::InFlight
-        })
-    }
-
-    async fn complete(&self, record: IdempotencyRecord<'_>) -> Result<()> {
-        let item = self.complete_item(record)?;
-        match self
-            .transact("TransactWriteItems(idempotency_complete)", vec![item])
-            .await?
-        {
-            Write::Applied => Ok(()),
-            // The lease lapsed and another request took the key: its answer stands.
-            Write::Conflict => {
-                tracing::warn!("idempotency lease lost before completion");
-                Ok(())
-            }
-        }
-    }
-
-    async fn release(
-        &self,
-        merchant: &MerchantId,
-        idem_key: &IdempotencyKey,
-        lease: &str,
-    ) -> Result<()> {
-        let result = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key(
-                idempotency_pk(merchant.as_str(), &sha256_hex(idem_key.as_str().as_bytes())),
-                SK_IDEMPOTENCY,
-            )))
-            .condition_expression(cond::IDEMPOTENCY_HELD)
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":in_flight", s("in_flight"))
-            .expression_attribute_values(":lease", s(lease))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error("DeleteItem(idempotency)", e)),
-        }
-    }
-}
-
-fn hex_lease(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Ledger for DynamoStore {
     async fn settle(&self, m: &SettlementMessage, at: Timestamp) -> Result<Settlement> {
-        let entry = |sk: &str, account: String, direction: &str| LedgerEntryItem {
-            pk: ledger_pk(m.payment_id.as_str()),
-            sk: sk.into(),
-            payment_id: m.payment_id.to_string(),
-            account,
-            direction: direction.into(),
-            amount: m.amount.minor_units(),
-            currency: m.currency.code().into(),
-            posted_at: at.millis(),
-        };
-        let credit = entry(SK_CREDIT, format!("merchant:{}", m.merchant_id), "credit");
-        let debit = entry(SK_DEBIT, format!("device:{}", m.unique_code), "debit");
         let items = vec![
+            // The settled payment carries its journal entry's two legs: one item, so that
+            // settling writes two items (payment and balance), not four.
             self.update_item(UpdateSpec {
-                key: key(payment_pk(m.payment_id.as_str()), SK_PAYMENT),
-                update: "SET #status = :settled, settled_at = :at REMOVE gsi1pk, gsi1sk".into(),
+                key: key(payment_pk(&m.payment_id), SK_PAYMENT),
+                update: "SET #status = :settled, settled_at = :at, credit_account = :credit, \
+                         debit_account = :debit"
+                    .into(),
                 condition: cond::PAYMENT_SETTLEABLE,
                 values: vec![
                     (":confirmed", s("confirmed")),
                     (":settled", s("settled")),
                     (":at", n(at.truncated_to_second().millis())),
+                    (":payment", s(m.payment_id.as_str())),
                     (":merchant", s(m.merchant_id.as_str())),
                     (":amount", n(m.amount.minor_units())),
                     (":currency", s(m.currency.code())),
                     (":code", s(m.unique_code.as_str())),
+                    (":credit", s(format!("merchant:{}", m.merchant_id))),
+                    (":debit", s(format!("device:{}", m.unique_code))),
                 ],
             })?,
-            self.put_new(item_of(&credit)?)?,
-            self.put_new(item_of(&debit)?)?,
             {
                 let b = Update::builder()
                     .table_name(&self.table)
@@ -988,21 +892,16 @@ impl Ledger for DynamoStore {
         match self.transact("TransactWriteItems(settle)", items).await? {
             Write::Applied => Ok(Settlement::Settled),
             Write::Conflict => match self.payment(&m.payment_id).await? {
+                Some(p) if !m.describes(&p) => Err(DomainError::InvalidRequest(format!(
+                    "settlement message does not match payment {}",
+                    p.payment_id
+                ))),
                 Some(p) if p.status == PaymentStatus::Settled => Ok(Settlement::AlreadySettled),
                 // Confirmed but another delivery's transaction was in the way: try again later.
-                Some(p)
-                    if p.status == PaymentStatus::Confirmed
-                        && SettlementMessage::for_payment(&p) == *m =>
-                {
-                    Err(DomainError::Unavailable(
-                        "settlement raced another delivery".into(),
-                    ))
-                }
-                Some(p) => Err(DomainError::InvalidRequest(format!(
-                    "payment {} is {} or does not match the message",
-                    p.payment_id,
-                    p.status.as_str()
-                ))),
+                Some(p) if p.status == PaymentStatus::Confirmed => Err(DomainError::Unavailable(
+                    "settlement raced another delivery".into(),
+                )),
+                Some(p) => Ok(Settlement::NotConfirmed(p.status)),
                 None => Err(DomainError::NotFound),
             },
         }
@@ -1035,30 +934,79 @@ impl Ledger for DynamoStore {
     }
 }
 
-/// Test and operator access to raw items (ledger entries), kept out of the ports on purpose.
+/// Test and operator access to raw items (journal legs), kept out of the ports on purpose.
 impl DynamoStore {
-    /// The ledger entries of one payment: `(direction, account, amount, currency)`.
+    /// The journal entry of one settled payment: `(direction, account, amount, currency)` per leg.
     pub async fn ledger_entries(
         &self,
         payment: &PaymentId,
     ) -> Result<Vec<(String, String, u64, String)>> {
+        let Some(item) = self.get_raw(payment_pk(payment), SK_PAYMENT).await? else {
+            return Ok(Vec::new());
+        };
+        let p: PaymentItem = parse_item(item)?;
+        if p.payment_id != payment.as_str() {
+            return Ok(Vec::new());
+        }
+        let leg = |direction: &str, account: Option<String>| {
+            account.map(|a| (direction.to_owned(), a, p.amount, p.currency.clone()))
+        };
+        Ok([
+            leg("credit", p.credit_account.clone()),
+            leg("debit", p.debit_account.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect())
+    }
+
+    async fn get_raw(
+        &self,
+        pk: String,
+        sk: &str,
+    ) -> Result<Option<RawItem>> {
         let out = self
             .client
-            .query()
+            .get_item()
             .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(ledger_pk(payment.as_str())))
+            .set_key(Some(key(pk, sk)))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| sdk_error("Query(ledger)", e))?;
-        out.items
-            .unwrap_or_default()
-            .into_iter()
-            .map(|item| {
-                let e: LedgerEntryItem = parse_item(item)?;
-                Ok((e.direction, e.account, e.amount, e.currency))
-            })
-            .collect()
+            .map_err(|e| sdk_error("GetItem", e))?;
+        Ok(out.item)
     }
+}
+
+/// What a payment slot's item is: a payment, or a kept final error.
+fn slot_record(item: HashMap<String, AttributeValue>) -> Result<SlotRecord> {
+    if item.contains_key("rejected_status") {
+        let r: RejectedItem = parse_item(item)?;
+        Ok(SlotRecord::Rejected {
+            fingerprint: r.request_fingerprint,
+            response: StoredResponse {
+                status: r.rejected_status,
+                body: r.rejected_body,
+            },
+        })
+    } else {
+        let p: PaymentItem = parse_item(item)?;
+        let fingerprint = p.request_fingerprint.clone();
+        Ok(SlotRecord::Payment {
+            payment: Payment::try_from(p)?,
+            fingerprint,
+        })
+    }
+}
+
+/// The payment `id`, if the slot item is that payment (not a kept error, and not another
+/// payment whose id merely shares the random part).
+fn payment_in(
+    item: Option<HashMap<String, AttributeValue>>,
+    id: &PaymentId,
+) -> Result<Option<Payment>> {
+    Ok(match item.map(slot_record).transpose()? {
+        Some(SlotRecord::Payment { payment, .. }) if payment.payment_id == *id => Some(payment),
+        _ => None,
+    })
 }

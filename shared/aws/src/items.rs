@@ -1,12 +1,12 @@
 //! DynamoDB item shapes, kept apart from domain types and converted at the boundary.
 //!
-//! One table, string keys `pk`/`sk`, one sparse overloaded index `gsi1`: pending payments by
-//! terminal, and confirmed payments by confirmation time (for the reconciler).
+//! One table, string keys `pk`/`sk`, one sparse keys-only index `gsi1`: the devices of a
+//! terminal. Only registration writes it, so a payment never pays for an index write.
 //! See docs/DATA_MODEL.md for the access patterns.
 
 use serde::{Deserialize, Serialize};
 use twochan_domain::{
-    Counter, DomainError, Payment, PaymentStatus, Timestamp,
+    Counter, DomainError, Payment, PaymentId, PaymentSlot, PaymentStatus, Timestamp,
     crypto::SecretHash,
     ports::{Device, Registration, TerminalSession},
 };
@@ -23,31 +23,15 @@ pub fn token_pk(hash: &str) -> String {
 pub fn device_pk(code: &str) -> String {
     format!("DEVICE#{code}")
 }
-pub fn payment_pk(id: &str) -> String {
-    format!("PAYMENT#{id}")
+/// A payment lives in its slot (the merchant's idempotency key): its id's random part.
+pub fn slot_pk(slot: &PaymentSlot) -> String {
+    format!("PAYMENT#{}", slot.key())
 }
-pub fn ledger_pk(payment_id: &str) -> String {
-    format!("LEDGER#{payment_id}")
+pub fn payment_pk(id: &PaymentId) -> String {
+    slot_pk(&id.slot())
 }
-pub fn pending_gsi_pk(terminal: &str) -> String {
-    format!("PENDING#{terminal}")
-}
-/// Confirmed payments are spread over this many index partitions, so that no single partition
-/// takes every confirmation's write.
-pub const CONFIRMED_SHARDS: u8 = 8;
-pub fn confirmed_gsi_pk(shard: u8) -> String {
-    format!("CONFIRMED#{shard}")
-}
-/// The shard of a payment: from the last (random) character of its ULID.
-pub fn confirmed_shard(payment_id: &str) -> u8 {
-    payment_id.bytes().last().unwrap_or(0) % CONFIRMED_SHARDS
-}
-/// Sorts by confirmation time (zero-padded milliseconds), then payment id.
-pub fn confirmed_gsi_sk(confirmed_at_ms: i64, payment_id: &str) -> String {
-    format!("{confirmed_at_ms:015}#{payment_id}")
-}
-pub fn idempotency_pk(merchant: &str, key_hash: &str) -> String {
-    format!("IDEM#{merchant}#{key_hash}")
+pub fn terminal_gsi_pk(terminal: &str) -> String {
+    format!("TERMINAL#{terminal}")
 }
 pub fn balance_sk(currency: &str) -> String {
     format!("BALANCE#{currency}")
@@ -58,9 +42,6 @@ pub const SK_API_KEY: &str = "APIKEY";
 pub const SK_TOKEN: &str = "TOKEN";
 pub const SK_DEVICE: &str = "DEVICE";
 pub const SK_PAYMENT: &str = "PAYMENT";
-pub const SK_IDEMPOTENCY: &str = "IDEM";
-pub const SK_CREDIT: &str = "CREDIT";
-pub const SK_DEBIT: &str = "DEBIT";
 pub const BALANCE_PREFIX: &str = "BALANCE#";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> DomainError {
@@ -123,6 +104,11 @@ pub struct DeviceItem {
     pub failed_auth: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_until: Option<i64>,
+    /// `TERMINAL#<terminal>` while registered: the keys-only index of a terminal's devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi1pk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gsi1sk: Option<String>,
 }
 
 impl TryFrom<DeviceItem> for Device {
@@ -181,18 +167,20 @@ pub struct PaymentItem {
     pub failed_attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmation: Option<String>,
-    /// `PENDING#<terminal>` while pending, `CONFIRMED#<shard>` while confirmed, absent otherwise.
+    /// The fingerprint of the request that created it: what an idempotent retry must match.
+    pub request_fingerprint: String,
+    /// The two legs of the journal entry settlement posts (amount and currency are the
+    /// payment's, the time is `settled_at`): `merchant:<id>` credited, `device:<code>` debited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gsi1pk: Option<String>,
+    pub credit_account: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gsi1sk: Option<String>,
+    pub debit_account: Option<String>,
 }
 
-impl From<&Payment> for PaymentItem {
-    fn from(p: &Payment) -> Self {
-        let pending = p.status == PaymentStatus::Pending;
+impl PaymentItem {
+    pub fn new(p: &Payment, request_fingerprint: &str) -> Self {
         Self {
-            pk: payment_pk(p.payment_id.as_str()),
+            pk: payment_pk(&p.payment_id),
             sk: SK_PAYMENT.into(),
             payment_id: p.payment_id.to_string(),
             status: p.status.as_str().into(),
@@ -210,9 +198,9 @@ impl From<&Payment> for PaymentItem {
             settled_at: p.settled_at.map(Timestamp::millis),
             failed_attempts: p.failed_attempts,
             confirmation: p.confirmation.clone(),
-            gsi1pk: pending.then(|| pending_gsi_pk(p.terminal_id.as_str())),
-            // Payment ids are ULIDs: sorting by them is sorting by creation time.
-            gsi1sk: pending.then(|| p.payment_id.to_string()),
+            request_fingerprint: request_fingerprint.into(),
+            credit_account: None,
+            debit_account: None,
         }
     }
 }
@@ -242,39 +230,16 @@ impl TryFrom<PaymentItem> for Payment {
     }
 }
 
+/// A final error kept under a payment slot, so that a retry with the same key gets it again.
+/// Told apart from a payment by its `rejected_status`.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct IdempotencyItem {
+pub struct RejectedItem {
     pub pk: String,
     pub sk: String,
-    pub fingerprint: String,
-    /// `in_flight` or `done`.
-    pub state: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease_expires_at: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_status: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_body: Option<String>,
-    /// End of the 24 h window (ms); checked in conditions, not left to TTL.
-    pub expires_at: i64,
-    /// DynamoDB TTL attribute (epoch seconds): housekeeping only.
-    pub ttl: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LedgerEntryItem {
-    pub pk: String,
-    pub sk: String,
-    pub payment_id: String,
-    /// `merchant:<merchant_id>` or `device:<unique_code>`.
-    pub account: String,
-    /// `credit` or `debit`.
-    pub direction: String,
-    pub amount: u64,
-    pub currency: String,
-    pub posted_at: i64,
+    pub request_fingerprint: String,
+    pub rejected_status: u16,
+    pub rejected_body: String,
+    pub rejected_at: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

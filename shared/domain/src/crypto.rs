@@ -225,7 +225,11 @@ impl SecretHash {
 
 /// Lowercase hex SHA-256 of `data`, for fingerprints that are not secrets.
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+    hex::encode(sha256(data))
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
 }
 
 /// A bearer secret issued once (merchant API key, terminal token). Only its hash is stored.

@@ -97,8 +97,55 @@ impl PaymentId {
         Self(format!("pay_{ulid}"))
     }
 
+    /// The payment of `slot` requested at `at`: the ULID's time part is `at`, its 80-bit random
+    /// part is the slot. Twin requests (same merchant and key) therefore share where they store.
+    pub fn in_slot(at: crate::Timestamp, slot: &PaymentSlot) -> Self {
+        let ulid = ulid::Ulid::from_parts(at.millis().max(0) as u64, slot.0);
+        Self(format!("pay_{ulid}"))
+    }
+
+    /// The slot the payment is stored under: the ULID's random part.
+    pub fn slot(&self) -> PaymentSlot {
+        let ulid: ulid::Ulid = self.0["pay_".len()..]
+            .parse()
+            .expect("a parsed payment id is a ULID");
+        PaymentSlot(ulid.random())
+    }
+
+    /// The ULID's time part: when the payment was first requested.
+    pub fn requested_at(&self) -> crate::Timestamp {
+        let ulid: ulid::Ulid = self.0["pay_".len()..]
+            .parse()
+            .expect("a parsed payment id is a ULID");
+        crate::Timestamp::from_millis(ulid.timestamp_ms() as i64)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Where a payment request is stored: 80 bits of SHA-256 over its merchant and idempotency key.
+/// A retry, or a concurrent twin, of the same request lands on the same item, so the payment
+/// itself is the idempotency record: no separate write per payment. (Unkeyed on purpose: a
+/// payment id is not a secret, and another merchant would need a second preimage on 80 bits to
+/// occupy a slot; see docs/DATA_MODEL.md.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PaymentSlot(u128);
+
+impl PaymentSlot {
+    pub fn of(merchant: &MerchantId, key: &IdempotencyKey) -> Self {
+        let digest = crate::crypto::sha256(
+            format!("2ch/payment-slot/v1|{}|{}", merchant.as_str(), key.as_str()).as_bytes(),
+        );
+        let mut random = [0u8; 16];
+        random[6..].copy_from_slice(&digest[..10]);
+        Self(u128::from_be_bytes(random))
+    }
+
+    /// The 16 Crockford base-32 characters that end the ULID of its payments.
+    pub fn key(&self) -> String {
+        ulid::Ulid::from_parts(0, self.0).to_string()[10..].to_owned()
     }
 }
 

@@ -16,7 +16,8 @@ pub mod ports;
 pub use clock::Timestamp;
 pub use error::{DomainError, Result};
 pub use ids::{
-    AuthCode, Challenge, Counter, IdempotencyKey, MerchantId, PaymentId, PosId, Reference,
+    AuthCode, Challenge, Counter, IdempotencyKey, MerchantId, PaymentId, PaymentSlot, PosId,
+    Reference,
     TerminalId, UniqueCode,
 };
 pub use money::{Amount, Currency};

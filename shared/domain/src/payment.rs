@@ -115,9 +115,10 @@ pub enum ConfirmGate {
 }
 
 impl Payment {
-    /// A new pending payment.
+    /// A new pending payment; its id's time part is when it was requested.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        payment_id: PaymentId,
         unique_code: UniqueCode,
         terminal_id: TerminalId,
         merchant_id: MerchantId,
@@ -125,12 +126,11 @@ impl Payment {
         amount: Amount,
         currency: Currency,
         reference: Option<Reference>,
-        now: Timestamp,
         pending_ttl_seconds: i64,
     ) -> Self {
-        let created_at = now.truncated_to_second();
+        let created_at = payment_id.requested_at().truncated_to_second();
         Self {
-            payment_id: PaymentId::generate(now),
+            payment_id,
             status: PaymentStatus::Pending,
             unique_code,
             terminal_id,
@@ -146,6 +146,18 @@ impl Payment {
             settled_at: None,
             failed_attempts: 0,
             confirmation: None,
+        }
+    }
+
+    /// The payment as its creation answered it: the body an idempotent replay repeats.
+    pub fn as_created(&self) -> Self {
+        Self {
+            status: PaymentStatus::Pending,
+            confirmed_at: None,
+            settled_at: None,
+            failed_attempts: 0,
+            confirmation: None,
+            ..self.clone()
         }
     }
 
@@ -198,6 +210,7 @@ mod tests {
 
     fn payment(now: Timestamp) -> Payment {
         Payment::new(
+            PaymentId::generate(now),
             UniqueCode::try_from("beacon-0001").unwrap(),
             TerminalId::try_from("phone-alice-01").unwrap(),
             MerchantId::try_from("m_coffee_42").unwrap(),
@@ -205,7 +218,6 @@ mod tests {
             Amount::try_from(450).unwrap(),
             Currency::try_from("KRW").unwrap(),
             None,
-            now,
             120,
         )
     }

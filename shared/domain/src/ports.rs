@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::Timestamp;
 use crate::crypto::SecretHash;
 use crate::error::Result;
-use crate::ids::{Counter, IdempotencyKey, MerchantId, PaymentId, TerminalId, UniqueCode};
+use crate::ids::{Counter, MerchantId, PaymentId, PaymentSlot, TerminalId, UniqueCode};
 use crate::money::{Amount, Currency};
 use crate::payment::{DEVICE_LOCKOUT_SECONDS, DEVICE_MAX_FAILURES, Payment, PaymentStatus};
 
@@ -71,25 +71,19 @@ pub struct StoredResponse {
     pub body: String,
 }
 
-/// The outcome of claiming an idempotency key.
+/// What a payment slot (a merchant's idempotency key) holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdempotencyClaim {
-    /// This request owns the key until it completes or `lease` lapses.
-    Claimed {
-        lease: String,
+pub enum SlotRecord {
+    /// The payment the key created, and the fingerprint of the request that created it.
+    Payment {
+        payment: Payment,
+        fingerprint: String,
     },
-    Replay(StoredResponse),
-    InFlight,
-    Mismatch,
-}
-
-/// An idempotency key held by a request, and the response to record under it.
-#[derive(Debug, Clone)]
-pub struct IdempotencyRecord<'a> {
-    pub merchant_id: &'a MerchantId,
-    pub key: &'a IdempotencyKey,
-    pub lease: &'a str,
-    pub response: StoredResponse,
+    /// A request under the key got a final error (unknown device, busy): the key keeps it.
+    Rejected {
+        fingerprint: String,
+        response: StoredResponse,
+    },
 }
 
 /// What the settlement queue carries: enough to settle without another read.
@@ -101,17 +95,41 @@ pub struct SettlementMessage {
     pub unique_code: UniqueCode,
     pub amount: Amount,
     pub currency: Currency,
+    /// When the confirmation sent it (ms since the epoch). It is sent just *before* the
+    /// confirmation commits, so a message whose payment is still pending long after this was
+    /// never followed by a commit (see [`ORPHAN_AFTER_MS`]).
+    pub sent_at_ms: i64,
 }
 
+/// How long after sending a settlement message its payment may still become confirmed: above
+/// the confirmation function's timeout (10 s) with a wide margin. A message older than this whose
+/// payment is not confirmed is an orphan of a confirmation that never committed.
+pub const ORPHAN_AFTER_MS: i64 = 30_000;
+
 impl SettlementMessage {
-    pub fn for_payment(p: &Payment) -> Self {
+    pub fn for_payment(p: &Payment, sent_at: Timestamp) -> Self {
         Self {
             payment_id: p.payment_id.clone(),
             merchant_id: p.merchant_id.clone(),
             unique_code: p.unique_code.clone(),
             amount: p.amount,
             currency: p.currency,
+            sent_at_ms: sent_at.millis(),
         }
+    }
+
+    /// Whether the message describes `p` (a forged or corrupted one does not).
+    pub fn describes(&self, p: &Payment) -> bool {
+        self.payment_id == p.payment_id
+            && self.merchant_id == p.merchant_id
+            && self.unique_code == p.unique_code
+            && self.amount == p.amount
+            && self.currency == p.currency
+    }
+
+    /// Whether the confirmation that sent it can no longer commit at `now`.
+    pub fn is_orphan_at(&self, now: Timestamp) -> bool {
+        now.millis() - self.sent_at_ms >= ORPHAN_AFTER_MS
     }
 }
 
@@ -120,6 +138,9 @@ pub enum Settlement {
     Settled,
     /// Settled by an earlier delivery; nothing was written.
     AlreadySettled,
+    /// The payment is not confirmed (its status is given): the confirmation that sent the
+    /// message has not committed yet, or never will. Nothing was written.
+    NotConfirmed(PaymentStatus),
 }
 
 /// One currency of a merchant's settled balance.
@@ -207,13 +228,35 @@ pub trait Payments: Send + Sync {
         id: &PaymentId,
         code: &UniqueCode,
     ) -> impl Future<Output = Result<(Option<Payment>, Option<Device>)>> + Send;
-    /// Creates a pending payment and takes its device's lock; `seen` is the device as read, whose
-    /// (lapsed) lock may be taken over. Records `idempotency` in the same transaction.
-    fn create(
+    /// What a payment slot holds, if anything.
+    fn slot(&self, slot: &PaymentSlot) -> impl Future<Output = Result<Option<SlotRecord>>> + Send;
+    /// Takes the device's one-pending-payment lock for `payment`; `seen` is the device as read,
+    /// whose lapsed lock may be taken over. The first of the two writes of a new payment.
+    fn lock_device(
         &self,
         payment: &Payment,
         seen: &Device,
-        idempotency: Option<IdempotencyRecord<'_>>,
+    ) -> impl Future<Output = Result<Write>> + Send;
+    /// Stores a new pending payment in its slot; `Conflict` if the slot already holds something.
+    fn put_payment(
+        &self,
+        payment: &Payment,
+        fingerprint: &str,
+    ) -> impl Future<Output = Result<Write>> + Send;
+    /// Frees a device lock taken for a payment that was not stored after all (the slot turned
+    /// out to hold another request's answer). Nothing happens if the lock is no longer its.
+    fn release_lock(
+        &self,
+        code: &UniqueCode,
+        payment: &PaymentId,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Keeps a final error under the slot; `Conflict` if the slot already holds something.
+    fn record_rejection(
+        &self,
+        slot: &PaymentSlot,
+        fingerprint: &str,
+        response: &StoredResponse,
+        at: Timestamp,
     ) -> impl Future<Output = Result<Write>> + Send;
     /// The pending payments of devices registered to `terminal`, oldest first (expired ones included;
     /// callers filter by time).
@@ -238,35 +281,11 @@ pub trait Payments: Send + Sync {
         &self,
         confirmation: &Confirmation<'_>,
     ) -> impl Future<Output = Result<Write>> + Send;
-    /// Up to `limit` payments `confirmed` before `before` and not settled since: the ones whose
-    /// settlement message may have been lost (the reconciler sends them again).
-    fn stale_confirmed(
-        &self,
-        before: Timestamp,
-        limit: usize,
-    ) -> impl Future<Output = Result<Vec<Payment>>> + Send;
-}
-
-pub trait Idempotency: Send + Sync {
-    fn claim(
-        &self,
-        merchant: &MerchantId,
-        key: &IdempotencyKey,
-        fingerprint: &str,
-        now: Timestamp,
-    ) -> impl Future<Output = Result<IdempotencyClaim>> + Send;
-    fn complete(&self, record: IdempotencyRecord<'_>) -> impl Future<Output = Result<()>> + Send;
-    /// Gives the key up so that a retry runs again (after a failure that changed nothing).
-    fn release(
-        &self,
-        merchant: &MerchantId,
-        key: &IdempotencyKey,
-        lease: &str,
-    ) -> impl Future<Output = Result<()>> + Send;
 }
 
 pub trait Ledger: Send + Sync {
-    /// `confirmed → settled` with the merchant credit, the payer debit and the balance, atomically.
+    /// `confirmed → settled` with the merchant credit and the payer debit (kept on the settled
+    /// payment) and the balance, atomically.
     fn settle(
         &self,
         message: &SettlementMessage,
