@@ -837,8 +837,8 @@ def settled_snapshot(ddb, sqs, env, timeout=120):
 
 
 def background_settlement(before, after, changed):
-    """The changed keys that settlement (or the scheduled reconciler) explains: a payment going
-    `confirmed` -> `settled`, its new ledger entries, and its merchant's balance. No request of the
+    """The changed keys that settlement explains: a payment going `confirmed` -> `settled` (its
+    journal legs are on the payment item), and its merchant's balance. No request of the
     sweep can confirm anything, so such changes come from payments confirmed before it started."""
     def status(items, key):
         raw = items.get(key)
@@ -852,8 +852,6 @@ def background_settlement(before, after, changed):
     for key in changed:
         pk, sk = key
         if pk.startswith("PAYMENT#") and pk[len("PAYMENT#"):] in settled:
-            explained.add(key)
-        elif pk.startswith("LEDGER#") and pk[len("LEDGER#"):] in settled and key not in before:
             explained.add(key)
         elif sk and sk.startswith("BALANCE#") and pk[len("MERCHANT#"):] in settled.values():
             explained.add(key)

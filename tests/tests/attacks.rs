@@ -10,22 +10,22 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use common::{Ctx, assert_error};
 use serde_json::{Value, json};
 use twochan_domain::{
-    Timestamp, UniqueCode,
+    PaymentId, Timestamp, UniqueCode,
     payment::{DEVICE_LOCKOUT_SECONDS, DEVICE_MAX_FAILURES},
     ports::Devices,
 };
 use twochan_tools::{Device, Phone, Pos};
 
 /// Everything a confirmation, cancel or decline may touch, minus the wrong-attempt counters
-/// (counting a wrong code is the point of those): the payment, its device and its ledger entries.
+/// (counting a wrong code is the point of those): the payment (with its journal legs) and its
+/// device.
 async fn money_state(ctx: &Ctx, payment: &Value) -> Vec<String> {
-    let id = payment["payment_id"].as_str().unwrap();
+    let id = PaymentId::try_from(payment["payment_id"].as_str().unwrap()).unwrap();
     let code = payment["unique_code"].as_str().unwrap();
     let mut out = Vec::new();
     for pk in [
-        format!("PAYMENT#{id}"),
+        format!("PAYMENT#{}", id.slot().key()),
         format!("DEVICE#{code}"),
-        format!("LEDGER#{id}"),
     ] {
         for item in ctx.items_of(&pk).await {
             let mut kv: Vec<String> = item

@@ -7,12 +7,12 @@ mod common;
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::Ctx;
 use twochan_domain::{
-    Amount, Counter, Currency, IdempotencyKey, MerchantId, Payment, PaymentStatus, PosId,
-    TerminalId, Timestamp, UniqueCode,
+    Amount, Counter, Currency, IdempotencyKey, MerchantId, Payment, PaymentId, PaymentSlot,
+    PaymentStatus, PosId, TerminalId, Timestamp, UniqueCode,
     crypto::IssuedSecret,
     ports::{
-        Confirmation, Device, Devices, Idempotency, IdempotencyClaim, IdempotencyRecord, Ledger,
-        Payments, Registration, Settlement, SettlementMessage, StoredResponse, Write, WrongCode,
+        Confirmation, Device, Devices, Ledger, Payments, Registration, Settlement,
+        SettlementMessage, SlotRecord, StoredResponse, Write, WrongCode,
     },
 };
 use twochan_tools::unique_id;
@@ -42,6 +42,7 @@ async fn registered(ctx: &Ctx) -> (UniqueCode, TerminalId, Device) {
 
 fn payment_for(code: &UniqueCode, terminal: &TerminalId, ttl: i64) -> Payment {
     Payment::new(
+        PaymentId::generate(Timestamp::now()),
         code.clone(),
         terminal.clone(),
         MerchantId::try_from("m-cond").unwrap(),
@@ -49,9 +50,17 @@ fn payment_for(code: &UniqueCode, terminal: &TerminalId, ttl: i64) -> Payment {
         Amount::try_from(100).unwrap(),
         Currency::try_from("EUR").unwrap(),
         None,
-        Timestamp::now(),
         ttl,
     )
+}
+
+/// A new payment as the use case makes it: the device's lock (LOCK_FREE or LOCK_LAPSED), then
+/// the payment in its slot (NEW_ITEM).
+async fn create(ctx: &Ctx, p: &Payment, seen: &Device) -> Write {
+    match ctx.store.lock_device(p, seen).await.unwrap() {
+        Write::Applied => ctx.store.put_payment(p, "fp-create").await.unwrap(),
+        Write::Conflict => Write::Conflict,
+    }
 }
 
 #[tokio::test]
@@ -92,10 +101,7 @@ async fn deregister_needs_the_registration_and_lock_as_read() {
     let (code, terminal, device) = registered(&ctx).await;
     // A payment took the lock after `device` was read: DEVICE_DEREGISTER_NO_LOCK refuses.
     let p = payment_for(&code, &terminal, 120);
-    assert_eq!(
-        ctx.store.create(&p, &device, None).await.unwrap(),
-        Write::Applied
-    );
+    assert_eq!(create(&ctx, &p, &device).await, Write::Applied);
     assert_eq!(
         ctx.store
             .deregister(&device, Timestamp::now())
@@ -131,16 +137,10 @@ async fn lock_free_and_lock_lapsed() {
     let (code, terminal, device) = registered(&ctx).await;
     let first = payment_for(&code, &terminal, 120);
     // NEW_ITEM + LOCK_FREE.
-    assert_eq!(
-        ctx.store.create(&first, &device, None).await.unwrap(),
-        Write::Applied
-    );
+    assert_eq!(create(&ctx, &first, &device).await, Write::Applied);
     // LOCK_FREE with a stale read: refused, and the refused payment does not exist.
     let second = payment_for(&code, &terminal, 120);
-    assert_eq!(
-        ctx.store.create(&second, &device, None).await.unwrap(),
-        Write::Conflict
-    );
+    assert_eq!(create(&ctx, &second, &device).await, Write::Conflict);
     assert!(
         ctx.store
             .payment(&second.payment_id)
@@ -150,34 +150,117 @@ async fn lock_free_and_lock_lapsed() {
     );
     // LOCK_LAPSED: the current lock has not lapsed yet, so it cannot be taken over.
     let locked = ctx.store.device(&code).await.unwrap().unwrap();
-    assert_eq!(
-        ctx.store.create(&second, &locked, None).await.unwrap(),
-        Write::Conflict
-    );
-    // Once it has lapsed (and the old payment is pending: PAYMENT_PENDING), it can.
+    assert_eq!(create(&ctx, &second, &locked).await, Write::Conflict);
+    // Once it has lapsed, it can; the old payment stays `pending` in the table and reads as
+    // `expired` (no write of the new payment touches it).
     let (code2, terminal2, device2) = registered(&ctx).await;
     let short = Payment {
         expires_at: Timestamp::from_millis(Timestamp::now().millis() - 1000),
         ..payment_for(&code2, &terminal2, 0)
     };
-    assert_eq!(
-        ctx.store.create(&short, &device2, None).await.unwrap(),
-        Write::Applied
-    );
+    assert_eq!(create(&ctx, &short, &device2).await, Write::Applied);
     let locked2 = ctx.store.device(&code2).await.unwrap().unwrap();
     let next = payment_for(&code2, &terminal2, 120);
+    assert_eq!(create(&ctx, &next, &locked2).await, Write::Applied);
+    let old = ctx.store.payment(&short.payment_id).await.unwrap().unwrap();
+    assert_eq!(old.status, PaymentStatus::Pending);
     assert_eq!(
-        ctx.store.create(&next, &locked2, None).await.unwrap(),
-        Write::Applied
+        old.effective_status(Timestamp::now()),
+        PaymentStatus::Expired
+    );
+    assert_eq!(
+        ctx.store.device(&code2).await.unwrap().unwrap().pending,
+        Some((next.payment_id.clone(), next.expires_at))
+    );
+}
+
+/// NEW_ITEM on a payment slot: the first answer kept under an idempotency key stays, whether a
+/// payment or a final error; LOCK_HELD_BY on releasing a lock.
+#[tokio::test]
+async fn a_payment_slot_keeps_its_first_answer() {
+    let ctx = Ctx::new().await;
+    let (code, terminal, device) = registered(&ctx).await;
+    let merchant = MerchantId::try_from("m-cond").unwrap();
+    let slot = PaymentSlot::of(
+        &merchant,
+        &IdempotencyKey::try_from(unique_id("k-").as_str()).unwrap(),
+    );
+    let mut p = payment_for(&code, &terminal, 120);
+    p.payment_id = PaymentId::in_slot(Timestamp::now(), &slot);
+    assert_eq!(create(&ctx, &p, &device).await, Write::Applied);
+    // A twin with another id in the same slot cannot overwrite it.
+    let mut twin = p.clone();
+    twin.payment_id = PaymentId::in_slot(Timestamp::now().plus_seconds(1), &slot);
+    assert_eq!(
+        ctx.store.put_payment(&twin, "fp-other").await.unwrap(),
+        Write::Conflict
+    );
+    let rejected = StoredResponse {
+        status: 409,
+        body: "{}".into(),
+    };
+    assert_eq!(
+        ctx.store
+            .record_rejection(&slot, "fp-other", &rejected, Timestamp::now())
+            .await
+            .unwrap(),
+        Write::Conflict
+    );
+    match ctx.store.slot(&slot).await.unwrap() {
+        Some(SlotRecord::Payment {
+            payment,
+            fingerprint,
+        }) => {
+            assert_eq!((*payment, fingerprint.as_str()), (p.clone(), "fp-create"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The twin's id shares the slot but is not the payment: read by id, it does not exist.
+    assert!(ctx.store.payment(&twin.payment_id).await.unwrap().is_none());
+    // A kept error, first in its slot, stays too.
+    let other = PaymentSlot::of(
+        &merchant,
+        &IdempotencyKey::try_from(unique_id("k-").as_str()).unwrap(),
     );
     assert_eq!(
         ctx.store
-            .payment(&short.payment_id)
+            .record_rejection(&other, "fp-r", &rejected, Timestamp::now())
+            .await
+            .unwrap(),
+        Write::Applied
+    );
+    let mut late = payment_for(&code, &terminal, 120);
+    late.payment_id = PaymentId::in_slot(Timestamp::now(), &other);
+    assert_eq!(
+        ctx.store.put_payment(&late, "fp-r").await.unwrap(),
+        Write::Conflict
+    );
+    assert_eq!(
+        ctx.store.slot(&other).await.unwrap(),
+        Some(SlotRecord::Rejected {
+            fingerprint: "fp-r".into(),
+            response: rejected
+        })
+    );
+    assert!(ctx.store.payment(&late.payment_id).await.unwrap().is_none());
+    // LOCK_HELD_BY: releasing another payment's lock changes nothing; the holder's frees it.
+    ctx.store
+        .release_lock(&code, &twin.payment_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        ctx.store.device(&code).await.unwrap().unwrap().pending,
+        Some((p.payment_id.clone(), p.expires_at))
+    );
+    ctx.store.release_lock(&code, &p.payment_id).await.unwrap();
+    assert!(
+        ctx.store
+            .device(&code)
             .await
             .unwrap()
             .unwrap()
-            .status,
-        PaymentStatus::Expired
+            .pending
+            .is_none()
     );
 }
 
@@ -201,7 +284,7 @@ async fn device_failures_unchanged_with_and_without_lock() {
     let (code, terminal, device) = registered(&ctx).await;
     assert_eq!(device.failed_auth, 0);
     let p = payment_for(&code, &terminal, 120);
-    ctx.store.create(&p, &device, None).await.unwrap();
+    create(&ctx, &p, &device).await;
     let device = ctx.store.device(&code).await.unwrap().unwrap();
     // DEVICE_FAILURES_UNCHANGED: counts from the value read...
     assert_eq!(wrong_code(&ctx, &p, &device, false).await, Write::Applied);
@@ -228,10 +311,7 @@ async fn device_failures_unchanged_with_and_without_lock() {
     // ...only while the lock is that payment's: with it pointed elsewhere (a state no use case
     // makes, written raw here), nothing is written.
     let q = payment_for(&code, &terminal, 120);
-    assert_eq!(
-        ctx.store.create(&q, &d2, None).await.unwrap(),
-        Write::Applied
-    );
+    assert_eq!(create(&ctx, &q, &d2).await, Write::Applied);
     let d3 = ctx.store.device(&code).await.unwrap().unwrap();
     ctx.dynamodb
         .update_item()
@@ -252,63 +332,66 @@ async fn device_failures_unchanged_with_and_without_lock() {
     );
 }
 
-/// The confirmed-payments index: a confirmation enters it, settlement leaves it, and only
-/// confirmations older than the cut-off are returned.
+/// The keys-only index of a terminal's devices: registration writes it, the payment path never
+/// does (no payment item carries index attributes), deregistration removes it.
 #[tokio::test]
-async fn stale_confirmed_lists_confirmed_until_settled() {
+async fn only_registration_writes_the_terminal_index() {
     let ctx = Ctx::new().await;
     let (code, terminal, device) = registered(&ctx).await;
-    let p = payment_for(&code, &terminal, 120);
-    ctx.store.create(&p, &device, None).await.unwrap();
-    let device = ctx.store.device(&code).await.unwrap().unwrap();
-    let at = Timestamp::now();
-    let confirmation = Confirmation {
-        payment: &p,
-        device_failures: device.failed_auth,
-        previous_counter: device.last_counter,
-        counter: Counter::new(device.last_counter.get() + 1),
-        fingerprint: "f".into(),
-        at,
-    };
+    let device_pk = format!("DEVICE#{code}");
+    let device_item = || async { ctx.items_of(&device_pk).await.remove(0) };
+    let item = device_item().await;
     assert_eq!(
-        ctx.store.confirm(&confirmation).await.unwrap(),
+        item.get("gsi1pk").and_then(|v| v.as_s().ok()).cloned(),
+        Some(format!("TERMINAL#{terminal}"))
+    );
+    let p = payment_for(&code, &terminal, 120);
+    assert_eq!(create(&ctx, &p, &device).await, Write::Applied);
+    let listed = ctx.store.pending_for_terminal(&terminal).await.unwrap();
+    assert_eq!(listed, vec![p.clone()]);
+    let device = ctx.store.device(&code).await.unwrap().unwrap();
+    assert_eq!(
+        confirm_as(&ctx, &p, device.failed_auth, 0, 1, Timestamp::now()).await,
         Write::Applied
     );
-    let listed = |before: Timestamp| {
-        let store = ctx.store.clone();
-        let id = p.payment_id.clone();
-        async move {
-            store
-                .stale_confirmed(before, 10_000)
-                .await
-                .unwrap()
-                .iter()
-                .any(|x| x.payment_id == id)
-        }
-    };
     assert!(
-        !listed(at).await,
-        "a confirmation at the cut-off is not stale yet"
+        ctx.store
+            .pending_for_terminal(&terminal)
+            .await
+            .unwrap()
+            .is_empty()
     );
-    assert!(listed(at.plus_seconds(1)).await);
     let confirmed = ctx.store.payment(&p.payment_id).await.unwrap().unwrap();
     ctx.store
         .settle(
-            &SettlementMessage::for_payment(&confirmed),
+            &SettlementMessage::for_payment(&confirmed, Timestamp::now()),
             Timestamp::now(),
         )
         .await
         .unwrap();
+    let payment_item = &ctx
+        .items_of(&format!("PAYMENT#{}", p.payment_id.slot().key()))
+        .await[0];
     assert!(
-        !listed(at.plus_seconds(1)).await,
-        "settled payments leave the index"
+        payment_item.keys().all(|k| !k.starts_with("gsi")),
+        "{payment_item:?}"
     );
-    // Left the index itself, not only filtered out on reading it.
-    let item = &ctx.items_of(&format!("PAYMENT#{}", p.payment_id)).await[0];
-    assert!(
-        !item.contains_key("gsi1pk") && !item.contains_key("gsi1sk"),
-        "{item:?}"
+    // The device's index keys did not move through the payment (no index write).
+    let after = device_item().await;
+    assert_eq!(
+        (after.get("gsi1pk"), after.get("gsi1sk")),
+        (item.get("gsi1pk"), item.get("gsi1sk"))
     );
+    let fresh = ctx.store.device(&code).await.unwrap().unwrap();
+    assert_eq!(
+        ctx.store
+            .deregister(&fresh, Timestamp::now())
+            .await
+            .unwrap(),
+        Write::Applied
+    );
+    let gone = device_item().await;
+    assert!(!gone.contains_key("gsi1pk") && !gone.contains_key("gsi1sk"));
 }
 
 #[tokio::test]
@@ -316,7 +399,7 @@ async fn payment_pending_unexpired_attempts_and_lapsed() {
     let ctx = Ctx::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     let p = payment_for(&code, &terminal, 120);
-    ctx.store.create(&p, &device, None).await.unwrap();
+    create(&ctx, &p, &device).await;
     // PAYMENT_PENDING_ATTEMPTS: counts from the value read; a stale read is refused.
     assert_eq!(wrong_code(&ctx, &p, &device, false).await, Write::Applied);
     let device = ctx.store.device(&code).await.unwrap().unwrap();
@@ -400,7 +483,7 @@ async fn confirm_needs_the_counter_as_read_and_the_lock() {
     let ctx = Ctx::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     let p = payment_for(&code, &terminal, 120);
-    ctx.store.create(&p, &device, None).await.unwrap();
+    create(&ctx, &p, &device).await;
     // COUNTER_UNCHANGED: another confirmation moved the counter since it was read.
     assert_eq!(
         confirm_as(&ctx, &p, 0, 7, 8, Timestamp::now()).await,
@@ -453,10 +536,13 @@ async fn settlement_is_conditional_on_confirmed_and_matching() {
     let ctx = Ctx::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     let p = payment_for(&code, &terminal, 120);
-    ctx.store.create(&p, &device, None).await.unwrap();
-    let message = SettlementMessage::for_payment(&p);
+    create(&ctx, &p, &device).await;
+    let message = SettlementMessage::for_payment(&p, Timestamp::now());
     // Pending, not confirmed: PAYMENT_SETTLEABLE refuses; nothing in the ledger.
-    assert!(ctx.store.settle(&message, Timestamp::now()).await.is_err());
+    assert_eq!(
+        ctx.store.settle(&message, Timestamp::now()).await.unwrap(),
+        Settlement::NotConfirmed(PaymentStatus::Pending)
+    );
     assert!(
         ctx.store
             .ledger_entries(&p.payment_id)
@@ -504,97 +590,4 @@ async fn settlement_is_conditional_on_confirmed_and_matching() {
             .iter()
             .any(|b| b.currency.code() == "EUR" && b.settled_amount >= 100)
     );
-}
-
-#[tokio::test]
-async fn idempotency_free_and_held() {
-    let ctx = Ctx::new().await;
-    let merchant = MerchantId::try_from(unique_id("m-")).unwrap();
-    let key = IdempotencyKey::try_from("order-1").unwrap();
-    let now = Timestamp::now();
-    let IdempotencyClaim::Claimed { lease } =
-        ctx.store.claim(&merchant, &key, "fp-a", now).await.unwrap()
-    else {
-        panic!("first claim must own the key");
-    };
-    // IDEMPOTENCY_FREE: held and live.
-    assert_eq!(
-        ctx.store.claim(&merchant, &key, "fp-a", now).await.unwrap(),
-        IdempotencyClaim::InFlight
-    );
-    // Even another body waits while the key is held; it is told of the mismatch afterwards.
-    assert_eq!(
-        ctx.store.claim(&merchant, &key, "fp-b", now).await.unwrap(),
-        IdempotencyClaim::InFlight
-    );
-    // A lapsed lease is taken over by the same request only.
-    let later =
-        Timestamp::from_millis(now.millis() + twochan_aws::dynamo::IDEMPOTENCY_LEASE_MS + 1);
-    assert_eq!(
-        ctx.store
-            .claim(&merchant, &key, "fp-b", later)
-            .await
-            .unwrap(),
-        IdempotencyClaim::Mismatch
-    );
-    let IdempotencyClaim::Claimed { lease: lease2 } = ctx
-        .store
-        .claim(&merchant, &key, "fp-a", later)
-        .await
-        .unwrap()
-    else {
-        panic!("a lapsed lease is taken over");
-    };
-    // IDEMPOTENCY_HELD: the old holder can neither complete nor release.
-    let response = StoredResponse {
-        status: 201,
-        body: "{\"old\":true}".into(),
-    };
-    ctx.store
-        .complete(IdempotencyRecord {
-            merchant_id: &merchant,
-            key: &key,
-            lease: &lease,
-            response,
-        })
-        .await
-        .unwrap();
-    ctx.store.release(&merchant, &key, &lease).await.unwrap();
-    assert_eq!(
-        ctx.store
-            .claim(&merchant, &key, "fp-a", later)
-            .await
-            .unwrap(),
-        IdempotencyClaim::InFlight
-    );
-    let response = StoredResponse {
-        status: 201,
-        body: "{\"new\":true}".into(),
-    };
-    ctx.store
-        .complete(IdempotencyRecord {
-            merchant_id: &merchant,
-            key: &key,
-            lease: &lease2,
-            response: response.clone(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        ctx.store
-            .claim(&merchant, &key, "fp-a", later)
-            .await
-            .unwrap(),
-        IdempotencyClaim::Replay(response)
-    );
-    // After the 24 h window (counted from the claim that took the key) it is free again.
-    let next_day =
-        Timestamp::from_millis(later.millis() + twochan_aws::dynamo::IDEMPOTENCY_WINDOW_MS + 1);
-    assert!(matches!(
-        ctx.store
-            .claim(&merchant, &key, "fp-b", next_day)
-            .await
-            .unwrap(),
-        IdempotencyClaim::Claimed { .. }
-    ));
 }

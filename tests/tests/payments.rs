@@ -421,31 +421,72 @@ async fn balance_starts_empty() {
     );
 }
 
+/// A request that took its device's lock and has not stored its payment yet is in flight: a
+/// retry with its key is told so. Once its lease is over it died, and the retry finishes its work
+/// under the same payment id.
 #[tokio::test]
-async fn a_key_held_by_a_request_in_flight_is_409_with_retry_after() {
-    use twochan_domain::ports::{Idempotency, IdempotencyClaim};
+async fn a_key_held_by_a_request_in_flight_is_409_then_finished_by_the_retry() {
+    use twochan_domain::{
+        Amount, Currency, IdempotencyKey, MerchantId, Payment, PaymentId, PaymentSlot, PosId,
+        TerminalId, Timestamp, UniqueCode,
+        ports::{Devices, Payments},
+    };
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
-    let (device, _) = ctx.paired().await;
+    let (device, phone) = ctx.paired().await;
     let key = unique_id("inflight-");
-    // Another request of this merchant holds the key right now (its lease is live).
-    let merchant = twochan_domain::MerchantId::try_from(pos.merchant_id.as_str()).unwrap();
-    let held = twochan_domain::IdempotencyKey::try_from(key.as_str()).unwrap();
-    let now = twochan_domain::Timestamp::now();
-    let claim = ctx
-        .store
-        .claim(&merchant, &held, "another-request", now)
-        .await
-        .unwrap();
-    assert!(matches!(claim, IdempotencyClaim::Claimed { .. }));
+    let merchant = MerchantId::try_from(pos.merchant_id.as_str()).unwrap();
+    let slot = PaymentSlot::of(&merchant, &IdempotencyKey::try_from(key.as_str()).unwrap());
+    let code = UniqueCode::try_from(device.beacon()).unwrap();
+    let held_since = |ago_ms: i64| {
+        Payment::new(
+            PaymentId::in_slot(
+                Timestamp::from_millis(Timestamp::now().millis() - ago_ms),
+                &slot,
+            ),
+            code.clone(),
+            TerminalId::try_from(phone.terminal_id.as_str()).unwrap(),
+            merchant.clone(),
+            PosId::try_from("pos-1").unwrap(),
+            Amount::try_from(10).unwrap(),
+            Currency::try_from("KRW").unwrap(),
+            None,
+            300,
+        )
+    };
+    // The first request locked the device a moment ago and is still running.
+    let first = held_since(0);
+    let seen = ctx.store.device(&code).await.unwrap().unwrap();
+    ctx.store.lock_device(&first, &seen).await.unwrap();
     let r = pos
         .request_payment(device.beacon(), 10, "KRW", None, &key)
         .await
         .unwrap();
     assert_error(&r, 409, "idempotency_key_in_use");
     assert_eq!(r.header("retry-after"), Some("1"));
-    // Nothing was created: the code is still free.
-    ctx.pending_payment(&pos, &device, 10).await;
+    assert!(
+        ctx.store.slot(&slot).await.unwrap().is_none(),
+        "nothing stored"
+    );
+    // The same, but its lock is older than any live request: the retry completes it.
+    ctx.store
+        .release_lock(&code, &first.payment_id)
+        .await
+        .unwrap();
+    let died = held_since(20_000);
+    let seen = ctx.store.device(&code).await.unwrap().unwrap();
+    ctx.store.lock_device(&died, &seen).await.unwrap();
+    let r = pos
+        .request_payment(device.beacon(), 10, "KRW", None, &key)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["payment_id"], died.payment_id.as_str());
+    assert_eq!(r.json["status"], "pending");
+    assert_eq!(
+        pos.payment(died.payment_id.as_str()).await.unwrap().json,
+        r.json
+    );
 }
 
 #[tokio::test]

@@ -5,16 +5,19 @@
 //! the seed: how many copies of a confirmation race each other (1–3), where each handler run
 //! crashes (a [`Crash`] before or after any of its AWS calls), whether the phone retries, how
 //! often SQS delivers each settlement message (1–5 times, concurrently) and whether those
-//! deliveries and the reconciler crash too. Then recovery runs: SQS redelivers what failed, and
-//! the reconciler re-sends what was lost, until the queue is empty and nothing is left confirmed.
+//! deliveries crash too. Then recovery runs: SQS redelivers what failed until the queue is empty.
+//! The confirmation sends its settlement message before it commits, so no crash can leave a
+//! confirmed payment without a message; messages of confirmations that never committed are
+//! dropped as orphans (every confirmation of a seed has finished before settlement starts, so
+//! the simulation treats them as orphans at once, where the deployed function waits 30 s).
 //!
 //! After every seed: each payment is settled with exactly one debit and one credit, or not settled
 //! with no ledger entry; a confirmation answered 200 was settled; nothing is left `confirmed`; the
 //! device counter never went backwards. After every worker: the ledger total equals the sum of the
 //! settled payments and the merchant's balance.
 //!
-//! Each worker gets its own table (the stack's table schema, copied) and queue, so the
-//! reconciler sees only the simulation's payments. `SIM_SEEDS` (default 100) seeds from
+//! Each worker gets its own table (the stack's table schema, copied) and queue, so the checks
+//! see only the simulation's payments. `SIM_SEEDS` (default 100) seeds from
 //! `SIM_FIRST_SEED` (default: random, printed), on `SIM_JOBS` workers (default 4);
 //! `SIM_SEED=n` replays one seed. `make test-sim` runs 1000.
 
@@ -30,9 +33,8 @@ use futures_util::future::join_all;
 use serde_json::json;
 use twochan_api::{
     App,
-    reconcile::reconcile,
     routes::{Function, NoQueue, handle},
-    settlement::settle_batch,
+    settlement::{RECHECK_PAUSES_MS, SettleOptions, settle_batch_with},
 };
 use twochan_aws::{
     DynamoStore, SqsSettlementQueue,
@@ -92,8 +94,6 @@ struct Stats {
     payments: u64,
     confirm_runs: u64,
     deliveries: u64,
-    reconciler_runs: u64,
-    requeued: u64,
     crashes: u64,
     settled: u64,
 }
@@ -104,8 +104,6 @@ impl Stats {
         self.payments += o.payments;
         self.confirm_runs += o.confirm_runs;
         self.deliveries += o.deliveries;
-        self.reconciler_runs += o.reconciler_runs;
-        self.requeued += o.requeued;
         self.crashes += o.crashes;
         self.settled += o.settled;
     }
@@ -388,8 +386,8 @@ async fn run_seed(w: &World, seed: u64) -> Result<Stats, String> {
     Ok(stats)
 }
 
-/// Delivers every queued settlement message 1–5 times at once, with crashes, redelivers what
-/// failed, and runs the reconciler, until the queue is empty and nothing is stale.
+/// Delivers every queued settlement message 1–5 times at once, with crashes, and redelivers what
+/// failed, until the queue is empty.
 async fn settle_all(w: &World, rng: &mut Rng, stats: &mut Stats) -> Result<(), String> {
     for _ in 0..60 {
         let received = w
@@ -403,18 +401,7 @@ async fn settle_all(w: &World, rng: &mut Rng, stats: &mut Stats) -> Result<(), S
             .map_err(|e| format!("receive: {e}"))?;
         let messages = received.messages.unwrap_or_default();
         if messages.is_empty() {
-            // The queue is drained: whatever is still confirmed lost its message.
-            stats.reconciler_runs += 1;
-            let probe = Probe::crashing(rng.crash(30, 10));
-            let app = w.app(&probe);
-            let report = reconcile(&app.store, &app.queue, Timestamp::now(), 0, 100).await;
-            stats.crashes += u64::from(probe.crashed());
-            match report {
-                Ok(r) if r.found == 0 => return Ok(()),
-                Ok(r) => stats.requeued += r.requeued as u64,
-                Err(_) => {}
-            }
-            continue;
+            return Ok(());
         }
         for m in messages {
             let mut record = SqsMessage::default();
@@ -429,7 +416,12 @@ async fn settle_all(w: &World, rng: &mut Rng, stats: &mut Stats) -> Result<(), S
                 let app = w.app(probe);
                 let mut event = SqsEvent::default();
                 event.records = vec![record.clone()];
-                async move { settle_batch(&app.store, event).await }
+                // No confirmation is running any more: a pending payment's message is an orphan.
+                let options = SettleOptions {
+                    recheck_pauses_ms: &RECHECK_PAUSES_MS[..0],
+                    orphan_after_ms: 0,
+                };
+                async move { settle_batch_with(&app.store, event, options).await }
             }))
             .await;
             stats.deliveries += copies;
@@ -490,17 +482,21 @@ async fn check_ledger(w: &World) -> Result<(), String> {
         for item in page.items.unwrap_or_default() {
             let (pk, sk) = (text(&item, "pk"), text(&item, "sk"));
             let currency = text(&item, "currency");
-            if pk.starts_with("LEDGER#") {
-                let side = if sk == "CREDIT" {
-                    &mut credits
-                } else {
-                    &mut debits
-                };
-                let e: &mut (u64, u64) = side.entry(currency).or_default();
-                *e = (e.0 + num(&item, "amount"), e.1 + 1);
-            } else if pk.starts_with("PAYMENT#") && text(&item, "status") == "settled" {
-                let e: &mut (u64, u64) = settled.entry(currency).or_default();
-                *e = (e.0 + num(&item, "amount"), e.1 + 1);
+            if pk.starts_with("PAYMENT#") {
+                // The journal legs live on the payment; count them apart from its status.
+                for (leg, side) in [
+                    ("credit_account", &mut credits),
+                    ("debit_account", &mut debits),
+                ] {
+                    if item.contains_key(leg) {
+                        let e: &mut (u64, u64) = side.entry(currency.clone()).or_default();
+                        *e = (e.0 + num(&item, "amount"), e.1 + 1);
+                    }
+                }
+                if text(&item, "status") == "settled" {
+                    let e: &mut (u64, u64) = settled.entry(currency).or_default();
+                    *e = (e.0 + num(&item, "amount"), e.1 + 1);
+                }
             } else if sk.starts_with("BALANCE#") {
                 balance.insert(
                     currency,
@@ -577,13 +573,11 @@ async fn seeded_faults_never_settle_twice_or_lose_a_confirmation() {
         failures.extend(f);
     }
     println!(
-        "simulation: {} seeds, {} payments, {} confirm runs, {} settlement deliveries, {} reconciler runs ({} re-sent), {} crashes injected, {} settled; {:.1}s",
+        "simulation: {} seeds, {} payments, {} confirm runs, {} settlement deliveries, {} crashes injected, {} settled; {:.1}s",
         total.seeds,
         total.payments,
         total.confirm_runs,
         total.deliveries,
-        total.reconciler_runs,
-        total.requeued,
         total.crashes,
         total.settled,
         started.elapsed().as_secs_f64()

@@ -497,7 +497,10 @@ fn replay(record: SlotRecord, fingerprint: &str) -> Result<Response<Body>> {
         }
         _ => return Err(DomainError::IdempotencyKeyReused),
     };
-    tracing::info!(outcome = "idempotent_replay", status = resp.status().as_u16());
+    tracing::info!(
+        outcome = "idempotent_replay",
+        status = resp.status().as_u16()
+    );
     resp.headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
     Ok(resp)

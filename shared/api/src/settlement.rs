@@ -4,7 +4,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 use twochan_domain::{
     DomainError, PaymentStatus, Timestamp,
-    ports::{Ledger, Settlement, SettlementMessage},
+    ports::{Ledger, ORPHAN_AFTER_MS, Settlement, SettlementMessage},
 };
 
 /// Pauses before a message whose payment is still `pending` is tried again within the same
@@ -12,18 +12,35 @@ use twochan_domain::{
 /// normally milliseconds behind; only a slower one costs a redelivery (the visibility timeout).
 pub const RECHECK_PAUSES_MS: [u64; 4] = [50, 150, 400, 1000];
 
+/// How a consumer treats a message whose payment is not confirmed.
+#[derive(Debug, Clone, Copy)]
+pub struct SettleOptions<'a> {
+    /// Pauses before looking again while the payment is `pending`.
+    pub recheck_pauses_ms: &'a [u64],
+    /// Age from which such a message is an orphan: see [`ORPHAN_AFTER_MS`].
+    pub orphan_after_ms: i64,
+}
+
+impl SettleOptions<'static> {
+    /// What the deployed function does.
+    pub const DEPLOYED: Self = Self {
+        recheck_pauses_ms: &RECHECK_PAUSES_MS,
+        orphan_after_ms: ORPHAN_AFTER_MS,
+    };
+}
+
 /// Settles every message of a batch and reports the ones to deliver again. A message that can
 /// never settle (malformed, unknown payment) is reported too: after 5 receives the queue's redrive
 /// policy moves it to the dead-letter queue, where an operator looks at it.
 pub async fn settle_batch<L: Ledger>(ledger: &L, event: SqsEvent) -> SqsBatchResponse {
-    settle_batch_with(ledger, event, &RECHECK_PAUSES_MS).await
+    settle_batch_with(ledger, event, SettleOptions::DEPLOYED).await
 }
 
-/// [`settle_batch`] with its own pauses before a pending payment is checked again.
+/// [`settle_batch`] with its own treatment of messages whose payment is not confirmed.
 pub async fn settle_batch_with<L: Ledger>(
     ledger: &L,
     event: SqsEvent,
-    recheck_pauses_ms: &[u64],
+    options: SettleOptions<'_>,
 ) -> SqsBatchResponse {
     let mut response = SqsBatchResponse::default();
     for record in event.records {
@@ -34,7 +51,7 @@ pub async fn settle_batch_with<L: Ledger>(
             payment_id = tracing::field::Empty,
             unique_code_hash = tracing::field::Empty,
         );
-        let outcome = settle_one(ledger, &record, recheck_pauses_ms)
+        let outcome = settle_one(ledger, &record, options)
             .instrument(span.clone())
             .await;
         let _in_span = span.enter();
@@ -53,7 +70,7 @@ pub async fn settle_batch_with<L: Ledger>(
 async fn settle_one<L: Ledger>(
     ledger: &L,
     record: &SqsMessage,
-    recheck_pauses_ms: &[u64],
+    options: SettleOptions<'_>,
 ) -> Result<(), DomainError> {
     let body = record.body.as_deref().unwrap_or("");
     let message: SettlementMessage = serde_json::from_str(body)
@@ -61,7 +78,7 @@ async fn settle_one<L: Ledger>(
     let span = tracing::Span::current();
     span.record("payment_id", tracing::field::display(&message.payment_id));
     span.record("unique_code_hash", message.unique_code.log_hash());
-    let mut pauses = recheck_pauses_ms.iter();
+    let mut pauses = options.recheck_pauses_ms.iter();
     loop {
         let now = Timestamp::now();
         match ledger.settle(&message, now).await? {
@@ -75,13 +92,13 @@ async fn settle_one<L: Ledger>(
             }
             // Its confirmation may still be committing: look again shortly, then let the
             // queue deliver it again.
-            Settlement::NotConfirmed(PaymentStatus::Pending) if !message.is_orphan_at(now) => {
+            Settlement::NotConfirmed(PaymentStatus::Pending)
+                if message.age_ms(now) < options.orphan_after_ms =>
+            {
                 match pauses.next() {
                     Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(*ms)).await,
                     None => {
-                        return Err(DomainError::Unavailable(
-                            "payment not confirmed yet".into(),
-                        ));
+                        return Err(DomainError::Unavailable("payment not confirmed yet".into()));
                     }
                 }
             }

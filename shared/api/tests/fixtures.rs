@@ -27,12 +27,8 @@ use twochan_domain::{
     ports::{Balance, Ledger, Settlement, SettlementMessage},
 };
 
-/// The fixture of the SQS event; every other fixture is an API request in `API_CASES`, but the
-/// reconciler's schedule.
+/// The fixture of the SQS event; every other fixture is an API request in `API_CASES`.
 const SETTLEMENT_BATCH: &str = "settlement-batch.json";
-/// What EventBridge sends the reconciler every minute (it reads nothing of it); the integration
-/// test `reconciler.rs` invokes the deployed function with it.
-const RECONCILER_SCHEDULE: &str = "reconciler-schedule.json";
 
 const PAYMENT_ID: &str = "pay_01KB1ZQ8RV4T6M2XW9C3HJ5N7P";
 const UNIQUE_CODE: &str = "beacon-7f3a9c21";
@@ -180,12 +176,12 @@ fn every_fixture_is_covered() {
     let covered: BTreeSet<String> = API_CASES
         .iter()
         .map(|c| c.file)
-        .chain([SETTLEMENT_BATCH, RECONCILER_SCHEDULE])
+        .chain([SETTLEMENT_BATCH])
         .map(str::to_owned)
         .collect();
     assert_eq!(
         covered.len(),
-        API_CASES.len() + 2,
+        API_CASES.len() + 1,
         "a fixture is listed twice"
     );
     assert_eq!(
@@ -421,12 +417,4 @@ fn settlement_batch_reports_only_the_poison_message() {
         .map(|f| f.item_identifier)
         .collect();
     assert_eq!(failed, poison);
-}
-
-#[test]
-fn the_reconciler_schedule_is_an_eventbridge_scheduled_event() {
-    let event: serde_json::Value = serde_json::from_str(&fixture(RECONCILER_SCHEDULE))
-        .unwrap_or_else(|e| panic!("{RECONCILER_SCHEDULE}: {e}"));
-    assert_eq!(event["source"], "aws.events");
-    assert_eq!(event["detail-type"], "Scheduled Event");
 }

@@ -173,10 +173,7 @@ impl DynamoStore {
 
     /// Items by key (BatchGetItem, strongly consistent), in no particular order. The hot paths
     /// each need an item keyed by the caller and one keyed by the request: one round trip.
-    async fn get_many(
-        &self,
-        keys: Vec<RawItem>,
-    ) -> Result<Vec<RawItem>> {
+    async fn get_many(&self, keys: Vec<RawItem>) -> Result<Vec<RawItem>> {
         let mut found = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(BATCH_GET_LIMIT) {
             let mut wanted = chunk.to_vec();
@@ -709,7 +706,7 @@ impl Payments for DynamoStore {
                 && payment.status == PaymentStatus::Pending
                 && payment.terminal_id == *terminal
             {
-                out.push(payment);
+                out.push(*payment);
             }
         }
         // Payment ids are ULIDs: sorting by them is sorting by creation time.
@@ -960,11 +957,7 @@ impl DynamoStore {
         .collect())
     }
 
-    async fn get_raw(
-        &self,
-        pk: String,
-        sk: &str,
-    ) -> Result<Option<RawItem>> {
+    async fn get_raw(&self, pk: String, sk: &str) -> Result<Option<RawItem>> {
         let out = self
             .client
             .get_item()
@@ -993,7 +986,7 @@ fn slot_record(item: HashMap<String, AttributeValue>) -> Result<SlotRecord> {
         let p: PaymentItem = parse_item(item)?;
         let fingerprint = p.request_fingerprint.clone();
         Ok(SlotRecord::Payment {
-            payment: Payment::try_from(p)?,
+            payment: Box::new(Payment::try_from(p)?),
             fingerprint,
         })
     }
@@ -1006,7 +999,7 @@ fn payment_in(
     id: &PaymentId,
 ) -> Result<Option<Payment>> {
     Ok(match item.map(slot_record).transpose()? {
-        Some(SlotRecord::Payment { payment, .. }) if payment.payment_id == *id => Some(payment),
+        Some(SlotRecord::Payment { payment, .. }) if payment.payment_id == *id => Some(*payment),
         _ => None,
     })
 }

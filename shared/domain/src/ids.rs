@@ -392,6 +392,29 @@ impl fmt::Display for Counter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn payment_ids_of_one_slot_share_their_random_part_and_parse_back() {
+        let merchant = MerchantId::try_from("m_coffee_42").unwrap();
+        let key = IdempotencyKey::try_from("order-1").unwrap();
+        let slot = PaymentSlot::of(&merchant, &key);
+        let at = crate::Timestamp::from_millis(1_795_752_326_123);
+        let id = PaymentId::in_slot(at, &slot);
+        let later = PaymentId::in_slot(at.plus_seconds(5), &slot);
+        assert_ne!(id, later);
+        assert_eq!(id.slot(), slot);
+        assert_eq!(later.slot(), slot);
+        assert_eq!(id.requested_at(), at);
+        assert!(id.as_str().ends_with(&slot.key()));
+        assert_eq!(slot.key().len(), 16);
+        // A well-formed id by the contract's own rules.
+        assert_eq!(PaymentId::try_from(id.as_str()).unwrap(), id);
+        // Other key, other merchant: other slot.
+        let other_key = IdempotencyKey::try_from("order-2").unwrap();
+        let other_merchant = MerchantId::try_from("m_tea_7").unwrap();
+        assert_ne!(PaymentSlot::of(&merchant, &other_key), slot);
+        assert_ne!(PaymentSlot::of(&other_merchant, &key), slot);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -17,8 +17,7 @@ pub use clock::Timestamp;
 pub use error::{DomainError, Result};
 pub use ids::{
     AuthCode, Challenge, Counter, IdempotencyKey, MerchantId, PaymentId, PaymentSlot, PosId,
-    Reference,
-    TerminalId, UniqueCode,
+    Reference, TerminalId, UniqueCode,
 };
 pub use money::{Amount, Currency};
 pub use payment::{Payment, PaymentStatus};

@@ -76,7 +76,7 @@ pub struct StoredResponse {
 pub enum SlotRecord {
     /// The payment the key created, and the fingerprint of the request that created it.
     Payment {
-        payment: Payment,
+        payment: Box<Payment>,
         fingerprint: String,
     },
     /// A request under the key got a final error (unknown device, busy): the key keeps it.
@@ -127,9 +127,9 @@ impl SettlementMessage {
             && self.currency == p.currency
     }
 
-    /// Whether the confirmation that sent it can no longer commit at `now`.
-    pub fn is_orphan_at(&self, now: Timestamp) -> bool {
-        now.millis() - self.sent_at_ms >= ORPHAN_AFTER_MS
+    /// How long ago its confirmation sent it.
+    pub fn age_ms(&self, now: Timestamp) -> i64 {
+        now.millis() - self.sent_at_ms
     }
 }
 

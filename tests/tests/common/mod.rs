@@ -114,10 +114,15 @@ impl Ctx {
     /// had run out, so expiry paths are tested without waiting.
     pub async fn backdate(&self, payment: &Value) {
         let past = AttributeValue::N((Timestamp::now().millis() - 5_000).to_string());
-        let pid = payment["payment_id"].as_str().unwrap();
+        let pid =
+            twochan_domain::PaymentId::try_from(payment["payment_id"].as_str().unwrap()).unwrap();
         let code = payment["unique_code"].as_str().unwrap();
         for (pk, sk, attr) in [
-            (format!("PAYMENT#{pid}"), "PAYMENT", "expires_at"),
+            (
+                format!("PAYMENT#{}", pid.slot().key()),
+                "PAYMENT",
+                "expires_at",
+            ),
             (format!("DEVICE#{code}"), "DEVICE", "pending_expires_at"),
         ] {
             self.dynamodb

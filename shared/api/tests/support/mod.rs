@@ -17,13 +17,13 @@ use std::{
 use lambda_http::{Body, Request, Response, http::Method};
 use twochan_api::routes::{App, Function, handle};
 use twochan_domain::{
-    Amount, Challenge, Currency, MerchantId, Payment, PaymentId, PosId, Result, TerminalId,
-    Timestamp, UniqueCode,
+    Amount, Challenge, Currency, MerchantId, Payment, PaymentId, PaymentSlot, PosId, Result,
+    TerminalId, Timestamp, UniqueCode,
     crypto::{MasterKey, SecretHash},
     ports::{
-        Balance, Confirmation, Device, Devices, Directory, Idempotency, IdempotencyClaim,
-        IdempotencyRecord, Ledger, Payments, Registration, Settlement, SettlementMessage,
-        SettlementQueue, TerminalSession, Write, WrongCode,
+        Balance, Confirmation, Device, Devices, Directory, Ledger, Payments, Registration,
+        Settlement, SettlementMessage, SettlementQueue, SlotRecord, StoredResponse,
+        TerminalSession, Write, WrongCode,
     },
 };
 
@@ -91,6 +91,7 @@ impl World {
         let terminal = TerminalId::try_from(TERMINAL).unwrap();
         let now = Timestamp::now();
         let mut payment = Payment::new(
+            PaymentId::generate(now),
             code.clone(),
             terminal.clone(),
             MerchantId::try_from(MERCHANT).unwrap(),
@@ -98,7 +99,6 @@ impl World {
             Amount::try_from(4500).unwrap(),
             Currency::try_from("KRW").unwrap(),
             None,
-            now,
             // Far longer than any test or fuzz run: the payment stays pending.
             30 * 24 * 3600,
         );
@@ -214,11 +214,27 @@ impl Payments for World {
     ) -> Result<(Option<Payment>, Option<Device>)> {
         Ok((self.payment(id).await?, self.device(code).await?))
     }
-    async fn create(
+    async fn slot(&self, _: &PaymentSlot) -> Result<Option<SlotRecord>> {
+        Ok(None)
+    }
+    async fn lock_device(&self, _: &Payment, _: &Device) -> Result<Write> {
+        self.wrote();
+        Ok(Write::Applied)
+    }
+    async fn put_payment(&self, _: &Payment, _: &str) -> Result<Write> {
+        self.wrote();
+        Ok(Write::Applied)
+    }
+    async fn release_lock(&self, _: &UniqueCode, _: &PaymentId) -> Result<()> {
+        self.wrote();
+        Ok(())
+    }
+    async fn record_rejection(
         &self,
-        _: &Payment,
-        _: &Device,
-        _: Option<IdempotencyRecord<'_>>,
+        _: &PaymentSlot,
+        _: &str,
+        _: &StoredResponse,
+        _: Timestamp,
     ) -> Result<Write> {
         self.wrote();
         Ok(Write::Applied)
@@ -246,37 +262,6 @@ impl Payments for World {
     async fn confirm(&self, _: &Confirmation<'_>) -> Result<Write> {
         self.wrote();
         Ok(Write::Applied)
-    }
-    async fn stale_confirmed(&self, _: Timestamp, _: usize) -> Result<Vec<Payment>> {
-        Ok(Vec::new())
-    }
-}
-
-impl Idempotency for World {
-    async fn claim(
-        &self,
-        _: &MerchantId,
-        _: &twochan_domain::IdempotencyKey,
-        _: &str,
-        _: Timestamp,
-    ) -> Result<IdempotencyClaim> {
-        self.wrote();
-        Ok(IdempotencyClaim::Claimed {
-            lease: "lease".into(),
-        })
-    }
-    async fn complete(&self, _: IdempotencyRecord<'_>) -> Result<()> {
-        self.wrote();
-        Ok(())
-    }
-    async fn release(
-        &self,
-        _: &MerchantId,
-        _: &twochan_domain::IdempotencyKey,
-        _: &str,
-    ) -> Result<()> {
-        self.wrote();
-        Ok(())
     }
 }
 
