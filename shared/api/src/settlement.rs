@@ -115,3 +115,98 @@ async fn settle_one<L: Ledger>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use twochan_domain::{
+        Amount, Currency, MerchantId, PaymentId, UniqueCode,
+        ports::{Balance, SettlementMessage},
+    };
+
+    use super::*;
+
+    /// Answers `settle` from a script, and counts the calls.
+    struct Scripted(Mutex<VecDeque<Settlement>>, Mutex<usize>);
+
+    impl Scripted {
+        fn new(answers: &[Settlement]) -> Self {
+            Self(Mutex::new(answers.iter().copied().collect()), Mutex::new(0))
+        }
+        fn calls(&self) -> usize {
+            *self.1.lock().unwrap()
+        }
+    }
+
+    impl Ledger for Scripted {
+        async fn settle(
+            &self,
+            _: &SettlementMessage,
+            _: Timestamp,
+        ) -> Result<Settlement, DomainError> {
+            *self.1.lock().unwrap() += 1;
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("an answer left in the script"))
+        }
+        async fn balances(&self, _: &MerchantId) -> Result<Vec<Balance>, DomainError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn event(sent_ms_ago: i64) -> SqsEvent {
+        let message = SettlementMessage {
+            payment_id: PaymentId::generate(Timestamp::now()),
+            merchant_id: MerchantId::try_from("m-1").unwrap(),
+            unique_code: UniqueCode::try_from("beacon-0001").unwrap(),
+            amount: Amount::try_from(100).unwrap(),
+            currency: Currency::try_from("EUR").unwrap(),
+            sent_at_ms: Timestamp::now().millis() - sent_ms_ago,
+        };
+        let mut record = SqsMessage::default();
+        record.message_id = Some("m".into());
+        record.body = Some(serde_json::to_string(&message).unwrap());
+        let mut event = SqsEvent::default();
+        event.records = vec![record];
+        event
+    }
+
+    const QUICK: SettleOptions<'static> = SettleOptions {
+        recheck_pauses_ms: &[0, 0],
+        orphan_after_ms: ORPHAN_AFTER_MS,
+    };
+    const PENDING: Settlement = Settlement::NotConfirmed(PaymentStatus::Pending);
+
+    #[tokio::test]
+    async fn a_young_message_of_a_pending_payment_waits_for_its_commit() {
+        // The commit lands between two looks: settled in the same invocation.
+        let ledger = Scripted::new(&[PENDING, Settlement::Settled]);
+        let out = settle_batch_with(&ledger, event(10), QUICK).await;
+        assert!(out.batch_item_failures.is_empty());
+        assert_eq!(ledger.calls(), 2);
+        // It never lands within the pauses: the queue must deliver it again.
+        let ledger = Scripted::new(&[PENDING, PENDING, PENDING]);
+        let out = settle_batch_with(&ledger, event(10), QUICK).await;
+        assert_eq!(out.batch_item_failures.len(), 1);
+        assert_eq!(ledger.calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_orphan_is_acknowledged_without_a_retry() {
+        // Still pending long after its confirmation sent it: that confirmation never committed.
+        let ledger = Scripted::new(&[PENDING]);
+        let out = settle_batch_with(&ledger, event(ORPHAN_AFTER_MS), QUICK).await;
+        assert!(out.batch_item_failures.is_empty());
+        assert_eq!(ledger.calls(), 1);
+        // A payment that ended otherwise (declined, expired...) never settles: at any age.
+        let ledger = Scripted::new(&[Settlement::NotConfirmed(PaymentStatus::Declined)]);
+        let out = settle_batch_with(&ledger, event(0), QUICK).await;
+        assert!(out.batch_item_failures.is_empty());
+        assert_eq!(ledger.calls(), 1);
+    }
+}
