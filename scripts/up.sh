@@ -8,7 +8,7 @@ source "$(dirname "$0")/common.sh"
 export ISSUER_MASTER_KEY="${ISSUER_MASTER_KEY:-$DEV_ISSUER_MASTER_KEY}"
 export PENDING_TTL_SECONDS="${PENDING_TTL_SECONDS:-120}"
 # Locally a failing settlement message is retried every few seconds (AWS: 60 s, the default).
-export SETTLEMENT_VISIBILITY_TIMEOUT="${SETTLEMENT_VISIBILITY_TIMEOUT:-4}"
+export SETTLEMENT_VISIBILITY_TIMEOUT="${SETTLEMENT_VISIBILITY_TIMEOUT:-5}"
 
 healthy() { curl -fsS -o /dev/null "$ENDPOINT/_ministack/health" 2>/dev/null; }
 

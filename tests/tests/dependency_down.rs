@@ -13,6 +13,7 @@ use twochan_domain::crypto::MasterKey;
 async fn dead_clients() -> AwsClients {
     // Port 9 (discard) on loopback: nothing listens, every connection is refused.
     let config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(twochan_aws::http_client())
         .endpoint_url("http://127.0.0.1:9")
         .region(Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(

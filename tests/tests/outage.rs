@@ -388,7 +388,11 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
         )
         .await;
         assert_eq!(resp.status().as_u16(), 200, "{:?}", answer(&resp));
-        assert_eq!(drain(&w).await, messages, "settlement messages after the retry");
+        assert_eq!(
+            drain(&w).await,
+            messages,
+            "settlement messages after the retry"
+        );
         assert_eq!(
             state(&w, &id, &code).await,
             (PaymentStatus::Settled, counter, None)

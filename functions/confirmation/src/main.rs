@@ -7,7 +7,7 @@ use twochan_aws::{AwsClients, DynamoStore, Settings, SqsSettlementQueue, secrets
 async fn main() -> Result<(), lambda_http::Error> {
     telemetry::init();
     let settings = Settings::from_env()?;
-    let clients = AwsClients::from_env().await;
+    let clients = AwsClients::from_env()?;
     let store = DynamoStore::new(clients.dynamodb.clone(), &settings.table_name);
     // Both are network round trips at init; neither needs the other.
     let ((), keys) = tokio::join!(

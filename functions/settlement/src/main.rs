@@ -9,7 +9,7 @@ use twochan_aws::{AwsClients, DynamoStore, Settings};
 async fn main() -> Result<(), lambda_runtime::Error> {
     telemetry::init();
     let settings = Settings::from_env()?;
-    let clients = AwsClients::from_env().await;
+    let clients = AwsClients::from_env()?;
     let store = DynamoStore::new(clients.dynamodb, &settings.table_name);
     store.warm_up().await;
     let store = &store;

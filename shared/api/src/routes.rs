@@ -735,7 +735,9 @@ async fn record_expiry<S: Payments, Q>(app: &App<S, Q>, payment: &Payment, now: 
         .finish_pending(payment, PaymentStatus::Expired, now)
         .await
     {
-        Ok(_) => tracing::info!(outcome = "expired"),
+        Ok(Write::Applied) => tracing::info!(outcome = "expired"),
+        // Recorded already, or the payment moved on meanwhile.
+        Ok(Write::Conflict) => {}
         Err(e) => tracing::warn!(error = ?e, "could not record expiry"),
     }
 }

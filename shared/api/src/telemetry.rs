@@ -4,7 +4,7 @@
 //! `unique_code_hash` (never the code itself); outcome lines add `outcome`. Secrets (keys, tokens,
 //! auth codes) never reach a log line: their types redact themselves in `Debug`.
 
-use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+use tracing_subscriber::{filter::Targets, fmt::MakeWriter, layer::SubscriberExt};
 
 /// Installs the global subscriber once, at init.
 pub fn init() {
@@ -17,14 +17,40 @@ pub fn subscriber<W>(writer: W) -> impl tracing::Subscriber + Send + Sync
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(filter)
         .with_current_span(true)
         .with_span_list(false)
         .with_target(false)
         .with_ansi(false)
         .with_writer(writer)
         .finish()
+        .with(filter(std::env::var("RUST_LOG").ok().as_deref()))
+}
+
+/// `RUST_LOG` as `target=level` directives and a default level (`info`, `twochan_api=debug,warn`).
+/// `Targets` rather than `EnvFilter`: no span-field or regex directives, which nobody here uses,
+/// and no regex engine in every bootstrap (docs/PERFORMANCE.md, size). Unparsable: `info`.
+fn filter(rust_log: Option<&str>) -> Targets {
+    rust_log
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO))
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::filter;
+
+    #[test]
+    fn rust_log_sets_the_levels() {
+        assert!(filter(None).would_enable("twochan_api", &Level::INFO));
+        assert!(!filter(None).would_enable("twochan_api", &Level::DEBUG));
+        let f = filter(Some("twochan_api=debug,warn"));
+        assert!(f.would_enable("twochan_api::routes", &Level::DEBUG));
+        assert!(!f.would_enable("aws_smithy_runtime", &Level::INFO));
+        assert!(f.would_enable("aws_smithy_runtime", &Level::WARN));
+        assert!(filter(Some("x=loud")).would_enable("y", &Level::INFO));
+    }
 }

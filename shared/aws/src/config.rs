@@ -2,7 +2,13 @@
 
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, retry::RetryConfig, timeout::TimeoutConfig};
+use aws_credential_types::{Credentials, provider::SharedCredentialsProvider};
+use aws_smithy_http_client::{
+    Builder as HttpClientBuilder,
+    tls::{Provider, rustls_provider::CryptoMode},
+};
+use aws_smithy_types::{retry::RetryConfig, timeout::TimeoutConfig};
+use aws_types::{SdkConfig, region::Region, sdk_config::SharedHttpClient};
 use twochan_domain::{DomainError, crypto::IssuerKeys};
 
 /// Pending lifetime of a payment when `PENDING_TTL_SECONDS` is not set.
@@ -14,17 +20,25 @@ pub struct AwsClients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub sqs: aws_sdk_sqs::Client,
     /// What they were built from, for a client needed once at init (SSM).
-    pub config: aws_config::SdkConfig,
+    pub config: SdkConfig,
 }
 
 impl AwsClients {
-    /// Loads region, credentials and endpoint (`AWS_ENDPOINT_URL`) the standard way, with
-    /// [`sdk_defaults`]' timeouts and retries.
-    pub async fn from_env() -> Self {
+    /// A function's clients, from the environment Lambda gives it (see [`lambda_config`]).
+    pub fn from_env() -> Result<Self, DomainError> {
+        Ok(Self::from_config(&lambda_config(&|k| {
+            std::env::var(k).ok()
+        })?))
+    }
+
+    /// Region, credentials and endpoint from the standard provider chains (environment,
+    /// profiles, SSO, ...), with the functions' timeouts, retries and HTTP client: for the tools.
+    #[cfg(feature = "loader")]
+    pub async fn load() -> Self {
         Self::from_config(&sdk_defaults().load().await)
     }
 
-    pub fn from_config(config: &aws_config::SdkConfig) -> Self {
+    pub fn from_config(config: &SdkConfig) -> Self {
         Self {
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             sqs: aws_sdk_sqs::Client::new(config),
@@ -33,23 +47,68 @@ impl AwsClients {
     }
 }
 
-/// The SDK settings of every function, before region, credentials and endpoint are resolved.
-///
 /// Timeouts fit a POS waiting on a checkout: a DynamoDB call normally takes single-digit
 /// milliseconds, so an attempt that has not answered in 2 s is retried (3 attempts, standard
 /// back-off) and the whole call is abandoned after 6 s, well inside the functions' timeout. A
 /// refused connection (the service down) fails each attempt at once, so the caller has its 503
 /// within about a second.
+pub fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .operation_attempt_timeout(Duration::from_secs(2))
+        .operation_timeout(Duration::from_secs(6))
+        .build()
+}
+
+pub fn retries() -> RetryConfig {
+    RetryConfig::standard().with_max_attempts(3)
+}
+
+/// HTTPS with rustls on ring: what the SDK's default client does, with a smaller crypto library
+/// that gathers no jitter entropy at init.
+pub fn http_client() -> SharedHttpClient {
+    HttpClientBuilder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
+
+/// The SDK configuration of a function, from what Lambda puts in its environment: `AWS_REGION`,
+/// the execution role's `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`,
+/// and `AWS_ENDPOINT_URL` on an emulator. No provider chain: nothing else could answer there,
+/// and the chains (profiles, SSO, STS, IMDS) were a megabyte of every bootstrap.
+pub fn lambda_config(get: &dyn Fn(&str) -> Option<String>) -> Result<SdkConfig, DomainError> {
+    let var = |k: &str| get(k).filter(|v| !v.is_empty());
+    let need = |k: &str| var(k).ok_or_else(|| DomainError::Internal(format!("{k} is not set")));
+    let region = var("AWS_REGION")
+        .or_else(|| var("AWS_DEFAULT_REGION"))
+        .ok_or_else(|| DomainError::Internal("AWS_REGION is not set".into()))?;
+    let credentials = Credentials::new(
+        need("AWS_ACCESS_KEY_ID")?,
+        need("AWS_SECRET_ACCESS_KEY")?,
+        var("AWS_SESSION_TOKEN"),
+        None,
+        "lambda-environment",
+    );
+    let mut config = SdkConfig::builder()
+        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+        .region(Region::new(region))
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
+        .timeout_config(timeouts())
+        .retry_config(retries())
+        .http_client(http_client());
+    if let Some(url) = var("AWS_ENDPOINT_URL") {
+        config = config.endpoint_url(url);
+    }
+    Ok(config.build())
+}
+
+/// The standard loader with the functions' timeouts, retries and HTTP client (tools, tests).
+#[cfg(feature = "loader")]
 pub fn sdk_defaults() -> aws_config::ConfigLoader {
-    aws_config::defaults(BehaviorVersion::latest())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(1))
-                .operation_attempt_timeout(Duration::from_secs(2))
-                .operation_timeout(Duration::from_secs(6))
-                .build(),
-        )
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts())
+        .retry_config(retries())
+        .http_client(http_client())
 }
 
 /// What a function reads from its environment at init.
@@ -133,6 +192,34 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    #[test]
+    fn the_lambda_environment_makes_the_sdk_config() {
+        let env = [
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "token"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        ];
+        let config = lambda_config(&lookup(&env)).unwrap();
+        assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-west-1"));
+        assert_eq!(config.endpoint_url(), Some("http://127.0.0.1:4566"));
+        assert!(config.credentials_provider().is_some() && config.http_client().is_some());
+        assert_eq!(
+            config.timeout_config().and_then(|t| t.operation_timeout()),
+            Some(Duration::from_secs(6))
+        );
+        // Without credentials or a region a function must not start.
+        assert!(lambda_config(&lookup(&env[1..])).is_err());
+        assert!(lambda_config(&lookup(&env[..2])).is_err());
+        assert!(
+            lambda_config(&lookup(&env[..3]))
+                .unwrap()
+                .endpoint_url()
+                .is_none()
+        );
     }
 
     #[test]

@@ -47,8 +47,8 @@ mod cond {
     /// ...or one whose payment is past its expiry, checked here against the write's own clock.
     pub const LOCK_LAPSED: &str =
         "terminal_id = :terminal AND pending_payment_id = :held AND pending_expires_at < :now";
-    /// A payment that is still pending (the lock's owner, when taken over after expiry).
-    pub const PAYMENT_PENDING: &str = "#status = :pending";
+    /// The lock's payment, still pending (deregistration cancels it).
+    pub const PAYMENT_PENDING_HELD: &str = "#status = :pending AND payment_id = :held";
     /// A pending payment that has not expired yet: confirm, cancel, decline, wrong-code counting.
     pub const PAYMENT_PENDING_UNEXPIRED: &str = "#status = :pending AND expires_at >= :now";
     pub const PAYMENT_PENDING_ATTEMPTS: &str =
@@ -533,7 +533,17 @@ impl Devices for DynamoStore {
             })?,
             self.delete(key(token_pk(reg.token_hash.as_str()), SK_TOKEN))?,
         ];
-        if let Some((held, lapses_at)) = &device.pending {
+        // The lock's payment, if it was stored: a request that died between taking the lock and
+        // storing its payment leaves a lock whose payment does not exist.
+        let held = match &device.pending {
+            Some((held, lapses_at)) => self
+                .payment(held)
+                .await?
+                .filter(|p| p.status == PaymentStatus::Pending)
+                .map(|_| (held, lapses_at)),
+            None => None,
+        };
+        if let Some((held, lapses_at)) = held {
             // A payment past its expiry becomes expired, not canceled: it had already lapsed.
             let to = if at > *lapses_at {
                 PaymentStatus::Expired
@@ -543,8 +553,12 @@ impl Devices for DynamoStore {
             items.push(self.update_item(UpdateSpec {
                 key: key(payment_pk(held), SK_PAYMENT),
                 update: "SET #status = :to".into(),
-                condition: cond::PAYMENT_PENDING,
-                values: vec![(":pending", s("pending")), (":to", s(to.as_str()))],
+                condition: cond::PAYMENT_PENDING_HELD,
+                values: vec![
+                    (":pending", s("pending")),
+                    (":to", s(to.as_str())),
+                    (":held", s(held.as_str())),
+                ],
             })?);
         }
         self.transact("TransactWriteItems(deregister)", items).await
@@ -729,22 +743,34 @@ impl Payments for DynamoStore {
                 to.as_str()
             )));
         }
-        let condition = if to == PaymentStatus::Expired {
-            cond::PAYMENT_PENDING_LAPSED
-        } else {
-            cond::PAYMENT_PENDING_UNEXPIRED
+        let payment_update = UpdateSpec {
+            key: key(payment_pk(&payment.payment_id), SK_PAYMENT),
+            update: "SET #status = :to".into(),
+            condition: if to == PaymentStatus::Expired {
+                cond::PAYMENT_PENDING_LAPSED
+            } else {
+                cond::PAYMENT_PENDING_UNEXPIRED
+            },
+            values: vec![
+                (":pending", s("pending")),
+                (":to", s(to.as_str())),
+                (":now", n(at.millis())),
+            ],
         };
+        if to == PaymentStatus::Expired {
+            // A lapsed payment's lock may already be another payment's (taken over): record the
+            // expiry on the payment alone, then free the lock if it is still this payment's.
+            let written = self
+                .update_if("UpdateItem(record_expiry)", payment_update)
+                .await?;
+            if written == Write::Applied {
+                self.release_lock(&payment.unique_code, &payment.payment_id)
+                    .await?;
+            }
+            return Ok(written);
+        }
         let items = vec![
-            self.update_item(UpdateSpec {
-                key: key(payment_pk(&payment.payment_id), SK_PAYMENT),
-                update: "SET #status = :to".into(),
-                condition,
-                values: vec![
-                    (":pending", s("pending")),
-                    (":to", s(to.as_str())),
-                    (":now", n(at.millis())),
-                ],
-            })?,
+            self.update_item(payment_update)?,
             self.update_item(UpdateSpec {
                 key: key(device_pk(payment.unique_code.as_str()), SK_DEVICE),
                 update: "REMOVE pending_payment_id, pending_expires_at".into(),

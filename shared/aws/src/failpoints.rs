@@ -95,7 +95,7 @@ impl Probe {
 
     /// DynamoDB and SQS clients built from `config` (the production settings: timeouts, retries)
     /// with this probe attached.
-    pub fn clients(&self, config: &aws_config::SdkConfig) -> AwsClients {
+    pub fn clients(&self, config: &aws_types::SdkConfig) -> AwsClients {
         AwsClients {
             dynamodb: aws_sdk_dynamodb::Client::from_conf(
                 aws_sdk_dynamodb::config::Builder::from(config)

@@ -10,6 +10,8 @@ mod items;
 pub mod secrets;
 pub mod sqs;
 
-pub use config::{AwsClients, Settings, sdk_defaults};
+#[cfg(feature = "loader")]
+pub use config::sdk_defaults;
+pub use config::{AwsClients, Settings, http_client, lambda_config, retries, timeouts};
 pub use dynamo::DynamoStore;
 pub use sqs::SqsSettlementQueue;

@@ -10,7 +10,7 @@ use crate::Settings;
 /// else `ISSUER_MASTER_KEY`. A function that verifies device codes cannot start without one.
 pub async fn issuer_keys(
     settings: &Settings,
-    config: &aws_config::SdkConfig,
+    config: &aws_types::SdkConfig,
 ) -> Result<IssuerKeys, DomainError> {
     let Some(name) = &settings.issuer_keys_parameter else {
         return settings.issuer_keys.clone().ok_or_else(|| {

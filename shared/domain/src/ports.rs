@@ -101,10 +101,12 @@ pub struct SettlementMessage {
     pub sent_at_ms: i64,
 }
 
-/// How long after sending a settlement message its payment may still become confirmed: above
-/// the confirmation function's timeout (10 s) with a wide margin. A message older than this whose
-/// payment is not confirmed is an orphan of a confirmation that never committed.
-pub const ORPHAN_AFTER_MS: i64 = 30_000;
+/// How long after sending a settlement message its payment may still become confirmed: twice the
+/// confirmation function's timeout (10 s; its SDK calls give up after 6 s). A message older than
+/// this whose payment is not confirmed is an orphan of a confirmation that never committed. The
+/// queue must keep such a message for that long: 4 visibility timeouts of at least 5 s (the
+/// template's `SettlementVisibilityTimeout` minimum) before its 5th and last receive.
+pub const ORPHAN_AFTER_MS: i64 = 20_000;
 
 impl SettlementMessage {
     pub fn for_payment(p: &Payment, sent_at: Timestamp) -> Self {

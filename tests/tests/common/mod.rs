@@ -43,6 +43,7 @@ impl Ctx {
         let stack = Stack::load();
         // The harness always targets an emulator: its endpoint and throwaway credentials.
         let config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(twochan_aws::http_client())
             .endpoint_url(require(&stack, "AWS_ENDPOINT_URL"))
             .region(Region::new("us-east-1"))
             .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(

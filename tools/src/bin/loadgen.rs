@@ -9,7 +9,11 @@
 //! - `putitem`: raw conditional PutItems (`attribute_not_exists`) on a scratch table of the
 //!   emulator's DynamoDB. Its write ceiling.
 //!
-//! Reads the stack's coordinates from `.local/stack.env` (see `twochan_tools::stack`).
+//! Reads the stack's coordinates from `.local/stack.env` (see `twochan_tools::stack`). With
+//! `LOADGEN_WATCH_URL` set (e.g. `http://[::1]:9000`, a `make watch`), `payments` sends the
+//! payment requests and confirmations to the functions `cargo lambda watch` serves instead of the
+//! emulator's API Gateway + Lambda (devices are still registered, and payments still settled, by
+//! the deployed stack): the same load without the emulator's invoke path.
 
 use std::time::{Duration, Instant};
 
@@ -125,7 +129,7 @@ async fn noop(api: &Api, n: usize, run_for: Duration) -> serde_json::Value {
 }
 
 async fn putitem(n: usize, run_for: Duration) -> serde_json::Value {
-    let clients = AwsClients::from_env().await;
+    let clients = AwsClients::load().await;
     let db = &clients.dynamodb;
     let table = unique_id("twochan-bench-");
     db.create_table()
@@ -171,7 +175,7 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
     // A merchant of its own, so its balance counts exactly this run's payments.
     let merchant = unique_id("bench-m-");
     let key = IssuedSecret::generate("mk_");
-    let clients = AwsClients::from_env().await;
+    let clients = AwsClients::load().await;
     DynamoStore::new(clients.dynamodb, var("TABLE_NAME"))
         .put_merchant(
             &MerchantId::try_from(merchant.as_str()).unwrap(),
@@ -180,7 +184,22 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
         )
         .await
         .unwrap_or_else(|e| fail(format!("merchant: {e}")));
-    let pos = Pos::new(api.clone(), &merchant, &key.secret, "bench-pos");
+    let watch = std::env::var("LOADGEN_WATCH_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let function_api = |function: &str| match &watch {
+        Some(base) => Api::new(&format!(
+            "{}/lambda-url/{function}",
+            base.trim_end_matches('/')
+        )),
+        None => api.clone(),
+    };
+    let pos = Pos::new(
+        function_api("payment-request"),
+        &merchant,
+        &key.secret,
+        "bench-pos",
+    );
     let mut pairs = Vec::new();
     for _ in 0..n {
         let device = Device::manufacture(&master, &unique_id("bench-dev-"));
@@ -189,6 +208,7 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
         if r.status != 201 {
             fail(format!("register: {} {}", r.status, r.json));
         }
+        phone.api = function_api("confirmation");
         pairs.push((device, phone));
     }
     let start = Instant::now();
@@ -256,6 +276,7 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     json!({
+        "via": if watch.is_some() { "cargo lambda watch" } else { "emulator API Gateway + Lambda" },
         "payments_per_s": round(confirmed as f64 / elapsed),
         "confirmed": confirmed,
         "settled": settled,

@@ -20,7 +20,7 @@ async fn main() {
         eprintln!("{e}");
         std::process::exit(2);
     });
-    let clients = AwsClients::from_env().await;
+    let clients = AwsClients::load().await;
     let store = DynamoStore::new(clients.dynamodb, table);
     let key = IssuedSecret::generate("mk_");
     if let Err(e) = store.put_merchant(&id, &key.hash, Timestamp::now()).await {
