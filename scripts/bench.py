@@ -12,10 +12,13 @@ BENCH_SECONDS (default 20) is the length of each load phase."""
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stack import ROOT  # noqa: E402
@@ -75,6 +78,42 @@ def profile(phase, n):
     return result
 
 
+WATCH_PORT = int(os.environ.get("BENCH_WATCH_PORT", "9321"))
+
+
+def watch_load(n):
+    """The same payments load, sent to the functions `cargo lambda watch` serves (release builds,
+    up to n instances each) instead of the emulator's API Gateway + Lambda; DynamoDB, SQS and
+    settlement stay on the emulator."""
+    env = dict(os.environ, WATCH_PORT=str(WATCH_PORT), WATCH_ADDRESS="127.0.0.1", RUST_LOG="warn")
+    watch = subprocess.Popen(["bash", "scripts/watch.sh", "--release", "--concurrency", str(n)], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{WATCH_PORT}"
+    try:
+        # Each function is built and started on its first request: wait until both answer.
+        for fn, path in (("payment-request", "/v1/balance"), ("confirmation", "/v1/pending-payments")):
+            deadline = time.monotonic() + 900
+            while True:
+                try:
+                    urllib.request.urlopen(f"{base}/lambda-url/{fn}{path}", timeout=60)
+                except urllib.error.HTTPError as e:
+                    if e.code == 401:
+                        break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    pass
+                if time.monotonic() > deadline or watch.poll() is not None:
+                    sys.exit(f"cargo lambda watch did not serve {fn}")
+                time.sleep(1)
+        os.environ["LOADGEN_WATCH_URL"] = base
+        try:
+            return profile("payments", n)
+        finally:
+            del os.environ["LOADGEN_WATCH_URL"]
+    finally:
+        os.killpg(watch.pid, signal.SIGTERM)
+        watch.wait(timeout=30)
+
+
 def main():
     py = sys.executable
     # 1. Init, first request, memory, size.
@@ -123,6 +162,14 @@ def main():
             f"cores used: emulator {p['cores']['emulator']}, functions {p['cores']['functions']}, "
             f"load generator {p['cores']['load_generator']} (of {os.cpu_count()})",
             f"target/lambda/loadgen/bootstrap payments {n} {SECONDS}")
+    w = watch_load(32)
+    row("throughput, N = 32, through cargo lambda watch (not the emulator's API Gateway + Lambda)", "-",
+        f"{w['payments_per_s']} payments/s = {w['payments_per_s'] / ceiling:.2f} × the emulator path's ceiling; "
+        f"create p50/p99 {w['create']['p50_ms']}/{w['create']['p99_ms']} ms, confirm p50/p99 "
+        f"{w['confirm']['p50_ms']}/{w['confirm']['p99_ms']} ms; errors {w['errors']}; "
+        f"settled {w['settled']}/{w['confirmed']}; cores used: emulator {w['cores']['emulator']}, "
+        f"load generator {w['cores']['load_generator']}",
+        f"make watch + LOADGEN_WATCH_URL=http://127.0.0.1:{WATCH_PORT} target/lambda/loadgen/bootstrap payments 32 {SECONDS}")
 
     print("| metric | target | measured | command |")
     print("|---|---|---|---|")
