@@ -54,6 +54,14 @@ fn payment_for(code: &UniqueCode, terminal: &TerminalId, ttl: i64) -> Payment {
     )
 }
 
+/// What deregistration keeps for a payment request caught between its two writes.
+fn abandoned() -> StoredResponse {
+    StoredResponse {
+        status: 404,
+        body: "{\"error\":{\"code\":\"unknown_device\"}}".into(),
+    }
+}
+
 /// A new payment as the use case makes it: the device's lock (LOCK_FREE or LOCK_LAPSED), then
 /// the payment in its slot (NEW_ITEM).
 async fn create(ctx: &Ctx, p: &Payment, seen: &Device) -> Write {
@@ -104,7 +112,7 @@ async fn deregister_needs_the_registration_and_lock_as_read() {
     assert_eq!(create(&ctx, &p, &device).await, Write::Applied);
     assert_eq!(
         ctx.store
-            .deregister(&device, Timestamp::now())
+            .deregister(&device, Timestamp::now(), &abandoned())
             .await
             .unwrap(),
         Write::Conflict
@@ -113,7 +121,7 @@ async fn deregister_needs_the_registration_and_lock_as_read() {
     let fresh = ctx.store.device(&code).await.unwrap().unwrap();
     assert_eq!(
         ctx.store
-            .deregister(&fresh, Timestamp::now())
+            .deregister(&fresh, Timestamp::now(), &abandoned())
             .await
             .unwrap(),
         Write::Applied
@@ -126,6 +134,40 @@ async fn deregister_needs_the_registration_and_lock_as_read() {
             .unwrap()
             .status,
         PaymentStatus::Canceled
+    );
+    let gone = ctx.store.device(&code).await.unwrap().unwrap();
+    assert!(gone.registration.is_none() && gone.pending.is_none());
+}
+
+/// A lock whose payment is not stored (its request died, or has not written it yet):
+/// deregistration keeps an answer in that payment's slot (NEW_ITEM), so the late write fails.
+#[tokio::test]
+async fn deregistration_closes_the_slot_of_a_lock_without_payment() {
+    let ctx = Ctx::new().await;
+    let (code, terminal, device) = registered(&ctx).await;
+    let p = payment_for(&code, &terminal, 120);
+    assert_eq!(
+        ctx.store.lock_device(&p, &device).await.unwrap(),
+        Write::Applied
+    );
+    let locked = ctx.store.device(&code).await.unwrap().unwrap();
+    assert_eq!(
+        ctx.store
+            .deregister(&locked, Timestamp::now(), &abandoned())
+            .await
+            .unwrap(),
+        Write::Applied
+    );
+    assert_eq!(
+        ctx.store.put_payment(&p, "fp-late").await.unwrap(),
+        Write::Conflict
+    );
+    assert_eq!(
+        ctx.store.slot(&p.payment_id.slot()).await.unwrap(),
+        Some(SlotRecord::Rejected {
+            fingerprint: "*".into(),
+            response: abandoned()
+        })
     );
     let gone = ctx.store.device(&code).await.unwrap().unwrap();
     assert!(gone.registration.is_none() && gone.pending.is_none());
@@ -385,7 +427,7 @@ async fn only_registration_writes_the_terminal_index() {
     let fresh = ctx.store.device(&code).await.unwrap().unwrap();
     assert_eq!(
         ctx.store
-            .deregister(&fresh, Timestamp::now())
+            .deregister(&fresh, Timestamp::now(), &abandoned())
             .await
             .unwrap(),
         Write::Applied

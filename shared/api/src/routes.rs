@@ -13,7 +13,7 @@ use twochan_domain::{
     crypto::{IssuedSecret, IssuerKeys, PaymentBinding, sha256_hex},
     payment::{ConfirmGate, MAX_AUTH_ATTEMPTS},
     ports::{
-        Confirmation, Device, Devices, Directory, Ledger, Payments, Registration,
+        ANY_REQUEST, Confirmation, Device, Devices, Directory, Ledger, Payments, Registration,
         SettlementMessage, SettlementQueue, SlotRecord, StoredResponse, TerminalSession, Write,
         WrongCode,
     },
@@ -338,7 +338,14 @@ where
             Some(r) if r.terminal_id == session.terminal_id => {}
             _ => return Err(DomainError::NotFound),
         }
-        if app.store.deregister(&device, Timestamp::now()).await? == Write::Applied {
+        // What a payment request that still holds the lock without its payment will answer.
+        let abandoned = stored_response(&error_response(&DomainError::UnknownDevice));
+        if app
+            .store
+            .deregister(&device, Timestamp::now(), &abandoned)
+            .await?
+            == Write::Applied
+        {
             tracing::info!(
                 outcome = "deregistered",
                 canceled_payment = device.pending.is_some()
@@ -438,10 +445,7 @@ where
         Err(e) => {
             // A final answer (unknown device, busy): the same key gets the same answer.
             let resp = error_response(&e);
-            let stored = StoredResponse {
-                status: resp.status().as_u16(),
-                body: String::from_utf8_lossy(resp.body().as_ref()).into_owned(),
-            };
+            let stored = stored_response(&resp);
             let kept = app
                 .store
                 .record_rejection(&new.slot, &new.fingerprint, &stored, Timestamp::now())
@@ -455,6 +459,13 @@ where
                 },
             }
         }
+    }
+}
+
+fn stored_response(resp: &Response<Body>) -> StoredResponse {
+    StoredResponse {
+        status: resp.status().as_u16(),
+        body: String::from_utf8_lossy(resp.body().as_ref()).into_owned(),
     }
 }
 
@@ -490,7 +501,7 @@ fn replay(record: SlotRecord, fingerprint: &str) -> Result<Response<Body>> {
         SlotRecord::Rejected {
             fingerprint: kept,
             response,
-        } if kept == fingerprint => {
+        } if kept == fingerprint || kept == ANY_REQUEST => {
             let status = StatusCode::from_u16(response.status)
                 .map_err(|_| DomainError::Internal("stored status".into()))?;
             raw_json_response(status, response.body)
@@ -539,6 +550,10 @@ where
             // The lock is this key's: its first request is in flight, or stored its payment.
             Some((held, lapses)) if held.slot() == new.slot => {
                 if let Some(record) = app.store.slot(&new.slot).await? {
+                    if !record_is(&record, &held) {
+                        // A lock left by a replay that died before giving it back.
+                        release_lock(app, &r.unique_code, &held).await;
+                    }
                     return Ok(Created::Stored(record));
                 }
                 if now.millis() - held.requested_at().millis() < IN_FLIGHT_LEASE_MS {
@@ -560,27 +575,48 @@ where
             }
         };
         tag_payment(&payment);
-        if app.store.put_payment(&payment, &new.fingerprint).await? == Write::Applied {
+        let put = app.store.put_payment(&payment, &new.fingerprint).await;
+        if matches!(put, Ok(Write::Applied)) {
             tracing::info!(outcome = "payment_created");
             return Ok(Created::New(payment));
         }
-        // The slot holds an answer already (a retry after the first request's lock was gone).
-        let record = app
-            .store
-            .slot(&new.slot)
-            .await?
-            .ok_or_else(|| DomainError::Unavailable("payment slot changed".into()))?;
-        let ours = matches!(&record, SlotRecord::Payment { payment: p, .. } if p.payment_id == payment.payment_id);
-        if locked_here && !ours {
-            // The lock just taken is for a payment that will never be stored: give it back.
-            app.store
-                .release_lock(&r.unique_code, &payment.payment_id)
-                .await?;
+        // The slot holds an answer already (a retry after the first request's lock was gone), or
+        // the write failed: it may still have been applied (an SDK retry after a lost answer).
+        let record = match app.store.slot(&new.slot).await {
+            Ok(record) => record,
+            Err(e) => return Err(put.err().unwrap_or(e)),
+        };
+        if let Some(record) = &record
+            && record_is(record, &payment.payment_id)
+        {
+            tracing::info!(outcome = "payment_created");
+            return Ok(Created::New(payment));
         }
-        return Ok(Created::Stored(record));
+        if locked_here {
+            // The lock just taken is for a payment that is not stored: give it back, so that
+            // a failure does not keep the code busy for the pending lifetime.
+            release_lock(app, &r.unique_code, &payment.payment_id).await;
+        }
+        return match (put, record) {
+            (Err(e), _) => Err(e),
+            (_, Some(record)) => Ok(Created::Stored(record)),
+            (_, None) => Err(DomainError::Unavailable("payment slot changed".into())),
+        };
     }
     // Lost every race: someone else holds the lock by now, or keeps changing the device.
     Err(DomainError::DeviceBusy)
+}
+
+/// Whether a slot record is the payment `id`.
+fn record_is(record: &SlotRecord, id: &PaymentId) -> bool {
+    matches!(record, SlotRecord::Payment { payment, .. } if payment.payment_id == *id)
+}
+
+/// Gives a device lock back; best effort, as the lock lapses with the pending lifetime anyway.
+async fn release_lock<S: Payments, Q>(app: &App<S, Q>, code: &UniqueCode, id: &PaymentId) {
+    if let Err(e) = app.store.release_lock(code, id).await {
+        tracing::warn!(error = ?e, "could not give a device lock back");
+    }
 }
 
 fn pending_payment<S, Q>(

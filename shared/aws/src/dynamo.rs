@@ -15,9 +15,9 @@ use twochan_domain::{
     TerminalId, Timestamp, UniqueCode,
     crypto::SecretHash,
     ports::{
-        Balance, Confirmation, Device, Devices, Directory, Ledger, Payments, Registration,
-        Settlement, SettlementMessage, SlotRecord, StoredResponse, TerminalSession, Write,
-        WrongCode,
+        ANY_REQUEST, Balance, Confirmation, Device, Devices, Directory, Ledger, Payments,
+        Registration, Settlement, SettlementMessage, SlotRecord, StoredResponse, TerminalSession,
+        Write, WrongCode,
     },
 };
 
@@ -510,7 +510,12 @@ impl Devices for DynamoStore {
         self.transact("TransactWriteItems(register)", items).await
     }
 
-    async fn deregister(&self, device: &Device, at: Timestamp) -> Result<Write> {
+    async fn deregister(
+        &self,
+        device: &Device,
+        at: Timestamp,
+        abandoned: &StoredResponse,
+    ) -> Result<Write> {
         let Some(reg) = &device.registration else {
             return Ok(Write::Conflict);
         };
@@ -534,15 +539,32 @@ impl Devices for DynamoStore {
             self.delete(key(token_pk(reg.token_hash.as_str()), SK_TOKEN))?,
         ];
         // The lock's payment, if it was stored: a request that died between taking the lock and
-        // storing its payment leaves a lock whose payment does not exist.
-        let held = match &device.pending {
-            Some((held, lapses_at)) => self
-                .payment(held)
-                .await?
-                .filter(|p| p.status == PaymentStatus::Pending)
-                .map(|_| (held, lapses_at)),
-            None => None,
-        };
+        // storing its payment (or is still between them) leaves a lock whose payment does not
+        // exist. Its slot then gets `abandoned`, so that a late put of that payment fails.
+        let mut held = None;
+        if let Some((id, lapses_at)) = &device.pending {
+            match self.get_raw(payment_pk(id), SK_PAYMENT).await? {
+                None => {
+                    let kept = RejectedItem {
+                        pk: payment_pk(id),
+                        sk: SK_PAYMENT.into(),
+                        request_fingerprint: ANY_REQUEST.into(),
+                        rejected_status: abandoned.status,
+                        rejected_body: abandoned.body.clone(),
+                        rejected_at: at.millis(),
+                    };
+                    items.push(self.put_new(item_of(&kept)?)?);
+                }
+                Some(item) => {
+                    if let SlotRecord::Payment { payment, .. } = slot_record(item)?
+                        && payment.payment_id == *id
+                        && payment.status == PaymentStatus::Pending
+                    {
+                        held = Some((id, lapses_at));
+                    }
+                }
+            }
+        }
         if let Some((held, lapses_at)) = held {
             // A payment past its expiry becomes expired, not canceled: it had already lapsed.
             let to = if at > *lapses_at {
@@ -709,6 +731,9 @@ impl Payments for DynamoStore {
         if held.is_empty() {
             return Ok(Vec::new());
         }
+        // Two locks may name one slot (a lock left behind by a replay): one key each.
+        held.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        held.dedup_by(|a, b| a.slot() == b.slot());
         let keys = held
             .iter()
             .map(|id| key(payment_pk(id), SK_PAYMENT))

@@ -155,7 +155,9 @@ impl TryFrom<String> for PaymentId {
     fn try_from(s: String) -> Result<Self, DomainError> {
         let ok = s.strip_prefix("pay_").is_some_and(|u| {
             u.len() == 26
-                && u.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+                // Crockford base 32 as the ULID spec writes it: digits and uppercase letters
+                // without I, L, O and U (which `slot` could not decode).
+                && u.bytes().all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)))
                 // The first ULID char encodes the top 3 bits of a 48-bit time: at most '7'.
                 && u.as_bytes()[0] <= b'7'
         });
@@ -405,6 +407,11 @@ mod tests {
         assert_eq!(later.slot(), slot);
         assert_eq!(id.requested_at(), at);
         assert!(id.as_str().ends_with(&slot.key()));
+        // Letters outside Crockford's alphabet are not an id (not a panic further on).
+        for bad in ["I", "L", "O", "U"] {
+            let raw = format!("pay_0000000000000000000000000{bad}");
+            assert!(PaymentId::try_from(raw.as_str()).is_err(), "{raw}");
+        }
         assert_eq!(slot.key().len(), 16);
         // A well-formed id by the contract's own rules.
         assert_eq!(PaymentId::try_from(id.as_str()).unwrap(), id);

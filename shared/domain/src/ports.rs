@@ -64,6 +64,10 @@ pub enum Write {
     Conflict,
 }
 
+/// The fingerprint of an answer kept for any request body (a deregistration's, for a payment
+/// that was never stored).
+pub const ANY_REQUEST: &str = "*";
+
 /// A response kept under an idempotency key, replayed verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredResponse {
@@ -97,7 +101,9 @@ pub struct SettlementMessage {
     pub currency: Currency,
     /// When the confirmation sent it (ms since the epoch). It is sent just *before* the
     /// confirmation commits, so a message whose payment is still pending long after this was
-    /// never followed by a commit (see [`ORPHAN_AFTER_MS`]).
+    /// never followed by a commit (see [`ORPHAN_AFTER_MS`]). Absent (a message of an older
+    /// version): 0, so it counts as old, which only matters if its payment is not confirmed.
+    #[serde(default)]
     pub sent_at_ms: i64,
 }
 
@@ -214,11 +220,15 @@ pub trait Devices: Send + Sync {
         seen: Option<&Device>,
         registration: &Registration,
     ) -> impl Future<Output = Result<Write>> + Send;
-    /// Frees `device`'s code, revokes its token and cancels its pending payment, if any.
+    /// Frees `device`'s code, revokes its token and cancels its pending payment, if any. A lock
+    /// whose payment was never stored (its request died, or is still between its two writes)
+    /// gets `abandoned` kept in that payment's slot, for every body, so that a late write of the
+    /// payment fails and its request answers that instead.
     fn deregister(
         &self,
         device: &Device,
         at: Timestamp,
+        abandoned: &StoredResponse,
     ) -> impl Future<Output = Result<Write>> + Send;
 }
 

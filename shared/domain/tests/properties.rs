@@ -42,7 +42,8 @@ fn in_payment_id_language(s: &str) -> bool {
         return false;
     };
     ulid.chars().count() == 26
-        && ulid.chars().all(|c| matches!(c, '0'..='9' | 'A'..='Z'))
+        // Crockford base 32: the contract's [0-9A-Z] without I, L, O and U, which no ULID has.
+        && ulid.chars().all(|c| matches!(c, '0'..='9' | 'A'..='Z') && !"ILOU".contains(c))
         && ulid.starts_with(['0', '1', '2', '3', '4', '5', '6', '7'])
 }
 

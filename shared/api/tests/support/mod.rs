@@ -197,7 +197,7 @@ impl Devices for World {
         self.wrote();
         Ok(Write::Applied)
     }
-    async fn deregister(&self, _: &Device, _: Timestamp) -> Result<Write> {
+    async fn deregister(&self, _: &Device, _: Timestamp, _: &StoredResponse) -> Result<Write> {
         self.wrote();
         Ok(Write::Applied)
     }
