@@ -75,7 +75,7 @@ mod cond {
          AND unique_code = :code";
 }
 
-type RawItem = HashMap<String, AttributeValue>;
+pub type RawItem = HashMap<String, AttributeValue>;
 
 fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -1019,6 +1019,20 @@ impl DynamoStore {
             .await
             .map_err(|e| sdk_error("GetItem", e))?;
         Ok(out.item)
+    }
+}
+
+/// A payment as its stored item (serde_dynamo), as every payment write makes it. Public for the
+/// CPU benchmarks (`make bench-cpu`), like [`payment_from_item`].
+pub fn payment_to_item(p: &Payment, fingerprint: &str) -> Result<RawItem> {
+    item_of(&PaymentItem::new(p, fingerprint))
+}
+
+/// A stored payment item back into a payment, as every payment read does.
+pub fn payment_from_item(item: RawItem) -> Result<Payment> {
+    match slot_record(item)? {
+        SlotRecord::Payment { payment, .. } => Ok(*payment),
+        SlotRecord::Rejected { .. } => Err(DomainError::Internal("not a payment item".into())),
     }
 }
 

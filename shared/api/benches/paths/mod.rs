@@ -58,6 +58,8 @@ pub struct Fixture {
     /// The same world with the device free, so that a new payment is created (201).
     free_app: App<World, WorldQueue>,
     payment: Payment,
+    /// The same payment as its stored DynamoDB item.
+    payment_item: twochan_aws::dynamo::RawItem,
     create: RequestParts,
     confirm: RequestParts,
     get: RequestParts,
@@ -180,6 +182,7 @@ impl Fixture {
                 .unwrap(),
             app: world.app(),
             free_app: free.app(),
+            payment_item: twochan_aws::dynamo::payment_to_item(&payment, "fingerprint").unwrap(),
             payment,
             create,
             confirm,
@@ -261,6 +264,8 @@ pub const PATHS: &[(&str, Op)] = &[
     ("handle/confirm_payment", handle_confirm_payment),
     ("handle/get_payment", handle_get_payment),
     ("response/payment_view", payment_view),
+    ("item/payment_to_dynamo", payment_to_dynamo),
+    ("item/payment_from_dynamo", payment_from_dynamo),
     ("response/apigw_json", response_apigw_json),
     ("lambda/create_payment", lambda_create_payment),
     ("lambda/confirm_payment", lambda_confirm_payment),
@@ -271,6 +276,21 @@ pub const PATHS: &[(&str, Op)] = &[
         lambda_confirm_payment_logged,
     ),
 ];
+
+/// A payment into its DynamoDB item (serde_dynamo), as every payment write does.
+fn payment_to_dynamo(fx: &Fixture) -> usize {
+    twochan_aws::dynamo::payment_to_item(black_box(&fx.payment), "fingerprint")
+        .unwrap()
+        .len()
+}
+
+/// A stored payment item back into a payment, as every payment read does (its clone included).
+fn payment_from_dynamo(fx: &Fixture) -> usize {
+    twochan_aws::dynamo::payment_from_item(black_box(fx.payment_item.clone()))
+        .unwrap()
+        .amount
+        .minor_units() as usize
+}
 
 /// The `http::Request` the `handle/*` paths start from (their cost includes this).
 fn build_request(fx: &Fixture) -> usize {
