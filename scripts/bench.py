@@ -171,6 +171,11 @@ def main():
         f"load generator {w['cores']['load_generator']}",
         f"make watch + LOADGEN_WATCH_URL=http://127.0.0.1:{WATCH_PORT} target/lambda/loadgen/bootstrap payments 32 {SECONDS}")
 
+    prof = json.loads(run([sys.executable, "scripts/profile_emulator.py", "32"]).strip().splitlines()[-1])
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in prof["share"].items())
+    row("profile of the emulator process during the N = 32 load (py-spy, non-idle samples by MiniStack module)", "-",
+        f"{prof['samples']} samples at {prof['payments_per_s']} payments/s: {shares}", "scripts/profile_emulator.py 32")
+
     print("| metric | target | measured | command |")
     print("|---|---|---|---|")
     for r in rows:
