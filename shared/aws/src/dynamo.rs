@@ -256,22 +256,21 @@ impl DynamoStore {
         }
     }
 
-    /// A conditional `UpdateItem` on its own (not in a transaction).
+    /// A conditional `UpdateItem` on its own (not in a transaction): the same request a
+    /// transaction's update would carry.
     async fn update_if(&self, op: &'static str, spec: UpdateSpec) -> Result<Write> {
-        let mut b = self
+        let u = self.update(spec)?;
+        let result = self
             .client
             .update_item()
-            .table_name(&self.table)
-            .set_key(Some(spec.key))
-            .update_expression(spec.update)
-            .condition_expression(spec.condition);
-        for (name, value) in spec.values {
-            b = b.expression_attribute_values(name, value);
-        }
-        if spec.condition.contains("#status") {
-            b = b.expression_attribute_names("#status", "status");
-        }
-        let result = b.send().await;
+            .table_name(u.table_name)
+            .set_key(Some(u.key))
+            .update_expression(u.update_expression)
+            .set_condition_expression(u.condition_expression)
+            .set_expression_attribute_names(u.expression_attribute_names)
+            .set_expression_attribute_values(u.expression_attribute_values)
+            .send()
+            .await;
         self.write_if(op, result)
     }
 
@@ -293,6 +292,13 @@ impl DynamoStore {
     }
 
     fn update_item(&self, spec: UpdateSpec) -> Result<TransactWriteItem> {
+        Ok(TransactWriteItem::builder()
+            .update(self.update(spec)?)
+            .build())
+    }
+
+    /// A conditional update of one item, with its names and values.
+    fn update(&self, spec: UpdateSpec) -> Result<Update> {
         let mut b = Update::builder()
             .table_name(&self.table)
             .set_key(Some(spec.key))
@@ -304,9 +310,7 @@ impl DynamoStore {
         if spec.condition.contains("#status") {
             b = b.expression_attribute_names("#status", "status");
         }
-        Ok(TransactWriteItem::builder()
-            .update(b.build().map_err(build_err)?)
-            .build())
+        b.build().map_err(build_err)
     }
 
     fn put_new(&self, item: HashMap<String, AttributeValue>) -> Result<TransactWriteItem> {
