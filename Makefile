@@ -10,8 +10,8 @@ help: ## List the targets
 setup: ## Install the local toolchain (MiniStack, cargo-lambda, boto3) into .local/venv
 	@scripts/setup.sh
 
-build: ## Build the Lambda bootstraps and tools (release)
-	@scripts/build.sh
+build: ## Build the Lambda bootstraps and tools with the deployed (release, fat LTO) profile
+	BUILD_PROFILE=release scripts/build.sh
 
 up: ## Build, start the local cloud, deploy, seed a merchant, print API_URL=... lines
 	@scripts/up.sh
@@ -35,7 +35,8 @@ bench-cpu: ## Handler CPU per request, no I/O: criterion mean and p99, callgrind
 integration: ## Integration tests against a running stack (make up first)
 	cargo test -p integration-tests -- --test-threads=8
 
-bench: up ## The performance table of docs/PERFORMANCE.md, measured now (init, requests per payment, throughput, CPU)
+bench: setup ## The performance table of docs/PERFORMANCE.md, measured now on the deployed (release) build
+	@BUILD_PROFILE=release scripts/up.sh
 	@scripts/bench.sh
 
 test-sim: up ## Seeded fault simulation of the money path, 1000 seeds (SIM_SEED=n replays one)

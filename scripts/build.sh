@@ -1,13 +1,35 @@
 #!/usr/bin/env bash
-# Builds the Lambda bootstraps (target/lambda/<fn>/bootstrap) and the tools, release profile.
+# Builds the Lambda bootstraps and the tools into target/lambda/<name>/bootstrap.
+#
+# BUILD_PROFILE=dev (the default, `make up`, `make demo`, `make test`): a plain `cargo build` of
+# the workspace's binaries, sharing its dependency artifacts with `cargo test`, so the AWS SDK is
+# compiled once for the local loop. BUILD_PROFILE=release (`make build`, `make bench`, deploys
+# to AWS): `cargo lambda build --release` with the fat-LTO profile whose size and init figures
+# docs/PERFORMANCE.md reports.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-log "cargo lambda build --release"
-# --compiler cargo: a native build, about twice as fast as the zig cross-linker; the host's
-# glibc is old enough for provided.al2023.
-# The tools (demo, merchant) are built in the same invocation so that they share its flags and
-# artifacts; cargo lambda also packages them under target/lambda/, which is harmless.
-cargo lambda build --release --compiler cargo --target "$TARGET_TRIPLE" \
-  -p registration -p payment-request -p confirmation -p settlement -p twochan-tools
+profile="${BUILD_PROFILE:-dev}"
+bins=(registration payment-request confirmation settlement demo merchant loadgen)
+case "$profile" in
+  dev)
+    log "cargo build (dev profile: the local loop)"
+    cargo build --workspace --bins
+    for bin in "${bins[@]}"; do
+      mkdir -p "target/lambda/$bin"
+      cp -f "target/debug/$bin" "target/lambda/$bin/bootstrap"
+    done
+    ;;
+  release)
+    log "cargo lambda build --release (the deployed profile)"
+    # --compiler cargo: a native build, about twice as fast as the zig cross-linker; the host's
+    # glibc is old enough for provided.al2023.
+    cargo lambda build --release --compiler cargo --target "$TARGET_TRIPLE" \
+      -p registration -p payment-request -p confirmation -p settlement -p twochan-tools
+    ;;
+  *)
+    echo "BUILD_PROFILE must be dev or release, not $profile" >&2
+    exit 1
+    ;;
+esac

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Least-privilege check of infra/template.yaml: every Lambda function has a role of its own, and no
-role statement grants a wildcard action or a wildcard resource. Exits non-zero on any finding."""
+"""Least-privilege check of infra/template.yaml: every Lambda function has a role of its own, no
+role statement grants a wildcard action or a wildcard resource, and only the functions given the
+issuer key's parameter may read it (see key_findings). Exits non-zero on any finding."""
 
 import os
 import sys
@@ -85,6 +86,36 @@ def findings(template):
                         yield f"{name}: wildcard resource {resource}"
     if set(roles_used) != {n for n, r in resources.items() if r["Type"] == "AWS::IAM::Role"}:
         yield "a role is not used by exactly one function"
+    yield from key_findings(resources)
+
+
+KEY_ACTIONS = {"ssm:GetParameter", "kms:Decrypt"}
+
+
+def key_findings(resources):
+    """The issuer master key: exactly the functions that are given its parameter may read it (the
+    SSM read and the KMS decrypt both), and each of them is also given the parameter's version,
+    so that a new key value changes their configuration and reaches them on the next deploy."""
+    for name, r in resources.items():
+        if r["Type"] != "AWS::Lambda::Function":
+            continue
+        props = r["Properties"]
+        env = (props.get("Environment") or {}).get("Variables", {})
+        reads_key = "ISSUER_MASTER_KEY_PARAMETER" in env
+        role = props["Role"]
+        role_name = role.value[0] if isinstance(role.value, list) else role.value.split(".")[0]
+        granted = set()
+        for policy in resources[role_name]["Properties"].get("Policies", []):
+            for st in statements(policy["PolicyDocument"]["Statement"]):
+                granted |= set(strings(st.get("Action", []))) & KEY_ACTIONS
+        if reads_key:
+            for action in sorted(KEY_ACTIONS - granted):
+                yield f"{name} is given ISSUER_MASTER_KEY_PARAMETER but {role_name} lacks {action}"
+            if "ISSUER_MASTER_KEY_VERSION" not in env:
+                yield f"{name} is given ISSUER_MASTER_KEY_PARAMETER without ISSUER_MASTER_KEY_VERSION: a new key would not reach its warm instances"
+        else:
+            for action in sorted(granted):
+                yield f"{role_name} grants {action} but {name} does not read the issuer key"
 
 
 def main():
@@ -96,7 +127,8 @@ def main():
         print(f"least privilege: {p}", file=sys.stderr)
     if problems:
         sys.exit(1)
-    print(f"least privilege: {path}: every function has its own role, no wildcard action or resource")
+    print(f"least privilege: {path}: every function has its own role, no wildcard action or resource, "
+          "only the issuer key's readers may read it")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,28 @@ def upload_code(s3, bucket):
     return keys
 
 
+def parameter_version(ssm, name):
+    """The version SSM gave the parameter's current value (it counts every PutParameter). Read
+    without decryption: the deployer needs ssm:GetParameter on it, not the key itself."""
+    try:
+        return str(ssm.get_parameter(Name=name, WithDecryption=False)["Parameter"]["Version"])
+    except ClientError as e:
+        sys.exit(f"reading the version of SSM parameter {name}: {e}")
+
+
+def store_key(ssm, name, value):
+    """Emulators: writes the key(s) to the SecureString, only when they differ from what it holds,
+    so that its version (see parameter_version) changes exactly when the key does. Returns it."""
+    try:
+        current = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]
+        if current["Value"] == value:
+            return str(current["Version"])
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") != "ParameterNotFound":
+            raise
+    return str(ssm.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)["Version"])
+
+
 def deploy(cfn, stack, template, params):
     parameters = [{"ParameterKey": k, "ParameterValue": str(v)} for k, v in params.items()]
     try:
@@ -116,19 +138,25 @@ def main():
 
     # The key lives in SSM Parameter Store as a SecureString and the functions read it at init; it
     # never enters the template or the functions' environment. On an emulator we put it there.
+    ssm = session.client("ssm")
     key_parameter = args.key_parameter
     if not key_parameter:
         master_key = os.environ.get("ISSUER_MASTER_KEY", "")
         if not re.fullmatch(r"[0-9a-fA-F]{64}(,[0-9a-fA-F]{64}){0,3}", master_key):
             sys.exit("ISSUER_MASTER_KEY must be 64 hex characters (up to 4, comma-separated), or pass --key-parameter")
         key_parameter = f"/{args.stack}/issuer-master-key"
-        session.client("ssm").put_parameter(Name=key_parameter, Value=master_key, Type="SecureString", Overwrite=True)
+        key_version = store_key(ssm, key_parameter, master_key)
+    else:
+        key_version = parameter_version(ssm, key_parameter)
 
     params = upload_code(s3, args.bucket)
     params.update(
         CodeBucket=args.bucket,
         Architecture=args.architecture,
         IssuerMasterKeyParameter=key_parameter,
+        # The functions read the key's value only at init, and its name never changes: its version
+        # is what makes a new value a new configuration, so that it reaches every instance.
+        IssuerMasterKeyVersion=key_version,
         PendingTtlSeconds=os.environ.get("PENDING_TTL_SECONDS") or "120",
         EndpointUrl=args.endpoint_for_functions,
         LogLevel=os.environ.get("LOG_LEVEL", "info"),

@@ -3,11 +3,11 @@
 
 Sets up what generated requests need to reach more than 404 (a device registered to a fresh
 terminal, whose token authenticates the phone operations; a second device of the same terminal,
-to be deregistered; a payment confirmed on the first device), then runs schemathesis with the
-checks below. Coordinates come from .local/stack.env, like the black-box client's."""
+registered with that token, to be deregistered; a payment confirmed on the first device), then runs
+schemathesis with the checks below; scripts/schemathesis_hooks.py gives some generated requests
+what only a device has (a beacon proof of the moment, a proof over a fresh challenge). Coordinates
+come from .local/stack.env, like the black-box client's."""
 
-import hashlib
-import hmac
 import json
 import os
 import secrets
@@ -18,10 +18,10 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stack import LOCAL, ROOT, stack_env  # noqa: E402
+from stack import LOCAL, ROOT, auth_code, beacon_proof, device_key, registration_proof_v2, stack_env  # noqa: E402
 
 env = stack_env()
-API, MASTER = env["API_URL"], bytes.fromhex(env["ISSUER_MASTER_KEY"])
+API, MASTER = env["API_URL"], env["ISSUER_MASTER_KEY"]
 
 CHECKS = ",".join([
     "not_a_server_error", "status_code_conformance", "content_type_conformance",
@@ -29,10 +29,6 @@ CHECKS = ",".join([
 ])
 # Per operation and phase: about 1000 requests, a little over a minute on the local cloud.
 MAX_EXAMPLES = 50
-
-
-def mac(key, message):
-    return hmac.new(key, message.encode(), hashlib.sha256)
 
 
 def call(method, path, body=None, bearer=None, headers=None):
@@ -61,25 +57,27 @@ def expect(want, got, what):
     return body
 
 
-def register(code, terminal):
-    key = mac(MASTER, "2ch/device-key/v1|" + code).digest()
-    proof = mac(key, f"2ch/register/v1|{code}|{terminal}").hexdigest()
-    body = {"unique_code": code, "terminal_id": terminal, "registration_proof": proof}
-    return key, expect(201, call("POST", "/v1/devices", body), "register")["terminal_token"]
+def register(code, terminal, bearer=None):
+    """The device's key and the terminal token of its registration (a challenge, the v2 proof over it)."""
+    key = device_key(MASTER, code)
+    challenge = expect(201, call("POST", "/v1/devices/challenges", {"unique_code": code}), "challenge")["challenge"]
+    body = {"unique_code": code, "terminal_id": terminal, "challenge": challenge,
+            "registration_proof": registration_proof_v2(key, code, terminal, challenge)}
+    return key, expect(201, call("POST", "/v1/devices", body, bearer), "register")["terminal_token"]
 
 
 run = secrets.token_hex(6)
 terminal = "st-phone-" + run
 device, spare = "st-dev-" + run, "st-spare-" + run
-device_key, token = register(device, terminal)
-register(spare, terminal)
+key, token = register(device, terminal)
+# The terminal holds a device now: one more needs its token.
+register(spare, terminal, token)
 # A confirmed payment, so that reads of a confirmed (then settled) payment are checked as well.
-request = {"unique_code": device, "amount": 100, "currency": "USD", "pos_id": "st-pos"}
+request = {"unique_code": device, "beacon_proof": beacon_proof(key, device), "amount": 100, "currency": "USD",
+           "pos_id": "st-pos"}
 payment = expect(201, call("POST", "/v1/payments", request, env["MERCHANT_API_KEY"], {"Idempotency-Key": "st-" + run}),
                  "payment request")
-binding = [payment[k] for k in ("payment_id", "merchant_id", "amount", "currency", "challenge")]
-auth_code = mac(device_key, "|".join(["2ch/pay/v1", *map(str, binding), "1"])).hexdigest()
-confirm = {"auth_code": auth_code, "counter": "1"}
+confirm = {"auth_code": auth_code(key, payment, 1), "counter": "1"}
 expect(200, call("POST", f"/v1/payments/{payment['payment_id']}/confirm", confirm, token), "confirm")
 
 os.makedirs(os.path.join(LOCAL, "schemathesis"), exist_ok=True)
@@ -98,6 +96,7 @@ result = subprocess.run(command, cwd=ROOT, env={
     "HYPOTHESIS_STORAGE_DIRECTORY": os.path.join(LOCAL, "schemathesis", "hypothesis"),
     "MERCHANT_API_KEY": env["MERCHANT_API_KEY"],
     "TERMINAL_TOKEN": token,
+    "SCHEMATHESIS_TERMINAL": terminal,
     "SCHEMATHESIS_DEVICE": device,
     "SCHEMATHESIS_SPARE_DEVICE": spare,
     "SCHEMATHESIS_PAYMENT": payment["payment_id"],

@@ -53,7 +53,19 @@ def device_key(master_hex, code):
 
 
 def registration_proof(key, code, terminal):
+    """Contract revision 1's proof (refused since revision 2; scripts/bench_init.py still sends it)."""
     return mac(key, f"2ch/register/v1|{code}|{terminal}").hexdigest()
+
+
+def registration_proof_v2(key, code, terminal, challenge):
+    """The device's proof over a challenge of POST /v1/devices/challenges (contract revision 2)."""
+    return mac(key, f"2ch/register/v2|{code}|{terminal}|{challenge}").hexdigest()
+
+
+def beacon_proof(key, code, at=None):
+    """What the device broadcasts beside its code at unix time `at` (default now): it changes every 30 s."""
+    step = int(time.time() if at is None else at) // 30
+    return mac(key, f"2ch/beacon/v1|{code}|{step}").hexdigest()[:16]
 
 
 def auth_code(key, payment, counter):

@@ -2,23 +2,27 @@
 """Hostile-input sweep of the HTTP API on the running local stack (`make sweep`).
 
 Sends --count generated malformed requests (default 10 000, seeded, concurrent) across every
-endpoint and unknown routes/methods, and checks, against contract v1 and docs/CONTRACT_NOTES.md:
+endpoint and unknown routes/methods, and checks, against contract revision 2 (without refunds and
+webhooks so far) and docs/CONTRACT_NOTES.md:
 
 - every answer is a 4xx (nothing malformed is accepted, no status >= 500), in the contract's JSON
   error shape `{"error": {"code", "message"}}` with a contract code belonging to its status, and
   where the generator knows what the contract's order of checks gives (size 413 -> caller 401 ->
-  Content-Type 415 -> JSON and fields 400 -> Idempotency-Key 400 -> path id / owner 404), exactly
-  that status;
+  Content-Type 415 -> JSON and fields 400 -> Idempotency-Key 400 -> beacon proof 422 -> path id /
+  owner 404), exactly that status;
 - no `panicked at` line in the functions' logs (MiniStack writes each function's stdout and
   stderr to CloudWatch Logs, group `/aws/lambda/<stack>-<function>`, read back here with boto3);
 - the table (a boto3 scan of TABLE_NAME) is identical before and after.
 
 Before the first table snapshot the sweep makes what it needs with valid requests: two devices
-(A and B, registration proofs computed here from ISSUER_MASTER_KEY per the contract) and a
-pending payment on A; it then waits until the settlement queue has no visible or in-flight
-message and the table stops changing. No request of the sweep itself can write: each one carries
-at least one defect that the contract refuses before any write (the real payment and devices are
-only ever reached by a caller who does not own them, or behind an earlier defect).
+(A and B, registered with challenges and proofs computed here from ISSUER_MASTER_KEY per the
+contract), a pending payment on A (with A's beacon proof), and a few registration challenges it
+leaves unused; it then waits until the settlement queue has no visible or in-flight message and
+the table stops changing. No request of the sweep itself can write: each one carries at least one
+defect that the contract refuses before any write (the real payment and devices are only ever
+reached by a caller who does not own them, with a beacon proof that is not theirs, or behind an
+earlier defect; a challenge the server issued only ever comes with a proof that is not the
+device's, which does not use it up; a challenge request is always malformed).
 
 Coordinates come from .local/stack.env (API_URL, AWS_ENDPOINT_URL, MERCHANT_API_KEY,
 ISSUER_MASTER_KEY, TABLE_NAME, SETTLEMENT_QUEUE_URL). Standard library HTTP, boto3 for the table,
@@ -27,8 +31,6 @@ queue and logs. Exit status 0 when every check holds.
 
 import argparse
 import collections
-import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -42,6 +44,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import botocore.exceptions
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stack import beacon_proof, device_key, registration_proof, registration_proof_v2  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_BODY = 8 * 1024
@@ -61,6 +66,7 @@ CONTRACT_ERRORS = {
     "not_found": 404,
     "unknown_device": 404,
     "device_already_registered": 409,
+    "terminal_id_taken": 409,
     "device_busy": 409,
     "idempotency_key_in_use": 409,
     "payment_not_pending": 409,
@@ -68,6 +74,7 @@ CONTRACT_ERRORS = {
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "invalid_registration_proof": 422,
+    "invalid_beacon_proof": 422,
     "idempotency_key_reused": 422,
     "invalid_auth_code": 422,
     "stale_counter": 422,
@@ -78,7 +85,7 @@ CONTRACT_ERRORS = {
 
 ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 ULID_CHARS = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-CURRENCIES = ["USD", "EUR", "KRW", "JPY", "GBP", "CHF", "BHD", "CLF"]
+CURRENCIES = ["USD", "EUR", "KRW", "JPY", "GBP", "CHF", "BHD", "CLP", "XOF", "XCD"]
 
 
 def load_env():
@@ -91,10 +98,6 @@ def load_env():
                 env[k] = v
     env.update({k: v for k, v in os.environ.items() if k in env or k.startswith("AWS_")})
     return env
-
-
-def mac(key, message):
-    return hmac.new(key, message.encode(), hashlib.sha256)
 
 
 class Raw:
@@ -203,16 +206,24 @@ def bad_value(rnd, field):
     if field == "currency":
         return "currency", rnd.choice(
             ["usd", "US", "USDD", "XXX", "XTS", "ABC", "", " USD", "USD ", "U$D", "ＵＳＤ", "krw", "EURO", 840,
-             None, Raw("null"), [], {"code": "USD"}, "U\u0000S", "\u0055\u0053\u0301"]
+             None, Raw("null"), [], {"code": "USD"}, "U\u0000S", "\u0055\u0053\u0301",
+             # Well-formed ISO 4217 codes that are not money in circulation (revision 2).
+             "CLF", "BOV", "USN", "XAU", "XAG", "XBA", "XDR", "XSU", "XUA", "HRK", "SLL", "CUC"]
         )
     if field == "reference":
-        kind = rnd.choice(["long", "control", "type"])
+        kind = rnd.choice(["long", "control", "format", "type"])
         if kind == "long":
             return kind, valid_reference(rnd) + "x" * rnd.randint(129, 500)
-        if kind == "control":
+        if kind in ("control", "format"):
             r = valid_reference(rnd)[:100]
             i = rnd.randint(0, len(r))
-            return kind, r[:i] + rnd.choice(["\n", "\u0000", "\t", "\u007f", "\u0085", "\u009f", "\r"]) + r[i:]
+            c = rnd.choice(
+                ["\n", "\u0000", "\t", "\u007f", "\u0085", "\u009f", "\r"] if kind == "control" else
+                # Text that can disguise itself (Cf, Zl, Zp, Co): overrides, isolates, zero-width, ...
+                ["\u202e", "\u202d", "\u2066", "\u2069", "\u200b", "\u200d", "\u200f", "\ufeff", "\u00ad", "\u061c",
+                 "\u2028", "\u2029", "\ue000", "\U000f0000", "\U000e0041", "\U000e0001"]
+            )
+            return kind, r[:i] + c + r[i:]
         return kind, rnd.choice([123, True, [], {}, ["a"], 1.5])
     if field == "auth_code":
         h = secrets.token_hex(32)
@@ -229,29 +240,42 @@ def bad_value(rnd, field):
     if field == "registration_proof":
         h = secrets.token_hex(32)
         return "proof", rnd.choice([123, True, None, Raw("null"), [], {}, [h]])
+    if field == "challenge":
+        h = secrets.token_hex(16)
+        return "challenge", rnd.choice(
+            [None, Raw("null"), 123, True, [], {}, [h], h[:31], h + "0", "A" + h[1:].upper(), h[:31] + "g", "",
+             " " + h[1:], h + "\n", secrets.token_hex(32), "\u0660" * 32]
+        )
+    if field == "beacon_proof":
+        h = secrets.token_hex(8)
+        return "beacon_proof", rnd.choice(
+            [None, Raw("null"), 123, True, [], {}, [h], h[:15], h + "0", "A" + h[1:].upper(), h[:15] + "g", "",
+             " " + h[1:], h + "\n", "0x" + h[:14], secrets.token_hex(32), "\u0660" * 16]
+        )
     raise ValueError(field)
 
 
 BODY_FIELDS = {
-    "register": ["unique_code", "terminal_id", "registration_proof"],
-    "create": ["unique_code", "amount", "currency", "pos_id", "reference"],
+    "challenge": ["unique_code"],
+    "register": ["unique_code", "terminal_id", "challenge", "registration_proof"],
+    "create": ["unique_code", "beacon_proof", "amount", "currency", "pos_id", "reference"],
     "confirm": ["auth_code", "counter"],
 }
 
 
-def valid_body(rnd, endpoint):
-    """A body whose fields are all in the grammar (a registration's proof is always wrong)."""
+def valid_body(rnd, endpoint, ctx):
+    """A body whose fields are all in the grammar. A registration's proof is always wrong (below);
+    a payment request carries its code's beacon proof of the moment (the code is random: no device
+    is registered with it)."""
+    if endpoint == "challenge":
+        return {"unique_code": ident(rnd, 8, 64)}
     if endpoint == "register":
-        return {
-            "unique_code": ident(rnd, 8, 64),
-            "terminal_id": ident(rnd, 8, 64),
-            "registration_proof": rnd.choice(
-                [secrets.token_hex(32), secrets.token_hex(32).upper(), secrets.token_hex(16), "nope", ""]
-            ),
-        }
+        return registration(rnd, ctx)
     if endpoint == "create":
+        code = ident(rnd, 8, 64)
         body = {
-            "unique_code": ident(rnd, 8, 64),
+            "unique_code": code,
+            "beacon_proof": beacon_proof(device_key(ctx.master, code), code),
             "amount": rnd.randint(1, 99_999_999),
             "currency": rnd.choice(CURRENCIES),
             "pos_id": ident(rnd, 3, 64),
@@ -268,9 +292,62 @@ def valid_body(rnd, endpoint):
     }
 
 
-def broken_json(rnd, endpoint):
+def registration(rnd, ctx):
+    """A well-formed registration that is 422 whatever its code and terminal: its proof is not the
+    device's over a challenge issued for its code and unused. A challenge the server issued (the
+    setup's) only ever comes with a proof that is not the device's: a valid proof would use it up."""
+    code, terminal = ident(rnd, 8, 64), ident(rnd, 8, 64)
+    if rnd.random() < 0.3:
+        code, challenge = rnd.choice(ctx.challenges)
+        key = device_key(ctx.master, code)
+        proof = rnd.choice([
+            registration_proof(key, code, terminal),  # revision 1
+            registration_proof_v2(key, code, ident(rnd, 8, 64), challenge),  # for another terminal
+            registration_proof_v2(key, code, terminal, secrets.token_hex(16)),  # over another challenge
+            registration_proof_v2(device_key(ctx.master, ident(rnd, 8, 64)), code, terminal, challenge),  # another key
+            secrets.token_hex(32),
+        ])
+    else:
+        # A challenge the server never issued, whatever the proof over it (the device's included).
+        challenge = secrets.token_hex(16)
+        key = device_key(ctx.master, code)
+        proof = rnd.choice([
+            secrets.token_hex(32), secrets.token_hex(32).upper(), secrets.token_hex(16), "nope", "",
+            registration_proof(key, code, terminal), registration_proof_v2(key, code, terminal, challenge),
+        ])
+    return {"unique_code": code, "terminal_id": terminal, "challenge": challenge, "registration_proof": proof}
+
+
+def wrong_beacon(rnd, ctx, body):
+    """Gives a payment request a beacon proof in the grammar that is not its code's for any step of
+    now - 2 ..= now + 1 (also once the sweep has run for minutes), sometimes on a real device (A with
+    its pending payment, or B): 422 invalid_beacon_proof, before the code's registration is looked
+    at. Returns the kind."""
+    code = rnd.choice([body["unique_code"], ctx.code_a, ctx.code_b])
+    key, now = device_key(ctx.master, code), time.time()
+    kind = rnd.choice(["random", "old", "future", "other-code", "other-key", "flipped"])
+    if kind == "random":
+        proof = secrets.token_hex(8)
+    elif kind == "old":
+        proof = beacon_proof(key, code, now - 30 * rnd.choice([3, 4, 10, 2880, 10**6]))
+    elif kind == "future":
+        proof = beacon_proof(key, code, now + 30 * rnd.choice([1000, 2880, 10**6]))
+    elif kind == "other-code":
+        other = ctx.code_b if code == ctx.code_a else ctx.code_a
+        proof = beacon_proof(device_key(ctx.master, other), other, now)
+    elif kind == "other-key":
+        proof = beacon_proof(device_key(secrets.token_hex(32), code), code, now)
+    else:
+        good = beacon_proof(key, code, now)
+        i = rnd.randrange(16)
+        proof = good[:i] + "0123456789abcdef"[(int(good[i], 16) + rnd.randint(1, 15)) % 16] + good[i + 1:]
+    body["unique_code"], body["beacon_proof"] = code, proof
+    return kind + (":device-" + ("a" if code == ctx.code_a else "b") if code in (ctx.code_a, ctx.code_b) else "")
+
+
+def broken_json(rnd, endpoint, ctx):
     """(kind, bytes): a body that is not a JSON object of the endpoint's fields (always 400)."""
-    good = dump(valid_body(rnd, endpoint), rnd)
+    good = dump(valid_body(rnd, endpoint, ctx), rnd)
     kind = rnd.choice(
         ["truncated", "trailing", "single-quotes", "comment", "bom", "not-object", "deep", "nan", "utf16",
          "unknown-field", "duplicate-bad", "empty-object", "empty", "many-unknown", "binary"]
@@ -295,8 +372,9 @@ def broken_json(rnd, endpoint):
     if kind == "utf16":
         return kind, good.decode().encode("utf-16")
     if kind == "unknown-field":
-        body = valid_body(rnd, endpoint)
-        body[rnd.choice(["extra", "Amount", "unique-code", "__proto__", "", "amount ", "UNIQUE_CODE", "pin", "é"])] = 1
+        body = valid_body(rnd, endpoint, ctx)
+        body[rnd.choice(["extra", "Amount", "unique-code", "__proto__", "", "amount ", "UNIQUE_CODE", "pin", "é",
+                         "beaconProof", "Challenge"])] = 1
         return kind, dump(body, rnd)
     if kind == "duplicate-bad":
         # The last of two keys wins; the last one is broken.
@@ -402,6 +480,7 @@ class Req:
 
 ENDPOINTS = {
     # name: (method, path template, caller, has body)
+    "challenge": ("POST", "/v1/devices/challenges", None, True),
     "register": ("POST", "/v1/devices", None, True),
     "deregister": ("DELETE", "/v1/devices/{code}", "terminal", False),
     "create": ("POST", "/v1/payments", "merchant", True),
@@ -414,6 +493,7 @@ ENDPOINTS = {
 }
 
 LABELS = {
+    "challenge": "POST /v1/devices/challenges",
     "register": "POST /v1/devices",
     "deregister": "DELETE /v1/devices/{code}",
     "create": "POST /v1/payments",
@@ -435,6 +515,9 @@ def unknown_route(rnd, ctx):
     method, path = rnd.choice(
         [
             ("GET", "/v1/devices"), ("PUT", "/v1/devices"), ("GET", f"/v1/devices/{code}"),
+            ("GET", "/v1/devices/challenges"), ("PUT", "/v1/devices/challenges"), ("POST", "/v1/devices/Challenges"),
+            ("POST", "/v1/devices/challenges/"), ("POST", f"/v1/devices/challenges/{code}"),
+            ("POST", "/v1/device/challenges"), ("POST", f"/v1/devices/{code}/challenges"),
             ("POST", f"/v1/devices/{code}"), ("PATCH", f"/v1/devices/{code}"), ("GET", "/v1/payments"),
             ("DELETE", "/v1/payments"), ("PUT", f"/v1/payments/{pid}"), ("DELETE", f"/v1/payments/{pid}"),
             ("POST", f"/v1/payments/{pid}"), ("GET", f"/v1/payments/{pid}/cancel"),
@@ -524,18 +607,20 @@ def endpoint_request(rnd, ctx, endpoint):
     method, template, caller, has_body = ENDPOINTS[endpoint]
     req = Req(endpoint, method, template)
     # Each layer: valid, or a defect the contract refuses at that point of its order of checks.
-    layers = ["size", "caller", "content-type", "body", "key", "path"]
+    layers = ["size", "caller", "content-type", "body", "key", "beacon", "path"]
     applicable = {
         "size": True,
         "caller": caller is not None,
         "content-type": has_body,
         "body": has_body,
         "key": endpoint == "create",
+        "beacon": endpoint == "create",
         "path": "{" in template,
     }
-    odds = {"size": 0.06, "caller": 0.2, "content-type": 0.2, "body": 0.45, "key": 0.25, "path": 0.35}
+    odds = {"size": 0.06, "caller": 0.2, "content-type": 0.2, "body": 0.45, "key": 0.25, "beacon": 0.25, "path": 0.35}
     defects = {layer for layer in layers if applicable[layer] and rnd.random() < odds[layer]}
-    # Registration has no caller layer, and its well-formed body still fails (wrong proof: 422).
+    # Registration has no caller layer, and its well-formed body still fails (wrong proof: 422). A
+    # well-formed challenge request would be answered 201 (a write): it always gets a defect here.
     if not defects and endpoint != "register":
         # Mostly a defect behind a valid caller, so that requests get past authentication.
         behind = [layer for layer in layers if applicable[layer] and layer not in ("size", "caller")]
@@ -560,6 +645,7 @@ def endpoint_request(rnd, ctx, endpoint):
 
     # caller
     bearer_owner = None
+    bearer_may_401 = False
     if caller is not None:
         if "caller" in defects:
             kind, headers = bad_bearer(rnd, ctx, "terminal" if caller == "terminal" else "merchant")
@@ -579,9 +665,16 @@ def endpoint_request(rnd, ctx, endpoint):
             scheme = rnd.choice(["Bearer", "bearer", "BEARER"])
             req.headers.append(("Authorization", f"{scheme}{rnd.choice([' ', '  '])}{token}".encode()))
             req.valid_caller = True
-    elif rnd.random() < 0.2:
-        # Registration ignores any Authorization header.
-        req.headers.append(("Authorization", rnd.choice([b"Bearer nope", ("Bearer " + ctx.token_a).encode()])))
+    elif endpoint == "register" and rnd.random() < 0.2:
+        # The terminal is a random one, free: a current token of any terminal changes nothing. A bearer
+        # that is no terminal's current token is 401 where the server looks at it: before the body
+        # (with the caller) or with the terminal's registrations (after the proof); else ignored.
+        kind, value = rnd.choice([("token-a", "Bearer " + ctx.token_a), ("nope", "Bearer nope"),
+                                  ("unknown", "Bearer tt_" + secrets.token_hex(32)),
+                                  ("merchant-key", "Bearer " + ctx.merchant_key)])
+        req.headers.append(("Authorization", value.encode()))
+        req.categories.append(f"register-bearer:{kind}")
+        bearer_may_401 = kind != "token-a"
 
     # content type
     if has_body:
@@ -608,13 +701,15 @@ def endpoint_request(rnd, ctx, endpoint):
         if value is not None:
             req.headers.append(("Idempotency-Key", value))
     if has_body:
-        if "body" in defects:
-            if rnd.random() < 0.4:
-                kind, req.body = broken_json(rnd, endpoint)
-                req.categories.append(f"json:{kind}")
-                first(400)
-            else:
-                body = valid_body(rnd, endpoint)
+        if "body" in defects and rnd.random() < 0.4:
+            kind, req.body = broken_json(rnd, endpoint, ctx)
+            req.categories.append(f"json:{kind}")
+            first(400)
+        else:
+            body = valid_body(rnd, endpoint, ctx)
+            if "beacon" in defects:
+                req.categories.append("beacon:" + wrong_beacon(rnd, ctx, body))
+            if "body" in defects:
                 field = rnd.choice(BODY_FIELDS[endpoint])
                 kind, value = bad_value(rnd, field)
                 if value is None:
@@ -622,15 +717,15 @@ def endpoint_request(rnd, ctx, endpoint):
                     kind = "missing"
                 else:
                     body[field] = value
-                req.body = dump(body, rnd)
                 req.categories.append(f"field:{field}:{kind}")
                 first(400)
-        else:
-            req.body = dump(valid_body(rnd, endpoint), rnd)
+            req.body = dump(body, rnd)
         if key_defect:
             first(400)
+        if "beacon" in defects:
+            first(422)
         if endpoint == "register":
-            # Well-formed code and terminal with a wrong proof string.
+            # Well-formed fields, and a proof that is not the device's over an issued challenge.
             first(422)
     elif rnd.random() < 0.2:
         # Bodiless endpoints ignore a body under the limit.
@@ -653,6 +748,8 @@ def endpoint_request(rnd, ctx, endpoint):
         seen = req.body.decode("utf-8", "replace").encode()
     if len(seen) > MAX_BODY:
         expect = {413}
+    elif bearer_may_401:
+        expect = expect | {401}
 
     # path id / owner
     if "{" in template:
@@ -763,24 +860,33 @@ class Ctx:
 
 
 def setup(client, env):
-    master = bytes.fromhex(env["ISSUER_MASTER_KEY"].split(",")[0])
     ctx = Ctx()
+    ctx.master = env["ISSUER_MASTER_KEY"]
     ctx.merchant_key = env["MERCHANT_API_KEY"]
     tag = secrets.token_hex(6)
+
+    def challenge(code):
+        status, issued = client.json_call("POST", "/v1/devices/challenges", {"unique_code": code})
+        if status != 201:
+            sys.exit(f"sweep setup: a challenge for {code}: {status} {issued}")
+        return issued["challenge"]
+
     for who in ("a", "b"):
         code, terminal = f"sweep-{who}-{tag}", f"sweep-phone-{who}-{tag}"
-        device_key = mac(master, "2ch/device-key/v1|" + code).digest()
-        proof = mac(device_key, f"2ch/register/v1|{code}|{terminal}").hexdigest()
-        status, reg = client.json_call(
-            "POST", "/v1/devices", {"unique_code": code, "terminal_id": terminal, "registration_proof": proof}
-        )
+        c = challenge(code)
+        proof = registration_proof_v2(device_key(ctx.master, code), code, terminal, c)
+        status, reg = client.json_call("POST", "/v1/devices", {"unique_code": code, "terminal_id": terminal,
+                                                               "challenge": c, "registration_proof": proof})
         if status != 201:
             sys.exit(f"sweep setup: registering {code}: {status} {reg}")
         setattr(ctx, f"code_{who}", code)
         setattr(ctx, f"token_{who}", reg["terminal_token"])
+    # Issued, and left unused: the sweep's registrations carry them with proofs that are not the device's.
+    ctx.challenges = [(code, challenge(code)) for code in (f"sweep-c{i}-{tag}" for i in range(4))]
     status, payment = client.json_call(
         "POST", "/v1/payments",
-        {"unique_code": ctx.code_a, "amount": 1, "currency": "USD", "pos_id": "sweep-pos", "reference": "sweep"},
+        {"unique_code": ctx.code_a, "beacon_proof": beacon_proof(device_key(ctx.master, ctx.code_a), ctx.code_a),
+         "amount": 1, "currency": "USD", "pos_id": "sweep-pos", "reference": "sweep"},
         bearer=ctx.merchant_key, extra=[("Idempotency-Key", ("sweep-" + tag).encode())],
     )
     if status != 201:
@@ -963,7 +1069,8 @@ def main():
     SECRETS.update({ctx.merchant_key: "<merchant key>", ctx.token_a: "<token A>", ctx.token_b: "<token B>",
                     ctx.payment_a: "<payment A>", ctx.code_a: "<code A>", ctx.code_b: "<code B>"})
     before = settled_snapshot(ddb, sqs, env)
-    print(f"sweep: setup registered 2 devices and 1 pending payment; table has {len(before)} items")
+    print(f"sweep: setup registered 2 devices, made 1 pending payment and {len(ctx.challenges)} unused "
+          f"registration challenges; table has {len(before)} items")
 
     rnd = random.Random(seed)
     requests = [generate(rnd, ctx, i) for i in range(args.count)]

@@ -283,12 +283,12 @@ async fn revoked_tokens_are_refused() {
             .await
             .unwrap(),
         old.decline(id).await.unwrap(),
-        old.deregister(device.beacon()).await.unwrap(),
+        old.deregister(device.code()).await.unwrap(),
     ] {
         assert_error(&r, 401, "unauthorized");
     }
     assert_eq!(money_state(&ctx, &p).await, before);
     // Deregistration revokes the current token too.
-    assert_eq!(phone.deregister(device.beacon()).await.unwrap().status, 204);
+    assert_eq!(phone.deregister(device.code()).await.unwrap().status, 204);
     assert_error(&phone.pending().await.unwrap(), 401, "unauthorized");
 }

@@ -19,9 +19,9 @@ async fn sixteen_concurrent_requests_on_one_code_make_exactly_one_payment() {
     }
     let requests = (0..16).map(|i| {
         let pos = terminals[i % 4].clone();
-        let code = device.beacon().to_owned();
+        let beacon = device.beacon();
         async move {
-            pos.request_payment(&code, 100 + i as u64, "KRW", None, &unique_id("k-"))
+            pos.request_payment(&beacon, 100 + i as u64, "KRW", None, &unique_id("k-"))
                 .await
                 .unwrap()
         }
@@ -56,9 +56,9 @@ async fn concurrent_retries_with_one_key_make_one_payment() {
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
     let key = unique_id("retry-");
+    let beacon = device.beacon();
     let answers =
-        join_all((0..8).map(|_| pos.request_payment(device.beacon(), 999, "KRW", None, &key)))
-            .await;
+        join_all((0..8).map(|_| pos.request_payment(&beacon, 999, "KRW", None, &key))).await;
     let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
     let mut ids = std::collections::HashSet::new();
     for r in &answers {
@@ -73,7 +73,7 @@ async fn concurrent_retries_with_one_key_make_one_payment() {
     assert_eq!(ids.len(), 1, "one payment, however many retries: {ids:?}");
     // Once the first finished, the key replays.
     let replay = pos
-        .request_payment(device.beacon(), 999, "KRW", None, &key)
+        .request_payment(&device.beacon(), 999, "KRW", None, &key)
         .await
         .unwrap();
     assert_eq!(replay.status, 201);

@@ -163,7 +163,7 @@ async fn counter_window_and_persistence_across_registrations() {
 
     // Deregister and register again: the device keeps its counter.
     pos.cancel(id).await.unwrap();
-    assert_eq!(phone.deregister(device.beacon()).await.unwrap().status, 204);
+    assert_eq!(phone.deregister(device.code()).await.unwrap().status, 204);
     assert_eq!(phone.register(&device).await.unwrap().status, 201);
     let p = ctx.pending_payment(&pos, &device, 12).await;
     let id = p["payment_id"].as_str().unwrap();

@@ -95,11 +95,11 @@ async fn one_payment_costs_at_most_eight_aws_requests() {
     let pos = ctx.pos().await;
     let mut device = ctx.device();
     let terminal = unique_id("term-");
-    let reg = registration_request(&device, &terminal);
+    let reg = registration_request(&ctx.store, &device, &terminal).await;
     let (status, body) = answer(&handle(&plain, Function::Registration, reg).await);
     assert_eq!(status, 201, "{body}");
     let token = body["terminal_token"].as_str().unwrap().to_owned();
-    let code_pk = format!("DEVICE#{}", device.beacon());
+    let code_pk = format!("DEVICE#{}", device.code());
     let index_keys = |item: &HashMap<String, AttributeValue>| {
         let mut keys: Vec<(String, AttributeValue)> = item
             .iter()
@@ -119,7 +119,7 @@ async fn one_payment_costs_at_most_eight_aws_requests() {
         &pos.api_key,
         &[("idempotency-key", "k-cost")],
         Some(
-            &json!({"unique_code": device.beacon(), "amount": 4200, "currency": "EUR",
+            &json!({"unique_code": device.code(), "beacon_proof": device.beacon().proof, "amount": 4200, "currency": "EUR",
                      "pos_id": "pos-1", "reference": "order-1234"}),
         ),
     );

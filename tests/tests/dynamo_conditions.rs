@@ -11,8 +11,9 @@ use twochan_domain::{
     PaymentStatus, PosId, TerminalId, Timestamp, UniqueCode,
     crypto::IssuedSecret,
     ports::{
-        Confirmation, Device, Devices, Ledger, Payments, Registration, Settlement,
-        SettlementMessage, SlotRecord, StoredResponse, Write, WrongCode,
+        Confirmation, Device, Devices, Ledger, NewRegistration, Payments, Registration,
+        RegistrationKind, Settlement, SettlementMessage, SlotRecord, StoredResponse, Write,
+        WrongCode,
     },
 };
 use twochan_tools::unique_id;
@@ -25,17 +26,36 @@ fn registration(terminal: &TerminalId) -> Registration {
     }
 }
 
+/// Registers `code` to `terminal` as the use case does, without a caller's token: a first
+/// registration, or the same terminal again when `seen` is registered.
+async fn register(
+    ctx: &Ctx,
+    code: &UniqueCode,
+    seen: Option<&Device>,
+    terminal: &TerminalId,
+) -> Write {
+    let kind = match seen.and_then(|d| d.registration.as_ref()) {
+        Some(_) => RegistrationKind::Again,
+        None => RegistrationKind::New,
+    };
+    let registration = registration(terminal);
+    ctx.store
+        .register(&NewRegistration {
+            unique_code: code,
+            seen,
+            kind,
+            registration: &registration,
+            authority: None,
+        })
+        .await
+        .unwrap()
+}
+
 /// A registered device as stored.
 async fn registered(ctx: &Ctx) -> (UniqueCode, TerminalId, Device) {
     let code = UniqueCode::try_from(unique_id("cond-")).unwrap();
     let terminal = TerminalId::try_from(unique_id("term-")).unwrap();
-    assert_eq!(
-        ctx.store
-            .register(&code, None, &registration(&terminal))
-            .await
-            .unwrap(),
-        Write::Applied
-    );
+    assert_eq!(register(ctx, &code, None, &terminal).await, Write::Applied);
     let device = ctx.store.device(&code).await.unwrap().unwrap();
     (code, terminal, device)
 }
@@ -77,26 +97,14 @@ async fn device_unregistered_and_same_registration() {
     let (code, terminal, device) = registered(&ctx).await;
     // DEVICE_UNREGISTERED: a second first-registration (stale "seen = none") is refused.
     let other = TerminalId::try_from(unique_id("term-")).unwrap();
-    assert_eq!(
-        ctx.store
-            .register(&code, None, &registration(&other))
-            .await
-            .unwrap(),
-        Write::Conflict
-    );
+    assert_eq!(register(&ctx, &code, None, &other).await, Write::Conflict);
     // DEVICE_SAME_REGISTRATION: re-registering with the current token works, with a stale one not.
     assert_eq!(
-        ctx.store
-            .register(&code, Some(&device), &registration(&terminal))
-            .await
-            .unwrap(),
+        register(&ctx, &code, Some(&device), &terminal).await,
         Write::Applied
     );
     assert_eq!(
-        ctx.store
-            .register(&code, Some(&device), &registration(&terminal))
-            .await
-            .unwrap(),
+        register(&ctx, &code, Some(&device), &terminal).await,
         Write::Conflict
     );
     let now = ctx.store.device(&code).await.unwrap().unwrap();

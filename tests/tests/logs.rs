@@ -62,7 +62,7 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
     };
     let mut device = ctx.device();
     let terminal = unique_id("term-");
-    let reg = registration_request(&device, &terminal);
+    let reg = registration_request(&ctx.store, &device, &terminal).await;
     let (status, body) = answer(
         &handle(
             &no_queue,
@@ -79,7 +79,7 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
         &pos.api_key,
         &[("idempotency-key", "k-logs-1")],
         Some(
-            &json!({"unique_code": device.beacon(), "amount": 990, "currency": "EUR", "pos_id": "pos-1"}),
+            &json!({"unique_code": device.code(), "beacon_proof": device.beacon().proof, "amount": 990, "currency": "EUR", "pos_id": "pos-1"}),
         ),
     );
     let (status, payment) = answer(
@@ -130,9 +130,9 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert!(lines.len() >= 6, "{text}");
-    let hash = UniqueCode::try_from(device.beacon()).unwrap().log_hash();
+    let hash = UniqueCode::try_from(device.code()).unwrap().log_hash();
     for secret in [
-        device.beacon(),
+        device.code(),
         token.as_str(),
         pos.api_key.as_str(),
         code.as_str(),

@@ -130,9 +130,10 @@ impl World {
         }
     }
 
-    async fn create_payment(&self, code: &str) -> (u16, Value) {
-        let body =
-            json!({"unique_code": code, "amount": 1250, "currency": "EUR", "pos_id": "pos-1"});
+    async fn create_payment(&self, device: &Device) -> (u16, Value) {
+        let beacon = device.beacon();
+        let body = json!({"unique_code": beacon.code, "beacon_proof": beacon.proof,
+                          "amount": 1250, "currency": "EUR", "pos_id": "pos-1"});
         let key = unique_id("k-");
         let req = request(
             "POST",
@@ -290,15 +291,15 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
         token: String::new(),
     };
     let device = ctx.device();
-    let code = UniqueCode::try_from(device.beacon()).unwrap();
+    let code = UniqueCode::try_from(device.code()).unwrap();
     let terminal = unique_id("term-");
-    let reg = registration_request(&device, &terminal);
+    let reg = registration_request(&ctx.store, &device, &terminal).await;
     let (status, body) = answer(&handle(&w.app, Function::Registration, reg).await);
     assert_eq!(status, 201, "{body}");
     w.token = body["terminal_token"].as_str().unwrap().to_owned();
 
     // 1. Stopped between two requests of the flow: every call is 503, fast, and writes nothing.
-    let (status, p1) = w.create_payment(device.beacon()).await;
+    let (status, p1) = w.create_payment(&device).await;
     assert_eq!(status, 201, "{p1}");
     let id1 = PaymentId::try_from(p1["payment_id"].as_str().unwrap()).unwrap();
     emulator.lock().unwrap().stop();
@@ -327,7 +328,7 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
         None,
     );
     assert_unavailable(&handle(&w.app, Function::PaymentRequest, get).await, "get");
-    let (status, _) = w.create_payment(device.beacon()).await;
+    let (status, _) = w.create_payment(&device).await;
     assert_eq!(status, 503, "create during the outage");
     emulator.lock().unwrap().restart();
     assert_eq!(
@@ -356,7 +357,7 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
         (2, "SQS.SendMessage", 2, 1),
         (3, "DynamoDB.TransactWriteItems", 3, 2),
     ] {
-        let (status, p) = w.create_payment(device.beacon()).await;
+        let (status, p) = w.create_payment(&device).await;
         assert_eq!(status, 201, "{p}");
         let id = PaymentId::try_from(p["payment_id"].as_str().unwrap()).unwrap();
         let stopper = emulator.clone();

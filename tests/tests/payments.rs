@@ -30,7 +30,7 @@ async fn a_payment_request_creates_a_pending_payment() {
     let (device, _) = ctx.paired().await;
     let r = pos
         .request_payment(
-            device.beacon(),
+            &device.beacon(),
             450,
             "KRW",
             Some("order #1"),
@@ -56,7 +56,7 @@ async fn a_payment_request_creates_a_pending_payment() {
         "{id}"
     );
     assert_eq!(p["status"], "pending");
-    assert_eq!(p["unique_code"], device.beacon());
+    assert_eq!(p["unique_code"], device.code());
     assert_eq!(p["merchant_id"], pos.merchant_id.as_str());
     assert_eq!(p["pos_id"], "pos-01");
     assert_eq!(p["amount"], 450);
@@ -89,7 +89,7 @@ async fn a_payment_request_creates_a_pending_payment() {
     // Without a reference the field is null.
     let (d2, _) = ctx.paired().await;
     let r = pos
-        .request_payment(d2.beacon(), 1, "USD", None, &unique_id("k-"))
+        .request_payment(&d2.beacon(), 1, "USD", None, &unique_id("k-"))
         .await
         .unwrap();
     assert_eq!(r.status, 201);
@@ -101,7 +101,7 @@ async fn an_unregistered_code_is_unknown_device() {
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
     let r = pos
-        .request_payment(&unique_id("nobody-"), 100, "EUR", None, &unique_id("k-"))
+        .request_payment(&ctx.device().beacon(), 100, "EUR", None, &unique_id("k-"))
         .await
         .unwrap();
     assert_error(&r, 404, "unknown_device");
@@ -115,13 +115,13 @@ async fn one_pending_payment_per_code() {
     let (device, _) = ctx.paired().await;
     ctx.pending_payment(&pos, &device, 100).await;
     let r = pos
-        .request_payment(device.beacon(), 200, "KRW", None, &unique_id("k-"))
+        .request_payment(&device.beacon(), 200, "KRW", None, &unique_id("k-"))
         .await
         .unwrap();
     assert_error(&r, 409, "device_busy");
     // Also for another merchant: the lock belongs to the code.
     let r = other_pos
-        .request_payment(device.beacon(), 200, "KRW", None, &unique_id("k-"))
+        .request_payment(&device.beacon(), 200, "KRW", None, &unique_id("k-"))
         .await
         .unwrap();
     assert_error(&r, 409, "device_busy");
@@ -150,13 +150,13 @@ async fn idempotent_replay_mismatch_and_key_rules() {
     let (device, _) = ctx.paired().await;
     let key = unique_id("order-");
     let first = pos
-        .request_payment(device.beacon(), 700, "KRW", Some("r"), &key)
+        .request_payment(&device.beacon(), 700, "KRW", Some("r"), &key)
         .await
         .unwrap();
     assert_eq!(first.status, 201);
     assert!(first.header("idempotent-replayed").is_none());
     let again = pos
-        .request_payment(device.beacon(), 700, "KRW", Some("r"), &key)
+        .request_payment(&device.beacon(), 700, "KRW", Some("r"), &key)
         .await
         .unwrap();
     assert_eq!(again.status, 201, "{}", again.json);
@@ -164,26 +164,26 @@ async fn idempotent_replay_mismatch_and_key_rules() {
     assert_eq!(again.json, first.json);
     // Same key, different body.
     let other = pos
-        .request_payment(device.beacon(), 701, "KRW", Some("r"), &key)
+        .request_payment(&device.beacon(), 701, "KRW", Some("r"), &key)
         .await
         .unwrap();
     assert_error(&other, 422, "idempotency_key_reused");
     // Keys are scoped to the merchant: another merchant's same key is a new request (here: busy).
     let other_merchant = ctx.pos().await;
     let r = other_merchant
-        .request_payment(device.beacon(), 700, "KRW", Some("r"), &key)
+        .request_payment(&device.beacon(), 700, "KRW", Some("r"), &key)
         .await
         .unwrap();
     assert_error(&r, 409, "device_busy");
     // An error answer is replayed too.
     let busy_key = unique_id("busy-");
     let b1 = pos
-        .request_payment(device.beacon(), 5, "KRW", None, &busy_key)
+        .request_payment(&device.beacon(), 5, "KRW", None, &busy_key)
         .await
         .unwrap();
     assert_error(&b1, 409, "device_busy");
     let b2 = pos
-        .request_payment(device.beacon(), 5, "KRW", None, &busy_key)
+        .request_payment(&device.beacon(), 5, "KRW", None, &busy_key)
         .await
         .unwrap();
     assert_error(&b2, 409, "device_busy");
@@ -195,7 +195,7 @@ async fn idempotency_key_header_is_required_and_checked() {
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
-    let body = json!({"unique_code": device.beacon(), "amount": 10, "currency": "KRW", "pos_id": "pos-01"});
+    let body = json!({"unique_code": device.code(), "beacon_proof": device.beacon().proof, "amount": 10, "currency": "KRW", "pos_id": "pos-01"});
     let call = |key: Option<&'static str>| Call {
         bearer: Some(&pos.api_key),
         idempotency_key: key,
@@ -234,8 +234,8 @@ async fn malformed_payment_requests_are_400_naming_the_field_and_change_nothing(
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
-    let code = device.beacon();
-    let base = json!({"unique_code": code, "amount": 100, "currency": "KRW", "pos_id": "pos-01"});
+    let code = device.code();
+    let base = json!({"unique_code": code, "beacon_proof": device.beacon().proof, "amount": 100, "currency": "KRW", "pos_id": "pos-01"});
     let with = |k: &str, v: serde_json::Value| {
         let mut b = base.clone();
         b[k] = v;
@@ -281,7 +281,7 @@ async fn malformed_payment_requests_are_400_naming_the_field_and_change_nothing(
     }
     // The device is still free (nothing was created) and the key k1 was never consumed.
     let r = pos
-        .request_payment(code, 100, "KRW", None, "k1")
+        .request_payment(&device.beacon(), 100, "KRW", None, "k1")
         .await
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
@@ -292,7 +292,7 @@ async fn authentication_rules() {
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
-    let body = json!({"unique_code": device.beacon(), "amount": 10, "currency": "KRW", "pos_id": "pos-01"});
+    let body = json!({"unique_code": device.code(), "beacon_proof": device.beacon().proof, "amount": 10, "currency": "KRW", "pos_id": "pos-01"});
     for bearer in [
         None,
         Some("mk_unknown"),
@@ -437,7 +437,7 @@ async fn a_key_held_by_a_request_in_flight_is_409_then_finished_by_the_retry() {
     let key = unique_id("inflight-");
     let merchant = MerchantId::try_from(pos.merchant_id.as_str()).unwrap();
     let slot = PaymentSlot::of(&merchant, &IdempotencyKey::try_from(key.as_str()).unwrap());
-    let code = UniqueCode::try_from(device.beacon()).unwrap();
+    let code = UniqueCode::try_from(device.code()).unwrap();
     let held_since = |ago_ms: i64| {
         Payment::new(
             PaymentId::in_slot(
@@ -459,7 +459,7 @@ async fn a_key_held_by_a_request_in_flight_is_409_then_finished_by_the_retry() {
     let seen = ctx.store.device(&code).await.unwrap().unwrap();
     ctx.store.lock_device(&first, &seen).await.unwrap();
     let r = pos
-        .request_payment(device.beacon(), 10, "KRW", None, &key)
+        .request_payment(&device.beacon(), 10, "KRW", None, &key)
         .await
         .unwrap();
     assert_error(&r, 409, "idempotency_key_in_use");
@@ -477,7 +477,7 @@ async fn a_key_held_by_a_request_in_flight_is_409_then_finished_by_the_retry() {
     let seen = ctx.store.device(&code).await.unwrap().unwrap();
     ctx.store.lock_device(&died, &seen).await.unwrap();
     let r = pos
-        .request_payment(device.beacon(), 10, "KRW", None, &key)
+        .request_payment(&device.beacon(), 10, "KRW", None, &key)
         .await
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);

@@ -13,7 +13,7 @@ async fn registers_a_device_with_its_proof() {
     let mut phone = ctx.phone();
     let r = phone.register(&device).await.unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
-    assert_eq!(r.json["unique_code"], device.beacon());
+    assert_eq!(r.json["unique_code"], device.code());
     assert_eq!(r.json["terminal_id"], phone.terminal_id.as_str());
     assert!(
         r.json["terminal_token"]
@@ -61,18 +61,25 @@ async fn a_sniffed_beacon_without_the_device_is_refused_and_changes_nothing() {
     let ctx = Ctx::new().await;
     let device = ctx.device();
     let mut mallory = ctx.phone();
-    let before = ctx.items_of(&format!("DEVICE#{}", device.beacon())).await;
-    // A proof made for another terminal, a made-up proof, and garbage.
-    let other = device.registration_proof("someone-else-01");
-    for proof in [other.as_str(), &"0".repeat(64), "nope", ""] {
+    let before = ctx.items_of(&format!("DEVICE#{}", device.code())).await;
+    // A proof made for another terminal, a made-up proof, and garbage, each on a fresh challenge.
+    for bad in ["other-terminal", "zeros", "nope", ""] {
+        let c = mallory.challenge(device.code()).await.unwrap();
+        assert_eq!(c.status, 201, "{}", c.json);
+        let challenge = c.json["challenge"].as_str().unwrap();
+        let proof = match bad {
+            "other-terminal" => device.registration_proof("someone-else-01", challenge),
+            "zeros" => "0".repeat(64),
+            garbage => garbage.to_owned(),
+        };
         let r = mallory
-            .register_with_proof(device.beacon(), proof)
+            .register_with(device.code(), challenge, &proof)
             .await
             .unwrap();
         assert_error(&r, 422, "invalid_registration_proof");
     }
     assert_eq!(
-        ctx.items_of(&format!("DEVICE#{}", device.beacon())).await,
+        ctx.items_of(&format!("DEVICE#{}", device.code())).await,
         before
     );
     // The genuine owner can still register it.
@@ -85,35 +92,44 @@ async fn malformed_registrations_are_400_naming_the_field() {
     let ctx = Ctx::new().await;
     let device = ctx.device();
     let terminal = unique_id("phone-");
-    let proof = device.registration_proof(&terminal);
+    let challenge = "00112233445566778899aabbccddeeff";
+    let proof = device.registration_proof(&terminal, challenge);
     let cases = [
         (
-            json!({"terminal_id": terminal, "registration_proof": proof}),
+            json!({"terminal_id": terminal, "challenge": challenge, "registration_proof": proof}),
             "unique_code",
         ),
         (
-            json!({"unique_code": "short", "terminal_id": terminal, "registration_proof": proof}),
+            json!({"unique_code": "short", "terminal_id": terminal, "challenge": challenge, "registration_proof": proof}),
             "unique_code",
         ),
         (
-            json!({"unique_code": "has space in it", "terminal_id": terminal, "registration_proof": proof}),
+            json!({"unique_code": "has space in it", "terminal_id": terminal, "challenge": challenge, "registration_proof": proof}),
             "unique_code",
         ),
         (
-            json!({"unique_code": device.beacon(), "terminal_id": "x", "registration_proof": proof}),
+            json!({"unique_code": device.code(), "terminal_id": "x", "challenge": challenge, "registration_proof": proof}),
             "terminal_id",
         ),
         (
-            json!({"unique_code": device.beacon(), "terminal_id": terminal}),
+            json!({"unique_code": device.code(), "terminal_id": terminal, "challenge": challenge}),
             "registration_proof",
         ),
         (
-            json!({"unique_code": device.beacon(), "terminal_id": terminal, "registration_proof": 5}),
+            json!({"unique_code": device.code(), "terminal_id": terminal, "challenge": challenge, "registration_proof": 5}),
             "registration_proof",
         ),
         (
-            json!({"unique_code": device.beacon(), "terminal_id": terminal, "registration_proof": proof, "admin": true}),
+            json!({"unique_code": device.code(), "terminal_id": terminal, "challenge": challenge, "registration_proof": proof, "admin": true}),
             "admin",
+        ),
+        (
+            json!({"unique_code": device.code(), "terminal_id": terminal, "registration_proof": proof}),
+            "challenge",
+        ),
+        (
+            json!({"unique_code": device.code(), "terminal_id": terminal, "challenge": "00112233445566778899AABBCCDDEEFF", "registration_proof": proof}),
+            "challenge",
         ),
     ];
     for (body, field) in cases {
@@ -137,7 +153,7 @@ async fn malformed_registrations_are_400_naming_the_field() {
         );
     }
     assert!(
-        ctx.items_of(&format!("DEVICE#{}", device.beacon()))
+        ctx.items_of(&format!("DEVICE#{}", device.code()))
             .await
             .is_empty()
     );
@@ -189,7 +205,7 @@ async fn deregistration_frees_the_code_revokes_the_token_and_cancels_the_pending
     let payment = ctx.pending_payment(&pos, &device, 1200).await;
     let pid = payment["payment_id"].as_str().unwrap();
 
-    let r = phone.deregister(device.beacon()).await.unwrap();
+    let r = phone.deregister(device.code()).await.unwrap();
     assert_eq!(r.status, 204, "{}", r.json);
     assert_eq!(r.json, serde_json::Value::Null);
 
@@ -197,7 +213,7 @@ async fn deregistration_frees_the_code_revokes_the_token_and_cancels_the_pending
     assert_eq!(pos.payment(pid).await.unwrap().json["status"], "canceled");
     // The code is free: a payment request now finds no device, and another phone may register it.
     let r = pos
-        .request_payment(device.beacon(), 10, "KRW", None, &unique_id("k-"))
+        .request_payment(&device.beacon(), 10, "KRW", None, &unique_id("k-"))
         .await
         .unwrap();
     assert_error(&r, 404, "unknown_device");
@@ -211,13 +227,13 @@ async fn only_the_owning_terminal_may_deregister() {
     let (device, owner) = ctx.paired().await;
     let (_, other) = ctx.paired().await;
     assert_error(
-        &other.deregister(device.beacon()).await.unwrap(),
+        &other.deregister(device.code()).await.unwrap(),
         404,
         "not_found",
     );
     let anonymous = ctx.phone();
     assert_error(
-        &anonymous.deregister(device.beacon()).await.unwrap(),
+        &anonymous.deregister(device.code()).await.unwrap(),
         401,
         "unauthorized",
     );
@@ -226,10 +242,10 @@ async fn only_the_owning_terminal_may_deregister() {
         404,
         "not_found",
     );
-    assert_eq!(owner.deregister(device.beacon()).await.unwrap().status, 204);
+    assert_eq!(owner.deregister(device.code()).await.unwrap().status, 204);
     // Gone: a second delete by the same (now revoked) token is unauthenticated.
     assert_error(
-        &owner.deregister(device.beacon()).await.unwrap(),
+        &owner.deregister(device.code()).await.unwrap(),
         401,
         "unauthorized",
     );

@@ -30,7 +30,7 @@ async fn the_same_settlement_message_delivered_again_writes_one_ledger_entry_pai
 
     // The very message confirmation enqueued, sent twice more (an at-least-once queue may).
     let message = json!({
-        "payment_id": id, "merchant_id": pos.merchant_id, "unique_code": device.beacon(),
+        "payment_id": id, "merchant_id": pos.merchant_id, "unique_code": device.code(),
         "amount": 2500, "currency": "KRW",
     })
     .to_string();
@@ -77,7 +77,7 @@ async fn the_same_settlement_message_delivered_again_writes_one_ledger_entry_pai
     let credit = entries.iter().find(|e| e.0 == "credit").expect("credit");
     let debit = entries.iter().find(|e| e.0 == "debit").expect("debit");
     assert_eq!(credit.1, format!("merchant:{}", pos.merchant_id));
-    assert_eq!(debit.1, format!("device:{}", device.beacon()));
+    assert_eq!(debit.1, format!("device:{}", device.code()));
     assert_eq!((credit.2, debit.2), (2500, 2500));
     assert_eq!(pos.settled("KRW").await.unwrap(), (2500, 1));
 }

@@ -202,7 +202,7 @@ async fn run_seed(w: &World, seed: u64) -> Result<Stats, String> {
     let reg = handle(
         &plain,
         Function::Registration,
-        registration_request(&device, &terminal),
+        registration_request(&plain.store, &device, &terminal).await,
     )
     .await;
     let (status, body) = answer(&reg);
@@ -229,7 +229,7 @@ async fn run_seed(w: &World, seed: u64) -> Result<Stats, String> {
                 &w.merchant_key,
                 &[("idempotency-key", &format!("sim-{seed}-{n}"))],
                 Some(
-                    &json!({"unique_code": code, "amount": rng.range(1, 100_000),
+                    &json!({"unique_code": code, "beacon_proof": device.beacon().proof, "amount": rng.range(1, 100_000),
                              "currency": currency, "pos_id": "sim-pos"}),
                 ),
             ),

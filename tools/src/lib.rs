@@ -1,6 +1,7 @@
-//! Simulators of the three parties around the API, as real HTTP clients of contract v1:
-//! a short-range [`Device`] (beacon code, burned-in key, counter), a merchant's [`Pos`] and the
-//! user's [`Phone`]. The demo, the integration tests and POS/phone integrators use them alike.
+//! Simulators of the three parties around the API, as real HTTP clients of the contract:
+//! a short-range [`Device`] (beacon code and its rolling proof, burned-in key, counter), a
+//! merchant's [`Pos`] and the user's [`Phone`]. The demo, the integration tests and POS/phone
+//! integrators use them alike.
 
 pub mod stack;
 
@@ -9,9 +10,26 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use twochan_domain::{
-    Challenge, Counter, Currency, MerchantId, PaymentId, TerminalId, UniqueCode,
-    crypto::{DeviceKey, MasterKey, PaymentBinding},
+    Challenge, Counter, Currency, MerchantId, PaymentId, TerminalId, Timestamp, UniqueCode,
+    crypto::{BeaconStep, DeviceKey, MasterKey, PaymentBinding},
 };
+
+/// What a POS hears from a device's beacon: its code and the proof of the current 30 s step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Beacon {
+    pub code: String,
+    pub proof: String,
+}
+
+impl Beacon {
+    /// A beacon as heard, with whatever proof (a stale or forged one, in tests).
+    pub fn heard(code: &str, proof: &str) -> Self {
+        Self {
+            code: code.into(),
+            proof: proof.into(),
+        }
+    }
+}
 
 /// A device as manufactured: its code and the key derived from the issuer master key.
 #[derive(Debug, Clone)]
@@ -31,9 +49,26 @@ impl Device {
         }
     }
 
-    /// What the beacon broadcasts.
-    pub fn beacon(&self) -> &str {
+    /// The code the beacon broadcasts.
+    pub fn code(&self) -> &str {
         self.code.as_str()
+    }
+
+    /// What the beacon broadcasts now: the code and the proof of the current step.
+    pub fn beacon(&self) -> Beacon {
+        self.beacon_at(Timestamp::now())
+    }
+
+    /// What the beacon broadcast (or will) at `at`.
+    pub fn beacon_at(&self, at: Timestamp) -> Beacon {
+        self.beacon_of_step(BeaconStep::at(at))
+    }
+
+    pub fn beacon_of_step(&self, step: BeaconStep) -> Beacon {
+        Beacon {
+            code: self.code.to_string(),
+            proof: self.key.beacon_proof(&self.code, step),
+        }
     }
 
     pub fn counter(&self) -> u64 {
@@ -45,11 +80,14 @@ impl Device {
         self.counter = counter;
     }
 
-    /// The registration proof the device hands the phone when they pair.
-    pub fn registration_proof(&self, terminal_id: &str) -> String {
+    /// The registration proof the device hands the phone when they pair, for the server's
+    /// challenge.
+    pub fn registration_proof(&self, terminal_id: &str, challenge: &str) -> String {
         let terminal =
             TerminalId::try_from(terminal_id).expect("simulated terminal id is well-formed");
-        self.key.registration_proof(&self.code, &terminal)
+        let challenge = Challenge::try_from(challenge).expect("server challenge is well-formed");
+        self.key
+            .registration_proof(&self.code, &terminal, &challenge)
     }
 
     /// The auth code for a payment object as the phone received it: advances the counter.
@@ -201,16 +239,22 @@ impl Pos {
         }
     }
 
-    /// Channel 1: the POS heard `unique_code` and asks for a payment.
+    /// Channel 1: the POS heard a device's beacon and asks for a payment.
     pub async fn request_payment(
         &self,
-        unique_code: &str,
+        beacon: &Beacon,
         amount: u64,
         currency: &str,
         reference: Option<&str>,
         idempotency_key: &str,
     ) -> reqwest::Result<ApiResponse> {
-        let mut body = json!({"unique_code": unique_code, "amount": amount, "currency": currency, "pos_id": self.pos_id});
+        let mut body = json!({
+            "unique_code": beacon.code,
+            "beacon_proof": beacon.proof,
+            "amount": amount,
+            "currency": currency,
+            "pos_id": self.pos_id,
+        });
         if let Some(r) = reference {
             body["reference"] = json!(r);
         }
@@ -301,29 +345,47 @@ impl Phone {
         }
     }
 
-    /// Pairs with `device` over the short-range link and registers it; keeps the token on success.
-    pub async fn register(&mut self, device: &Device) -> reqwest::Result<ApiResponse> {
-        let proof = device.registration_proof(&self.terminal_id);
-        self.register_with_proof(device.beacon(), &proof).await
+    /// Asks the server for a registration challenge for `unique_code`.
+    pub async fn challenge(&self, unique_code: &str) -> reqwest::Result<ApiResponse> {
+        let call = Call {
+            body: Some(json!({"unique_code": unique_code})),
+            ..Call::default()
+        };
+        self.api
+            .call(Method::POST, "/v1/devices/challenges", call)
+            .await
     }
 
-    pub async fn register_with_proof(
+    /// Asks for a challenge, has `device` sign it over the short-range link and registers it,
+    /// with this phone's token if it has one (a terminal that holds a device is its phone's);
+    /// keeps the new token on success.
+    pub async fn register(&mut self, device: &Device) -> reqwest::Result<ApiResponse> {
+        let challenge = self.challenge(device.code()).await?;
+        let Some(challenge) = challenge.json["challenge"].as_str().map(str::to_owned) else {
+            return Ok(challenge);
+        };
+        let proof = device.registration_proof(&self.terminal_id, &challenge);
+        self.register_with(device.code(), &challenge, &proof).await
+    }
+
+    /// `POST /v1/devices` with a given challenge and proof (and this phone's token, if any).
+    pub async fn register_with(
         &mut self,
         unique_code: &str,
+        challenge: &str,
         proof: &str,
     ) -> reqwest::Result<ApiResponse> {
-        let body = json!({"unique_code": unique_code, "terminal_id": self.terminal_id, "registration_proof": proof});
-        let r = self
-            .api
-            .call(
-                Method::POST,
-                "/v1/devices",
-                Call {
-                    body: Some(body),
-                    ..Call::default()
-                },
-            )
-            .await?;
+        let body = json!({
+            "unique_code": unique_code,
+            "terminal_id": self.terminal_id,
+            "challenge": challenge,
+            "registration_proof": proof,
+        });
+        let call = Call {
+            body: Some(body),
+            ..self.auth()
+        };
+        let r = self.api.call(Method::POST, "/v1/devices", call).await?;
         if r.status.is_success() {
             self.token = r.json["terminal_token"].as_str().map(str::to_owned);
         }

@@ -5,7 +5,7 @@ use twochan_api::{
     routes::{Function, NoQueue},
     serve_http, telemetry,
 };
-use twochan_aws::{AwsClients, DynamoStore, Settings};
+use twochan_aws::{AwsClients, DynamoStore, Settings, secrets};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -13,11 +13,16 @@ async fn main() -> Result<(), lambda_http::Error> {
     let settings = Settings::from_env()?;
     let clients = AwsClients::from_env()?;
     let store = DynamoStore::new(clients.dynamodb.clone(), &settings.table_name);
-    store.warm_up().await;
+    // Both are network round trips at init; neither needs the other. The issuer keys check
+    // the beacon proofs of payment requests.
+    let ((), keys) = tokio::join!(
+        store.warm_up(),
+        secrets::issuer_keys(&settings, &clients.config)
+    );
     let app = App {
         store,
         queue: NoQueue,
-        issuer_keys: None,
+        issuer_keys: Some(keys?),
         pending_ttl_seconds: settings.pending_ttl_seconds,
     };
     serve_http(app, Function::PaymentRequest).await

@@ -22,23 +22,27 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         InvalidRequest(_) => StatusCode::BAD_REQUEST,
         Unauthorized => StatusCode::UNAUTHORIZED,
         NotFound | UnknownDevice => StatusCode::NOT_FOUND,
-        DeviceAlreadyRegistered | DeviceBusy | IdempotencyKeyInUse | PaymentNotPending => {
-            StatusCode::CONFLICT
-        }
+        DeviceAlreadyRegistered
+        | TerminalIdTaken
+        | DeviceBusy
+        | IdempotencyKeyInUse
+        | PaymentNotPending => StatusCode::CONFLICT,
         PaymentExpired => StatusCode::GONE,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        InvalidRegistrationProof | IdempotencyKeyReused | InvalidAuthCode | StaleCounter => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        InvalidRegistrationProof
+        | InvalidBeaconProof
+        | IdempotencyKeyReused
+        | InvalidAuthCode
+        | StaleCounter => StatusCode::UNPROCESSABLE_ENTITY,
         TooManyAttempts | DeviceLocked { .. } => StatusCode::TOO_MANY_REQUESTS,
         Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
-/// `{"error": {"code", "message"}}` with the contract's status. Internal details stay in the logs:
-/// the message is the error's `Display`, which never carries them.
+/// The contract's answer to `e`, logged: a refusal at info, a failure (5xx) at error with its
+/// detail. Every refusal a client receives goes through here, and only those.
 pub fn error_response(e: &DomainError) -> Response<Body> {
     let status = status_of(e);
     if status.is_server_error() {
@@ -57,6 +61,13 @@ pub fn error_response(e: &DomainError) -> Response<Body> {
             "request refused"
         );
     }
+    render_error(e)
+}
+
+/// `{"error": {"code", "message"}}` with the contract's status, not logged (for an answer kept to
+/// be given later). Internal details stay out: the message is the error's `Display`.
+pub fn render_error(e: &DomainError) -> Response<Body> {
+    let status = status_of(e);
     let body = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
     let mut resp = json_response(status, &body);
     let retry_after = match e {
@@ -296,6 +307,7 @@ mod tests {
             (NotFound, 404, "not_found"),
             (UnknownDevice, 404, "unknown_device"),
             (DeviceAlreadyRegistered, 409, "device_already_registered"),
+            (TerminalIdTaken, 409, "terminal_id_taken"),
             (DeviceBusy, 409, "device_busy"),
             (IdempotencyKeyInUse, 409, "idempotency_key_in_use"),
             (PaymentNotPending, 409, "payment_not_pending"),
@@ -303,6 +315,7 @@ mod tests {
             (PayloadTooLarge, 413, "payload_too_large"),
             (UnsupportedMediaType, 415, "unsupported_media_type"),
             (InvalidRegistrationProof, 422, "invalid_registration_proof"),
+            (InvalidBeaconProof, 422, "invalid_beacon_proof"),
             (IdempotencyKeyReused, 422, "idempotency_key_reused"),
             (InvalidAuthCode, 422, "invalid_auth_code"),
             (StaleCounter, 422, "stale_counter"),

@@ -7,23 +7,23 @@ use lambda_http::{
 use serde_json::json;
 use tracing::Instrument;
 use twochan_domain::{
-    Amount, AuthCode, Counter, Currency, DomainError, IdempotencyKey, MerchantId, Payment,
-    PaymentId, PaymentSlot, PaymentStatus, PosId, Reference, Result, TerminalId, Timestamp,
-    UniqueCode,
+    Amount, AuthCode, BeaconProof, Challenge, Counter, Currency, DomainError, IdempotencyKey,
+    MerchantId, Payment, PaymentId, PaymentSlot, PaymentStatus, PosId, Reference, Result,
+    TerminalId, Timestamp, UniqueCode,
     crypto::{IssuedSecret, IssuerKeys, PaymentBinding, sha256_hex},
     payment::{ConfirmGate, MAX_AUTH_ATTEMPTS},
     ports::{
-        ANY_REQUEST, Confirmation, Device, Devices, Directory, Ledger, Payments, Registration,
-        SettlementMessage, SettlementQueue, SlotRecord, StoredResponse, TerminalSession, Write,
-        WrongCode,
+        ANY_REQUEST, Confirmation, Device, Devices, Directory, Ledger, NewRegistration, Payments,
+        Registration, RegistrationChallenge, RegistrationKind, SettlementMessage, SettlementQueue,
+        SlotRecord, StoredResponse, TerminalSession, Write, WrongCode,
     },
 };
 
 use crate::http::{
     BearerKind, JsonBody, TERMINAL_TOKEN_PREFIX, bearer, body_bytes, empty_response,
-    error_response, json_response, raw_json_response, require_json, route_segments,
+    error_response, json_response, raw_json_response, render_error, require_json, route_segments,
 };
-use crate::view::{BalanceView, PaymentView, PendingPaymentsView, RegistrationView};
+use crate::view::{BalanceView, ChallengeView, PaymentView, PendingPaymentsView, RegistrationView};
 
 /// How often a use case re-reads and retries after losing a race on a conditional write, before
 /// answering 503 (a client retry is then safe).
@@ -39,7 +39,7 @@ const IN_FLIGHT_LEASE_MS: i64 = 15_000;
 pub struct App<S, Q> {
     pub store: S,
     pub queue: Q,
-    /// Only the functions that verify device codes (registration, confirmation) have them.
+    /// Every HTTP function verifies device codes (registration and beacon proofs, auth codes).
     pub issuer_keys: Option<IssuerKeys>,
     pub pending_ttl_seconds: i64,
 }
@@ -66,6 +66,7 @@ impl SettlementQueue for NoQueue {
 /// The route table: which function serves which `(method, path)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    CreateChallenge,
     RegisterDevice,
     DeregisterDevice(String),
     CreatePayment,
@@ -81,6 +82,7 @@ impl Route {
     pub fn of(method: &Method, segments: &[String]) -> Option<Route> {
         let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         Some(match (method.as_str(), segs.as_slice()) {
+            ("POST", ["devices", "challenges"]) => Route::CreateChallenge,
             ("POST", ["devices"]) => Route::RegisterDevice,
             ("DELETE", ["devices", code]) => Route::DeregisterDevice((*code).to_owned()),
             ("POST", ["payments"]) => Route::CreatePayment,
@@ -96,6 +98,7 @@ impl Route {
 
     fn name(&self) -> &'static str {
         match self {
+            Route::CreateChallenge => "create_challenge",
             Route::RegisterDevice => "register_device",
             Route::DeregisterDevice(_) => "deregister_device",
             Route::CreatePayment => "create_payment",
@@ -121,7 +124,12 @@ impl Function {
     pub fn serves(self, route: &Route) -> bool {
         use Route::*;
         match self {
-            Function::Registration => matches!(route, RegisterDevice | DeregisterDevice(_)),
+            Function::Registration => {
+                matches!(
+                    route,
+                    CreateChallenge | RegisterDevice | DeregisterDevice(_)
+                )
+            }
             Function::PaymentRequest => {
                 matches!(
                     route,
@@ -171,6 +179,7 @@ where
     // `instrument`, not `enter`: the span must follow the future across its awaits.
     let result = async {
         match &route {
+            Route::CreateChallenge => create_challenge(app, &req).await,
             Route::RegisterDevice => register_device(app, &req).await,
             Route::DeregisterDevice(code) => deregister_device(app, &req, code).await,
             Route::CreatePayment => create_payment(app, &req).await,
@@ -265,46 +274,132 @@ fn payment_response(status: StatusCode, p: &Payment) -> Response<Body> {
 
 // ---------------------------------------------------------------- registration
 
-async fn register_device<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
+async fn create_challenge<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
 where
     S: Devices,
 {
-    let body = json_body(req, &["unique_code", "terminal_id", "registration_proof"])?;
+    let body = json_body(req, &["unique_code"])?;
+    let code: UniqueCode = body.field("unique_code")?;
+    tag(&code, None);
+    let challenge = RegistrationChallenge::issue(code, Timestamp::now());
+    app.store.put_challenge(&challenge).await?;
+    tracing::info!(outcome = "challenge_issued");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &ChallengeView {
+            unique_code: challenge.unique_code.as_str(),
+            challenge: challenge.challenge.as_str(),
+            expires_at: challenge.expires_at.to_rfc3339(),
+        },
+    ))
+}
+
+/// The terminal a registration's optional bearer acts for: none without one, 401 for an
+/// unknown or malformed one (a merchant key included).
+async fn optional_terminal<S: Directory>(
+    store: &S,
+    req: &Request,
+) -> Result<Option<(TerminalSession, twochan_domain::crypto::SecretHash)>> {
+    if !req
+        .headers()
+        .contains_key(lambda_http::http::header::AUTHORIZATION)
+    {
+        return Ok(None);
+    }
+    match bearer(req.headers())? {
+        (BearerKind::TerminalToken, hash) => {
+            let session = store
+                .session_for_token(&hash)
+                .await?
+                .ok_or(DomainError::Unauthorized)?;
+            Ok(Some((session, hash)))
+        }
+        _ => Err(DomainError::Unauthorized),
+    }
+}
+
+async fn register_device<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
+where
+    S: Directory + Devices,
+{
+    let caller = optional_terminal(&app.store, req).await?;
+    let body = json_body(
+        req,
+        &[
+            "unique_code",
+            "terminal_id",
+            "challenge",
+            "registration_proof",
+        ],
+    )?;
     let code: UniqueCode = body.field("unique_code")?;
     let terminal: TerminalId = body.field("terminal_id")?;
+    let challenge: Challenge = body.field("challenge")?;
     let proof = body.string("registration_proof")?;
     tag(&code, None);
     // The proof comes first: without the device nobody learns whether a code is registered.
     if !app
         .issuer_keys()?
-        .verify_registration_proof(&code, &terminal, proof)
+        .verify_registration_proof(&code, &terminal, &challenge, proof)
     {
         return Err(DomainError::InvalidRegistrationProof);
     }
+    // A valid proof uses its challenge up, whatever the answer: a recorded request cannot be
+    // played again, and of concurrent requests with one challenge at most one goes on.
+    if app
+        .store
+        .use_challenge(&challenge, &code, Timestamp::now())
+        .await?
+        == Write::Conflict
+    {
+        tracing::warn!(
+            security_event = "challenge_refused",
+            "registration with a challenge that is unknown, expired, used or another code's"
+        );
+        return Err(DomainError::InvalidRegistrationProof);
+    }
+    let authority = caller
+        .as_ref()
+        .filter(|(session, _)| session.terminal_id == terminal)
+        .map(|(_, hash)| hash);
     for _ in 0..MAX_RACE_RETRIES {
-        let seen = app.store.device(&code).await?;
-        let status = match seen.as_ref().and_then(|d| d.registration.as_ref()) {
-            Some(r) if r.terminal_id != terminal => {
-                return Err(DomainError::DeviceAlreadyRegistered);
+        let (seen, terminal_devices) = app.store.device_and_terminal(&code, &terminal).await?;
+        let kind = RegistrationKind::decide(
+            seen.as_ref(),
+            &terminal,
+            terminal_devices,
+            authority.is_some(),
+        )
+        .inspect_err(|e| {
+            if *e == DomainError::TerminalIdTaken {
+                tracing::warn!(
+                    security_event = "terminal_id_taken",
+                    "registration to a terminal that holds another device, without its token"
+                );
             }
-            Some(_) => StatusCode::OK,
-            None => StatusCode::CREATED,
-        };
+        })?;
         let token = IssuedSecret::generate(TERMINAL_TOKEN_PREFIX);
         let registration = Registration {
             terminal_id: terminal.clone(),
             token_hash: token.hash.clone(),
             registered_at: Timestamp::now().truncated_to_second(),
         };
-        if app
-            .store
-            .register(&code, seen.as_ref(), &registration)
-            .await?
-            == Write::Applied
-        {
-            tracing::info!(outcome = "registered", replaced = status == StatusCode::OK);
+        let write = NewRegistration {
+            unique_code: &code,
+            seen: seen.as_ref(),
+            kind,
+            registration: &registration,
+            authority,
+        };
+        if app.store.register(&write).await? == Write::Applied {
+            let again = kind == RegistrationKind::Again;
+            tracing::info!(outcome = "registered", replaced = again);
             return Ok(json_response(
-                status,
+                if again {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                },
                 &RegistrationView {
                     unique_code: code.as_str(),
                     terminal_id: terminal.as_str(),
@@ -339,7 +434,7 @@ where
             _ => return Err(DomainError::NotFound),
         }
         // What a payment request that still holds the lock without its payment will answer.
-        let abandoned = stored_response(&error_response(&DomainError::UnknownDevice));
+        let abandoned = stored_response(&render_error(&DomainError::UnknownDevice));
         if app
             .store
             .deregister(&device, Timestamp::now(), &abandoned)
@@ -362,6 +457,9 @@ where
 
 struct CreateRequest {
     unique_code: UniqueCode,
+    /// What the POS heard beside the code; a credential of this request, not part of what it
+    /// asks for, so not in its fingerprint.
+    beacon_proof: BeaconProof,
     amount: Amount,
     currency: Currency,
     pos_id: PosId,
@@ -373,7 +471,14 @@ impl CreateRequest {
     fn from_request(req: &Request) -> Result<(Self, IdempotencyKey)> {
         let body = json_body(
             req,
-            &["unique_code", "amount", "currency", "pos_id", "reference"],
+            &[
+                "unique_code",
+                "beacon_proof",
+                "amount",
+                "currency",
+                "pos_id",
+                "reference",
+            ],
         )?;
         let key = req
             .headers()
@@ -388,6 +493,7 @@ impl CreateRequest {
     fn parse(body: &JsonBody) -> Result<Self> {
         Ok(Self {
             unique_code: body.field("unique_code")?,
+            beacon_proof: body.field("beacon_proof")?,
             amount: Amount::try_from(body.u64("amount")?)?,
             currency: body.field("currency")?,
             pos_id: body.field("pos_id")?,
@@ -399,7 +505,8 @@ impl CreateRequest {
     }
 
     /// What "the same body" means for idempotency: the parsed request, not its bytes, so that
-    /// whitespace or key order in a retry does not count as a different request.
+    /// whitespace or key order in a retry does not count as a different request. The beacon
+    /// proof is left out: a retry a minute later carries a newer one and is the same request.
     fn fingerprint(&self) -> String {
         let canonical = json!({
             "unique_code": self.unique_code.as_str(),
@@ -436,6 +543,23 @@ where
         merchant_id,
         request,
     };
+    let r = &new.request;
+    if !app
+        .issuer_keys()?
+        .verify_beacon_proof(&r.unique_code, &r.beacon_proof, Timestamp::now())
+    {
+        // A replay is answered without the proof (the first request checked it, and it may
+        // have aged since); anything else learns nothing about the code, and the key stays free.
+        if let Some(record) = app.store.slot(&new.slot).await? {
+            return replay(record, &new.fingerprint);
+        }
+        tag(&r.unique_code, None);
+        tracing::warn!(
+            security_event = "invalid_beacon_proof",
+            "payment request without a current beacon proof of the device"
+        );
+        return Err(DomainError::InvalidBeaconProof);
+    }
     match create_pending(app, &new, device).await {
         Ok(Created::New(payment)) => Ok(payment_response(StatusCode::CREATED, &payment)),
         Ok(Created::Stored(record)) => replay(record, &new.fingerprint),
@@ -584,7 +708,14 @@ where
         // the write failed: it may still have been applied (an SDK retry after a lost answer).
         let record = match app.store.slot(&new.slot).await {
             Ok(record) => record,
-            Err(e) => return Err(put.err().unwrap_or(e)),
+            Err(e) => {
+                // Nothing is known of the payment: give the lock back unless the payment turns
+                // out to be stored (the release checks), so a 503 leaves the code free.
+                if locked_here {
+                    release_lock(app, &r.unique_code, &payment.payment_id).await;
+                }
+                return Err(put.err().unwrap_or(e));
+            }
         };
         if let Some(record) = &record
             && record_is(record, &payment.payment_id)

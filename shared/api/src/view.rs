@@ -60,3 +60,11 @@ pub struct BalanceView<'a> {
     pub merchant_id: &'a str,
     pub balances: &'a [Balance],
 }
+
+/// `201` of `POST /v1/devices/challenges`.
+#[derive(Serialize)]
+pub struct ChallengeView<'a> {
+    pub unique_code: &'a str,
+    pub challenge: &'a str,
+    pub expires_at: String,
+}

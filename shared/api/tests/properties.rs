@@ -19,8 +19,8 @@ use twochan_api::{
     routes::{Function, Route},
 };
 use twochan_domain::{
-    Counter, DomainError, MerchantId, PosId, TerminalId, UniqueCode,
-    crypto::{MasterKey, PaymentBinding, SecretHash},
+    Challenge, Counter, DomainError, MerchantId, PosId, TerminalId, Timestamp, UniqueCode,
+    crypto::{BeaconStep, MasterKey, PaymentBinding, SecretHash},
 };
 
 // ------------------------------------------------------------------ helpers
@@ -535,13 +535,18 @@ impl Endpoint {
             Endpoint::Register => {
                 let code = UniqueCode::try_from(new_code).unwrap();
                 let terminal = TerminalId::try_from("phone-new-0001").unwrap();
+                let challenge = Challenge::try_from(CHALLENGE).unwrap();
                 let proof = master
                     .device_key(&code)
-                    .registration_proof(&code, &terminal);
-                json!({"unique_code": new_code, "terminal_id": "phone-new-0001", "registration_proof": proof})
+                    .registration_proof(&code, &terminal, &challenge);
+                json!({"unique_code": new_code, "terminal_id": "phone-new-0001", "challenge": CHALLENGE, "registration_proof": proof})
             }
             Endpoint::Create => {
-                json!({"unique_code": CODE, "amount": 4500, "currency": "KRW", "pos_id": "pos-1", "reference": "order 42"})
+                let code = UniqueCode::try_from(CODE).unwrap();
+                let beacon = master
+                    .device_key(&code)
+                    .beacon_proof(&code, BeaconStep::at(Timestamp::now()));
+                json!({"unique_code": CODE, "beacon_proof": beacon, "amount": 4500, "currency": "KRW", "pos_id": "pos-1", "reference": "order 42"})
             }
             Endpoint::Confirm => {
                 let p = &world.payment;
@@ -656,8 +661,10 @@ fn build(
         (None, None) => {}
     }
     // A merchant may also read a payment with... only its own key; the phone reads with its token.
-    let bearer_fails = endpoint.bearer().is_some()
-        && (d.bad_bearer.is_some() || (swap_bearer && endpoint != Endpoint::Get));
+    // Registration needs no bearer, but one it is sent must be a current terminal token.
+    let bearer_fails = (endpoint.bearer().is_some() || endpoint == Endpoint::Register)
+        && (d.bad_bearer.is_some()
+            || (endpoint.bearer().is_some() && swap_bearer && endpoint != Endpoint::Get));
     match d.bad_content_type {
         Some(ct) if !ct.is_empty() => headers.push(("content-type".into(), ct.as_bytes().to_vec())),
         Some(_) => {}
@@ -739,9 +746,15 @@ proptest! {
 /// A field of a valid body replaced by something outside its grammar.
 fn broken_field(endpoint: Endpoint) -> impl Strategy<Value = (String, Option<Value>)> {
     let fields: Vec<&'static str> = match endpoint {
-        Endpoint::Register => vec!["unique_code", "terminal_id", "registration_proof"],
+        Endpoint::Register => vec![
+            "unique_code",
+            "terminal_id",
+            "challenge",
+            "registration_proof",
+        ],
         Endpoint::Create => vec![
             "unique_code",
+            "beacon_proof",
             "amount",
             "currency",
             "pos_id",

@@ -6,18 +6,20 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::{
     Client,
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
-    types::{AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update},
+    types::{
+        AttributeValue, ConditionCheck, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
 use twochan_domain::{
-    Currency, DomainError, MerchantId, Payment, PaymentId, PaymentSlot, PaymentStatus, Result,
-    TerminalId, Timestamp, UniqueCode,
+    Challenge, Currency, DomainError, MerchantId, Payment, PaymentId, PaymentSlot, PaymentStatus,
+    Result, TerminalId, Timestamp, UniqueCode,
     crypto::SecretHash,
     ports::{
-        ANY_REQUEST, Balance, Confirmation, Device, Devices, Directory, Ledger, Payments,
-        Registration, Settlement, SettlementMessage, SlotRecord, StoredResponse, TerminalSession,
-        Write, WrongCode,
+        ANY_REQUEST, Balance, Confirmation, Device, Devices, Directory, Ledger, NewRegistration,
+        Payments, RegistrationChallenge, RegistrationKind, Settlement, SettlementMessage,
+        SlotRecord, StoredResponse, TerminalSession, Write, WrongCode,
     },
 };
 
@@ -29,8 +31,18 @@ const BATCH_GET_LIMIT: usize = 100;
 /// The conditions, named. Attribute names are literal because none is a reserved word except
 /// `status`, which goes through the `#status` placeholder.
 mod cond {
+    /// No condition: the write applies whatever the item holds.
+    pub const ALWAYS: &str = "";
     /// A key (token, api key, payment slot) that must not exist yet.
     pub const NEW_ITEM: &str = "attribute_not_exists(pk)";
+    /// An item (a caller's token) that must still exist.
+    pub const EXISTS: &str = "attribute_exists(pk)";
+    /// A registration challenge used for its own code before it expires (a used one is gone).
+    pub const CHALLENGE_USABLE: &str = "unique_code = :code AND expires_at >= :now";
+    /// A terminal that holds no device yet: anyone may register the first one.
+    pub const TERMINAL_FREE: &str = "attribute_not_exists(devices) OR devices <= :zero";
+    /// A terminal whose only device is the one registered again.
+    pub const TERMINAL_ONLY_THIS: &str = "attribute_not_exists(devices) OR devices <= :one";
     /// A device free to register: unknown, or known (with its counter) but deregistered.
     pub const DEVICE_UNREGISTERED: &str = "attribute_not_exists(terminal_id)";
     /// Re-registration by the same terminal: the token we read is still the current one.
@@ -57,6 +69,8 @@ mod cond {
     pub const PAYMENT_PENDING_LAPSED: &str = "#status = :pending AND expires_at < :now";
     /// The lock is held by this payment.
     pub const LOCK_HELD_BY: &str = "pending_payment_id = :held";
+    /// A payment's slot that does not hold that payment (empty, or another request's answer).
+    pub const SLOT_WITHOUT_PAYMENT: &str = "attribute_not_exists(pk) OR payment_id <> :held";
     /// A wrong code: the device's failure count is still the one read (absent means never failed,
     /// as the count is never removed)...
     pub const DEVICE_FAILURES_UNCHANGED: &str = "attribute_exists(pk) \
@@ -303,7 +317,9 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_key(Some(spec.key))
             .update_expression(spec.update)
-            .condition_expression(spec.condition);
+            .set_condition_expression(
+                (spec.condition != cond::ALWAYS).then(|| spec.condition.to_owned()),
+            );
         for (name, value) in spec.values {
             b = b.expression_attribute_values(name, value);
         }
@@ -311,6 +327,17 @@ impl DynamoStore {
             b = b.expression_attribute_names("#status", "status");
         }
         b.build().map_err(build_err)
+    }
+
+    /// A transaction's check that an item still exists, without writing it.
+    fn check_exists(&self, key: HashMap<String, AttributeValue>) -> Result<TransactWriteItem> {
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .condition_expression(cond::EXISTS)
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
     }
 
     fn put_new(&self, item: HashMap<String, AttributeValue>) -> Result<TransactWriteItem> {
@@ -465,12 +492,64 @@ impl Devices for DynamoStore {
         item.map(Device::try_from).transpose()
     }
 
-    async fn register(
+    async fn device_and_terminal(
         &self,
         code: &UniqueCode,
-        seen: Option<&Device>,
-        reg: &Registration,
+        terminal: &TerminalId,
+    ) -> Result<(Option<Device>, u32)> {
+        let (device, holding) = self
+            .get_two(
+                (device_pk(code.as_str()), SK_DEVICE),
+                (terminal_pk(terminal.as_str()), SK_TERMINAL),
+            )
+            .await?;
+        let device = device.map(parse_item::<DeviceItem>).transpose()?;
+        let devices = holding
+            .map(parse_item::<TerminalItem>)
+            .transpose()?
+            .map_or(0, |t| t.device_count());
+        Ok((device.map(Device::try_from).transpose()?, devices))
+    }
+
+    async fn put_challenge(&self, c: &RegistrationChallenge) -> Result<()> {
+        let item = ChallengeItem {
+            pk: challenge_pk(c.challenge.as_str()),
+            sk: SK_CHALLENGE.into(),
+            unique_code: c.unique_code.to_string(),
+            expires_at: c.expires_at.millis(),
+            ttl: c.expires_at.seconds() + 3600,
+        };
+        // 128 random bits: a collision would be a broken RNG, not a race to handle.
+        match self
+            .put_if_new("PutItem(challenge)", item_of(&item)?)
+            .await?
+        {
+            Write::Applied => Ok(()),
+            Write::Conflict => Err(DomainError::Internal("challenge collision".into())),
+        }
+    }
+
+    async fn use_challenge(
+        &self,
+        challenge: &Challenge,
+        code: &UniqueCode,
+        now: Timestamp,
     ) -> Result<Write> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(challenge_pk(challenge.as_str()), SK_CHALLENGE)))
+            .condition_expression(cond::CHALLENGE_USABLE)
+            .expression_attribute_values(":code", s(code.as_str()))
+            .expression_attribute_values(":now", n(now.millis()))
+            .send()
+            .await;
+        self.write_if("DeleteItem(use_challenge)", result)
+    }
+
+    async fn register(&self, r: &NewRegistration<'_>) -> Result<Write> {
+        let (code, reg) = (r.unique_code, r.registration);
         let token = TokenItem {
             pk: token_pk(reg.token_hash.as_str()),
             sk: SK_TOKEN.into(),
@@ -478,7 +557,16 @@ impl Devices for DynamoStore {
             unique_code: code.to_string(),
             issued_at: reg.registered_at.millis(),
         };
-        let previous = seen.and_then(|d| d.registration.as_ref());
+        let previous = match r.kind {
+            RegistrationKind::New => None,
+            RegistrationKind::Again => Some(
+                r.seen
+                    .and_then(|d| d.registration.as_ref())
+                    .ok_or_else(|| {
+                        DomainError::Internal("registration again without one".into())
+                    })?,
+            ),
+        };
         let mut values = vec![
             (":code", s(code.as_str())),
             (":terminal", s(reg.terminal_id.as_str())),
@@ -511,6 +599,37 @@ impl Devices for DynamoStore {
         if let Some(p) = previous {
             items.push(self.delete(key(token_pk(p.token_hash.as_str()), SK_TOKEN))?);
         }
+        // The terminal's holding: counted for a new device; without the terminal's token, it
+        // must still be as free as it was read. With one, that token must still be current (it
+        // is, by the device's own condition, when it is the very token being replaced).
+        let terminal_key = || key(terminal_pk(reg.terminal_id.as_str()), SK_TERMINAL);
+        let (holding_condition, mut holding_values) = match (r.kind, r.authority) {
+            (RegistrationKind::New, None) => (cond::TERMINAL_FREE, vec![(":zero", n(0))]),
+            (RegistrationKind::Again, None) => (cond::TERMINAL_ONLY_THIS, vec![(":one", n(1))]),
+            (_, Some(_)) => (cond::ALWAYS, vec![]),
+        };
+        if r.kind == RegistrationKind::New {
+            holding_values.push((":one", n(1)));
+            items.push(self.update_item(UpdateSpec {
+                key: terminal_key(),
+                update: "ADD devices :one".into(),
+                condition: holding_condition,
+                values: holding_values,
+            })?);
+        } else if holding_condition != cond::ALWAYS {
+            items.push(self.update_item(UpdateSpec {
+                key: terminal_key(),
+                // A terminal registered before its count was kept gets one now.
+                update: "SET devices = if_not_exists(devices, :one)".into(),
+                condition: holding_condition,
+                values: holding_values,
+            })?);
+        }
+        if let Some(authority) = r.authority
+            && previous.is_none_or(|p| p.token_hash != *authority)
+        {
+            items.push(self.check_exists(key(token_pk(authority.as_str()), SK_TOKEN))?);
+        }
         self.transact("TransactWriteItems(register)", items).await
     }
 
@@ -541,6 +660,12 @@ impl Devices for DynamoStore {
                 values,
             })?,
             self.delete(key(token_pk(reg.token_hash.as_str()), SK_TOKEN))?,
+            self.update_item(UpdateSpec {
+                key: key(terminal_pk(reg.terminal_id.as_str()), SK_TERMINAL),
+                update: "ADD devices :minus_one".into(),
+                condition: cond::ALWAYS,
+                values: vec![(":minus_one", n(-1))],
+            })?,
         ];
         // The lock's payment, if it was stored: a request that died between taking the lock and
         // storing its payment (or is still between them) leaves a lock whose payment does not
@@ -656,17 +781,29 @@ impl Payments for DynamoStore {
     }
 
     async fn release_lock(&self, code: &UniqueCode, payment: &PaymentId) -> Result<()> {
-        self.update_if(
-            "UpdateItem(release_lock)",
-            UpdateSpec {
+        // The lock goes back only if its payment is not stored: a write whose answer was lost
+        // may have stored it after all, and a stored pending payment keeps its lock.
+        let not_stored = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(payment_pk(payment), SK_PAYMENT)))
+            .condition_expression(cond::SLOT_WITHOUT_PAYMENT)
+            .expression_attribute_values(":held", s(payment.as_str()))
+            .build()
+            .map_err(build_err)?;
+        let items = vec![
+            self.update_item(UpdateSpec {
                 key: key(device_pk(code.as_str()), SK_DEVICE),
                 update: "REMOVE pending_payment_id, pending_expires_at".into(),
                 condition: cond::LOCK_HELD_BY,
                 values: vec![(":held", s(payment.as_str()))],
-            },
-        )
-        .await
-        .map(drop)
+            })?,
+            TransactWriteItem::builder()
+                .condition_check(not_stored)
+                .build(),
+        ];
+        self.transact("TransactWriteItems(release_lock)", items)
+            .await
+            .map(drop)
     }
 
     async fn record_rejection(
@@ -735,12 +872,9 @@ impl Payments for DynamoStore {
         if held.is_empty() {
             return Ok(Vec::new());
         }
-        // Two locks may name one slot (a lock left behind by a replay): one key each.
-        held.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        held.dedup_by(|a, b| a.slot() == b.slot());
-        let keys = held
-            .iter()
-            .map(|id| key(payment_pk(id), SK_PAYMENT))
+        let keys = slot_keys(&held)
+            .into_iter()
+            .map(|slot| key(slot_pk(&slot), SK_PAYMENT))
             .collect();
         let mut out = Vec::new();
         for item in self.get_many(keys).await? {
@@ -1028,6 +1162,18 @@ impl DynamoStore {
 
 /// A payment as its stored item (serde_dynamo), as every payment write makes it. Public for the
 /// CPU benchmarks (`make bench-cpu`), like [`payment_from_item`].
+/// The slots of some payment ids, each once: two locks may name one slot (a lock left behind by
+/// a replay, under another device of the terminal), and `BatchGetItem` refuses a repeated key.
+pub fn slot_keys(ids: &[PaymentId]) -> Vec<PaymentSlot> {
+    let mut slots: Vec<PaymentSlot> = Vec::with_capacity(ids.len());
+    for slot in ids.iter().map(PaymentId::slot) {
+        if !slots.contains(&slot) {
+            slots.push(slot);
+        }
+    }
+    slots
+}
+
 pub fn payment_to_item(p: &Payment, fingerprint: &str) -> Result<RawItem> {
     item_of(&PaymentItem::new(p, fingerprint))
 }

@@ -39,6 +39,8 @@ struct State {
     calls: Vec<String>,
     crash: Option<Crash>,
     crashed: bool,
+    /// Calls that fail on their own, as a dependency's 5xx would: later calls go ahead.
+    failing: Vec<usize>,
     hook: Option<(usize, Hook)>,
 }
 
@@ -48,6 +50,7 @@ impl std::fmt::Debug for State {
             .field("calls", &self.calls)
             .field("crash", &self.crash)
             .field("crashed", &self.crashed)
+            .field("failing", &self.failing)
             .field("hook_at", &self.hook.as_ref().map(|(at, _)| at))
             .finish()
     }
@@ -68,6 +71,14 @@ impl Probe {
     pub fn crashing(crash: Option<Crash>) -> Self {
         let probe = Self::default();
         probe.lock().crash = crash;
+        probe
+    }
+
+    /// Fails the calls at these indices before they are sent, each on its own (a transient
+    /// dependency failure, not a crash: the handler goes on and its next calls are made).
+    pub fn failing(calls: impl IntoIterator<Item = usize>) -> Self {
+        let probe = Self::default();
+        probe.lock().failing = calls.into_iter().collect();
         probe
     }
 
@@ -144,6 +155,9 @@ impl Intercept for Probe {
         if state.crash == Some(Crash::Before(index)) {
             state.crashed = true;
             return Err(crash_error(Crash::Before(index)));
+        }
+        if state.failing.contains(&index) {
+            return Err(format!("failpoint: call {index} failed").into());
         }
         let hook = match &state.hook {
             Some((at, hook)) if *at == index => Some(hook.clone()),

@@ -33,6 +33,13 @@ pub fn payment_pk(id: &PaymentId) -> String {
 pub fn terminal_gsi_pk(terminal: &str) -> String {
     format!("TERMINAL#{terminal}")
 }
+/// A terminal's own item (how many devices it holds) shares the index's key spelling.
+pub fn terminal_pk(terminal: &str) -> String {
+    terminal_gsi_pk(terminal)
+}
+pub fn challenge_pk(challenge: &str) -> String {
+    format!("CHALLENGE#{challenge}")
+}
 pub fn balance_sk(currency: &str) -> String {
     format!("BALANCE#{currency}")
 }
@@ -42,6 +49,8 @@ pub const SK_API_KEY: &str = "APIKEY";
 pub const SK_TOKEN: &str = "TOKEN";
 pub const SK_DEVICE: &str = "DEVICE";
 pub const SK_PAYMENT: &str = "PAYMENT";
+pub const SK_TERMINAL: &str = "TERMINAL";
+pub const SK_CHALLENGE: &str = "CHALLENGE";
 pub const BALANCE_PREFIX: &str = "BALANCE#";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> DomainError {
@@ -249,4 +258,33 @@ pub struct BalanceItem {
     pub currency: String,
     pub settled_amount: u64,
     pub settled_count: u64,
+}
+
+/// A registration challenge, until it is used (deleted) or DynamoDB's TTL removes it. Expiry is
+/// checked in the condition that uses it; `ttl` (seconds) is only housekeeping.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChallengeItem {
+    pub pk: String,
+    pub sk: String,
+    pub unique_code: String,
+    pub expires_at: i64,
+    pub ttl: i64,
+}
+
+/// A terminal: how many devices are registered to it. Registration and deregistration keep the
+/// count in their transactions; a terminal holding a device belongs to the phone that holds its
+/// tokens (`RegistrationKind::decide`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TerminalItem {
+    pub pk: String,
+    pub sk: String,
+    #[serde(default)]
+    pub devices: i64,
+}
+
+impl TerminalItem {
+    /// A count below zero would be a bug; read as none.
+    pub fn device_count(&self) -> u32 {
+        u32::try_from(self.devices.max(0)).unwrap_or(u32::MAX)
+    }
 }

@@ -1,4 +1,4 @@
-//! Keys and codes of contract v1 (HMAC-SHA256, `|`-separated UTF-8 messages, lowercase hex), and
+//! Keys and codes of the contract (HMAC-SHA256, `|`-separated UTF-8 messages, lowercase hex), and
 //! the bearer secrets the server issues.
 //!
 //! Secret comparisons go through `subtle` (or `Mac::verify_slice`, which uses it), so the time a
@@ -10,8 +10,11 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::clock::Timestamp;
 use crate::error::DomainError;
-use crate::ids::{AuthCode, Challenge, Counter, MerchantId, PaymentId, TerminalId, UniqueCode};
+use crate::ids::{
+    AuthCode, BeaconProof, Challenge, Counter, MerchantId, PaymentId, TerminalId, UniqueCode,
+};
 use crate::money::{Amount, Currency};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -91,10 +94,24 @@ impl IssuerKeys {
         &self,
         code: &UniqueCode,
         terminal: &TerminalId,
+        challenge: &Challenge,
         proof: &str,
     ) -> bool {
         self.device_keys(code)
-            .any(|k| k.verify_registration_proof(code, terminal, proof))
+            .any(|k| k.verify_registration_proof(code, terminal, challenge, proof))
+    }
+
+    /// Whether any generation's device key broadcast this proof in a step the server accepts at
+    /// `now` (see [`BeaconStep::accepted_at`]); every candidate is compared in constant time.
+    pub fn verify_beacon_proof(
+        &self,
+        code: &UniqueCode,
+        proof: &BeaconProof,
+        now: Timestamp,
+    ) -> bool {
+        self.device_keys(code).any(|k| {
+            BeaconStep::accepted_at(now).any(|step| k.verify_beacon_proof(code, step, proof))
+        })
     }
 
     /// Whether any generation's device key made this auth code (each compare in constant time).
@@ -145,16 +162,34 @@ impl DeviceKey {
         hex::encode(self.0)
     }
 
-    fn registration_mac(&self, code: &UniqueCode, terminal: &TerminalId) -> [u8; 32] {
+    fn registration_mac(
+        &self,
+        code: &UniqueCode,
+        terminal: &TerminalId,
+        challenge: &Challenge,
+    ) -> [u8; 32] {
         hmac(
             &self.0,
-            &["2ch/register/v1|", code.as_str(), "|", terminal.as_str()],
+            &[
+                "2ch/register/v2|",
+                code.as_str(),
+                "|",
+                terminal.as_str(),
+                "|",
+                challenge.as_str(),
+            ],
         )
     }
 
-    /// `hex(HMAC(K_dev, "2ch/register/v1|" + unique_code + "|" + terminal_id))`, as the device makes it.
-    pub fn registration_proof(&self, code: &UniqueCode, terminal: &TerminalId) -> String {
-        hex::encode(self.registration_mac(code, terminal))
+    /// `hex(HMAC(K_dev, "2ch/register/v2|" + unique_code + "|" + terminal_id + "|" + challenge))`,
+    /// as the device makes it for a server challenge.
+    pub fn registration_proof(
+        &self,
+        code: &UniqueCode,
+        terminal: &TerminalId,
+        challenge: &Challenge,
+    ) -> String {
+        hex::encode(self.registration_mac(code, terminal, challenge))
     }
 
     /// Checks a registration proof in constant time. Malformed hex simply does not verify.
@@ -162,13 +197,41 @@ impl DeviceKey {
         &self,
         code: &UniqueCode,
         terminal: &TerminalId,
+        challenge: &Challenge,
         proof: &str,
     ) -> bool {
         let mut given = [0u8; 32];
         if proof.len() != 64 || hex::decode_to_slice(proof, &mut given).is_err() {
             return false;
         }
-        bool::from(self.registration_mac(code, terminal).ct_eq(&given))
+        bool::from(
+            self.registration_mac(code, terminal, challenge)
+                .ct_eq(&given),
+        )
+    }
+
+    fn beacon_mac(&self, code: &UniqueCode, step: BeaconStep) -> [u8; BeaconProof::LEN] {
+        let step = step.0.to_string();
+        let mac = hmac(&self.0, &["2ch/beacon/v1|", code.as_str(), "|", &step]);
+        let mut out = [0u8; BeaconProof::LEN];
+        out.copy_from_slice(&mac[..BeaconProof::LEN]);
+        out
+    }
+
+    /// The first 16 hex characters of `hex(HMAC(K_dev, "2ch/beacon/v1|" + unique_code + "|" +
+    /// step))`, as the device broadcasts it during `step`.
+    pub fn beacon_proof(&self, code: &UniqueCode, step: BeaconStep) -> String {
+        hex::encode(self.beacon_mac(code, step))
+    }
+
+    /// Checks a beacon proof of one step in constant time.
+    pub fn verify_beacon_proof(
+        &self,
+        code: &UniqueCode,
+        step: BeaconStep,
+        proof: &BeaconProof,
+    ) -> bool {
+        bool::from(self.beacon_mac(code, step).ct_eq(proof.bytes()))
     }
 
     fn auth_mac(&self, b: &PaymentBinding<'_>) -> [u8; 32] {
@@ -202,6 +265,47 @@ impl DeviceKey {
     pub fn verify_auth_code(&self, b: &PaymentBinding<'_>, code: &AuthCode) -> bool {
         bool::from(self.auth_mac(b).ct_eq(code.bytes()))
     }
+}
+
+/// A 30-second step of the beacon's rolling proof: `floor(unix_seconds / 30)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BeaconStep(i64);
+
+impl BeaconStep {
+    pub const SECONDS: i64 = 30;
+    /// Steps accepted around the server's: two behind (a POS may have heard the beacon up to a
+    /// minute ago, and the device's clock may lag) and one ahead (a device clock that runs fast).
+    pub const BEHIND: i64 = 2;
+    pub const AHEAD: i64 = 1;
+
+    pub const fn at(t: Timestamp) -> Self {
+        Self(t.seconds().div_euclid(Self::SECONDS))
+    }
+
+    pub const fn of_number(step: i64) -> Self {
+        Self(step)
+    }
+
+    pub const fn number(self) -> i64 {
+        self.0
+    }
+
+    /// The steps whose proof is accepted at `now`: `now_step - 2 ..= now_step + 1`.
+    pub fn accepted_at(now: Timestamp) -> impl Iterator<Item = BeaconStep> {
+        let now = Self::at(now).0;
+        (now - Self::BEHIND..=now + Self::AHEAD).map(Self)
+    }
+}
+
+/// The `Twochan-Signature` header of a webhook: `t=<unix seconds>,v1=<hex(HMAC(secret, t + "." +
+/// body))>`, keyed with the UTF-8 bytes of the whole secret string, over the raw body bytes.
+pub fn webhook_signature(secret: &str, t: i64, body: &[u8]) -> String {
+    let mut mac =
+        HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// SHA-256 of a secret, as stored in place of API keys and terminal tokens.
@@ -266,7 +370,11 @@ mod tests {
         let src = include_str!("crypto.rs");
         // The device key is where the bytes are compared; the issuer keys only delegate to it.
         let src = &src[src.find("impl DeviceKey {").expect("impl DeviceKey")..];
-        for f in ["fn verify_registration_proof", "fn verify_auth_code"] {
+        for f in [
+            "fn verify_registration_proof",
+            "fn verify_auth_code",
+            "fn verify_beacon_proof",
+        ] {
             let body = &src[src.find(f).expect(f)..];
             let body = &body[..body.find("\n    }\n").expect("end of fn")];
             assert!(
@@ -290,16 +398,20 @@ mod tests {
             IssuerKeys::parse(&format!("{},{}", hex::encode(new), hex::encode(old))).unwrap();
         let code = UniqueCode::try_from("device-0001").unwrap();
         let terminal = TerminalId::try_from("terminal-01").unwrap();
+        let challenge = Challenge::generate();
+        let now = Timestamp::from_millis(1_764_216_306_000);
         for master in [old, new] {
-            let proof = MasterKey(master)
-                .device_key(&code)
-                .registration_proof(&code, &terminal);
-            assert!(keys.verify_registration_proof(&code, &terminal, &proof));
+            let device = MasterKey(master).device_key(&code);
+            let proof = device.registration_proof(&code, &terminal, &challenge);
+            assert!(keys.verify_registration_proof(&code, &terminal, &challenge, &proof));
+            let beacon = device.beacon_proof(&code, BeaconStep::at(now));
+            let beacon = BeaconProof::try_from(beacon.as_str()).unwrap();
+            assert!(keys.verify_beacon_proof(&code, &beacon, now));
         }
         let stranger = MasterKey([3u8; 32])
             .device_key(&code)
-            .registration_proof(&code, &terminal);
-        assert!(!keys.verify_registration_proof(&code, &terminal, &stranger));
+            .registration_proof(&code, &terminal, &challenge);
+        assert!(!keys.verify_registration_proof(&code, &terminal, &challenge, &stranger));
         assert!(IssuerKeys::parse("").is_err());
         assert!(IssuerKeys::parse(&vec![hex::encode(old); 5].join(",")).is_err());
         assert!(!format!("{keys:?}").contains(&hex::encode(old)));
@@ -328,10 +440,49 @@ mod tests {
         let t1 = TerminalId::try_from("phone-alice-01").unwrap();
         let t2 = TerminalId::try_from("phone-mallory").unwrap();
         let k = m.device_key(&code);
-        let proof = k.registration_proof(&code, &t1);
-        assert!(k.verify_registration_proof(&code, &t1, &proof));
-        assert!(!k.verify_registration_proof(&code, &t2, &proof));
-        assert!(!k.verify_registration_proof(&code, &t1, &proof[..63]));
-        assert!(!k.verify_registration_proof(&code, &t1, "not hex"));
+        let c1 = Challenge::generate();
+        let c2 = Challenge::generate();
+        let proof = k.registration_proof(&code, &t1, &c1);
+        assert!(k.verify_registration_proof(&code, &t1, &c1, &proof));
+        assert!(!k.verify_registration_proof(&code, &t2, &c1, &proof));
+        assert!(!k.verify_registration_proof(&code, &t1, &c2, &proof));
+        assert!(!k.verify_registration_proof(&code, &t1, &c1, &proof[..63]));
+        assert!(!k.verify_registration_proof(&code, &t1, &c1, "not hex"));
+    }
+
+    /// The window's edges with an injected clock: steps now-2 and now+1 are accepted, now-3 and
+    /// now+2 are not, at the first and the last second of a step.
+    #[test]
+    fn beacon_window_edges() {
+        let keys = IssuerKeys::from(MasterKey([7u8; 32]));
+        let device = MasterKey([7u8; 32]).device_key(&UniqueCode::try_from("beacon-0001").unwrap());
+        let code = UniqueCode::try_from("beacon-0001").unwrap();
+        let other = UniqueCode::try_from("beacon-0002").unwrap();
+        // 1764216300 is the first second of step 58807210.
+        for now_s in [1_764_216_300, 1_764_216_329] {
+            let now = Timestamp::from_millis(now_s * 1000 + 999);
+            let step = BeaconStep::at(now).number();
+            assert_eq!(step, 58_807_210);
+            for (offset, accepted) in [
+                (-3, false),
+                (-2, true),
+                (-1, true),
+                (0, true),
+                (1, true),
+                (2, false),
+            ] {
+                let proof = device.beacon_proof(&code, BeaconStep::of_number(step + offset));
+                let proof = BeaconProof::try_from(proof.as_str()).unwrap();
+                assert_eq!(
+                    keys.verify_beacon_proof(&code, &proof, now),
+                    accepted,
+                    "offset {offset} at {now_s}"
+                );
+                assert!(
+                    !keys.verify_beacon_proof(&other, &proof, now),
+                    "another code's proof"
+                );
+            }
+        }
     }
 }

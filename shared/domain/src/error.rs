@@ -17,6 +17,10 @@ pub enum DomainError {
     UnknownDevice,
     #[error("this unique_code is registered to another terminal")]
     DeviceAlreadyRegistered,
+    #[error(
+        "this terminal_id holds another device; registering to it needs a current token of that terminal"
+    )]
+    TerminalIdTaken,
     #[error("another payment is pending on this unique_code")]
     DeviceBusy,
     #[error("a request with this Idempotency-Key is still in flight")]
@@ -29,8 +33,12 @@ pub enum DomainError {
     PayloadTooLarge,
     #[error("a request body must be sent with Content-Type: application/json")]
     UnsupportedMediaType,
-    #[error("the registration proof does not match this unique_code and terminal_id")]
+    #[error(
+        "the registration proof does not match this unique_code, terminal_id and a current challenge of this code"
+    )]
     InvalidRegistrationProof,
+    #[error("the beacon proof is not this device's for the current time")]
+    InvalidBeaconProof,
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
     #[error("the auth code does not match this payment")]
@@ -67,6 +75,7 @@ impl DomainError {
             Self::NotFound => "not_found",
             Self::UnknownDevice => "unknown_device",
             Self::DeviceAlreadyRegistered => "device_already_registered",
+            Self::TerminalIdTaken => "terminal_id_taken",
             Self::DeviceBusy => "device_busy",
             Self::IdempotencyKeyInUse => "idempotency_key_in_use",
             Self::PaymentNotPending => "payment_not_pending",
@@ -74,6 +83,7 @@ impl DomainError {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::InvalidRegistrationProof => "invalid_registration_proof",
+            Self::InvalidBeaconProof => "invalid_beacon_proof",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::InvalidAuthCode => "invalid_auth_code",
             Self::StaleCounter => "stale_counter",

@@ -213,13 +213,31 @@ impl TryFrom<String> for Reference {
                 "must be at most 128 characters",
             ));
         }
-        if s.chars().any(char::is_control) {
-            return Err(DomainError::invalid(
-                "reference",
-                "must not contain control characters",
-            ));
-        }
+        printable("reference", &s)?;
         Ok(Self(s))
+    }
+}
+
+/// The contract's printable text (`reference`, `reason`): shown on the payer's phone, so no
+/// character that can change how the rest reads or hide itself: general categories Cc
+/// (controls), Cf (format: bidirectional overrides and isolates, zero-width characters, ...),
+/// Zl and Zp (line and paragraph separators) and Co (private use).
+pub fn printable(field: &str, s: &str) -> Result<(), DomainError> {
+    use unicode_general_category::{GeneralCategory::*, get_general_category};
+    match s.chars().find(|c| {
+        matches!(
+            get_general_category(*c),
+            Control | Format | LineSeparator | ParagraphSeparator | PrivateUse
+        )
+    }) {
+        Some(c) => Err(DomainError::invalid(
+            field,
+            format!(
+                "must be printable text (U+{:04X} is a control, format, separator or private-use character)",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -284,6 +302,13 @@ impl TryFrom<String> for Challenge {
     }
 }
 
+impl TryFrom<&str> for Challenge {
+    type Error = DomainError;
+    fn try_from(s: &str) -> Result<Self, DomainError> {
+        Self::try_from(s.to_owned())
+    }
+}
+
 impl From<Challenge> for String {
     fn from(v: Challenge) -> String {
         v.0
@@ -302,6 +327,43 @@ impl UniqueCode {
         let mut h = crate::crypto::sha256_hex(self.as_str().as_bytes());
         h.truncate(16);
         h
+    }
+}
+
+/// The rolling proof a device broadcasts beside its code: the first 8 bytes of an HMAC, as 16
+/// lowercase hex characters. Compared in constant time only (no `PartialEq`).
+#[derive(Clone)]
+pub struct BeaconProof([u8; BeaconProof::LEN]);
+
+impl BeaconProof {
+    pub const LEN: usize = 8;
+
+    pub fn bytes(&self) -> &[u8; Self::LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BeaconProof {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BeaconProof(..)")
+    }
+}
+
+impl TryFrom<&str> for BeaconProof {
+    type Error = DomainError;
+    fn try_from(s: &str) -> Result<Self, DomainError> {
+        let mut bytes = [0u8; Self::LEN];
+        if s.len() == 2 * Self::LEN
+            && is_lower_hex(s)
+            && hex::decode_to_slice(s, &mut bytes).is_ok()
+        {
+            Ok(Self(bytes))
+        } else {
+            Err(DomainError::invalid(
+                "beacon_proof",
+                "must be 16 lowercase hex characters",
+            ))
+        }
     }
 }
 
@@ -513,6 +575,46 @@ mod tests {
         assert!(!format!("{code:?}").contains("5141"));
         assert!(AuthCode::try_from(&hex64[..63]).is_err());
         assert!(AuthCode::try_from(&format!("{}zz", &hex64[..62])[..]).is_err());
+    }
+
+    #[test]
+    fn printable_text_refuses_what_can_disguise_itself() {
+        for bad in [
+            "pay\u{202E}gnp.exe", // right-to-left override
+            "a\u{2066}b\u{2069}", // isolates
+            "zero\u{200B}width",
+            "join\u{200D}er",
+            "bom\u{FEFF}",
+            "line\u{2028}sep",
+            "para\u{2029}sep",
+            "private\u{E000}use",
+            "plane15\u{F0000}",
+            "tab\there",
+            "soft\u{00AD}hyphen",
+            "tag\u{E0041}",
+        ] {
+            assert!(Reference::try_from(bad.to_owned()).is_err(), "{bad:?}");
+        }
+        for ok in ["Table 4 · café ☕", "주문 12", "ﷺ", "e\u{301}", "a b"] {
+            assert!(Reference::try_from(ok.to_owned()).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn beacon_proof_shape() {
+        assert!(BeaconProof::try_from("c34fe4c32701ac39").is_ok());
+        for bad in [
+            "C34FE4C32701AC39",
+            "c34fe4c32701ac3",
+            "c34fe4c32701ac399",
+            "g34fe4c32701ac39",
+            "",
+        ] {
+            assert!(BeaconProof::try_from(bad).is_err(), "{bad}");
+        }
+        assert!(
+            !format!("{:?}", BeaconProof::try_from("c34fe4c32701ac39").unwrap()).contains("c34f")
+        );
     }
 
     #[test]

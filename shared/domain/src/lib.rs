@@ -1,12 +1,13 @@
 //! The domain of two-channel payments.
 //!
 //! Everything here is pure: parsing of identifiers and money (parse, don't validate), the key
-//! derivation and HMAC codes of contract v1, the payment state machine and the one error enum.
+//! derivation and HMAC codes of the contract, the payment state machine and the one error enum.
 //! Adapters (DynamoDB, SQS) and transports (Lambda, HTTP) live in other crates and depend on this
 //! one, never the other way round.
 
 pub mod clock;
 pub mod crypto;
+pub mod device;
 pub mod error;
 pub mod ids;
 pub mod money;
@@ -16,8 +17,8 @@ pub mod ports;
 pub use clock::Timestamp;
 pub use error::{DomainError, Result};
 pub use ids::{
-    AuthCode, Challenge, Counter, IdempotencyKey, MerchantId, PaymentId, PaymentSlot, PosId,
-    Reference, TerminalId, UniqueCode,
+    AuthCode, BeaconProof, Challenge, Counter, IdempotencyKey, MerchantId, PaymentId, PaymentSlot,
+    PosId, Reference, TerminalId, UniqueCode,
 };
 pub use money::{Amount, Currency};
 pub use payment::{Payment, PaymentStatus};

@@ -46,7 +46,9 @@ impl fmt::Display for Amount {
     }
 }
 
-/// An ISO 4217 alphabetic currency code that names a real currency.
+/// An ISO 4217 alphabetic code of money in circulation: not a fund code (BOV, CLF, USN, ...), a
+/// precious metal, a bond-market unit, XDR, XSU, XUA, XTS or XXX (all "special" in the list), nor
+/// a withdrawn code (HRK, SLL, CUC, BGN, ZWL, ...: "superseded").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Currency(iso_currency::Currency);
@@ -61,16 +63,26 @@ impl TryFrom<&str> for Currency {
     type Error = DomainError;
     fn try_from(s: &str) -> Result<Self, DomainError> {
         let well_formed = s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase());
-        // XTS ("for testing") and XXX ("no currency") are ISO codes but not money.
-        let real = !matches!(s, "XTS" | "XXX");
         match iso_currency::Currency::from_code(s) {
-            Some(c) if well_formed && real => Ok(Self(c)),
+            Some(c) if well_formed && is_money(c) => Ok(Self(c)),
             _ => Err(DomainError::invalid(
                 "currency",
-                "must be an ISO 4217 code such as USD",
+                "must be the ISO 4217 code of a currency in circulation, such as USD",
             )),
         }
     }
+}
+
+/// Whether ISO 4217's current list has the code as money. The crate's flags name funds, special
+/// units and superseded codes; VES is flagged superseded by VED there, but ISO lists both as
+/// current (VED is a second denomination, not VES's replacement), so VES stays accepted.
+fn is_money(c: iso_currency::Currency) -> bool {
+    use iso_currency::Flag;
+    c == iso_currency::Currency::VES
+        || !c
+            .flags()
+            .iter()
+            .any(|f| matches!(f, Flag::Fund | Flag::Special | Flag::Superseded(_)))
 }
 
 impl TryFrom<String> for Currency {
@@ -111,6 +123,22 @@ mod tests {
         }
         for bad in ["usd", "US", "USDD", "ABC", "XXX", "XTS", "", "U$D"] {
             assert!(Currency::try_from(bad).is_err(), "{bad}");
+        }
+        // Revision 2: not money, or no longer money.
+        let not_money = [
+            "BOV", "CHE", "CHW", "CLF", "COU", "MXV", "USN", "UYI", "UYW", // funds
+            "XAG", "XAU", "XPD", "XPT", // precious metals
+            "XBA", "XBB", "XBC", "XBD", // bond-market units
+            "XDR", "XSU", "XUA", "XTS", "XXX", // other special codes
+            "HRK", "SLL", "CUC", "BGN", "ZWL", // withdrawn
+        ];
+        for bad in not_money {
+            assert!(Currency::try_from(bad).is_err(), "{bad}");
+        }
+        for ok in [
+            "XOF", "XAF", "XCD", "XPF", "SLE", "ZWG", "CUP", "VES", "VED", "XCG", "CHF",
+        ] {
+            assert!(Currency::try_from(ok).is_ok(), "{ok}");
         }
     }
 }

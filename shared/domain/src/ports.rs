@@ -8,53 +8,14 @@ use serde::{Deserialize, Serialize};
 use crate::Timestamp;
 use crate::crypto::SecretHash;
 use crate::error::Result;
+use crate::ids::Challenge;
 use crate::ids::{Counter, MerchantId, PaymentId, PaymentSlot, TerminalId, UniqueCode};
 use crate::money::{Amount, Currency};
-use crate::payment::{DEVICE_LOCKOUT_SECONDS, DEVICE_MAX_FAILURES, Payment, PaymentStatus};
+use crate::payment::{Payment, PaymentStatus};
 
-/// A device as the server knows it. The record outlives registrations: it keeps the counter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    pub unique_code: UniqueCode,
-    pub registration: Option<Registration>,
-    pub last_counter: Counter,
-    /// The payment holding the one-pending-per-code lock, and when that lock lapses.
-    pub pending: Option<(PaymentId, Timestamp)>,
-    /// Wrong auth codes in a row, across payments; reset by an accepted confirmation.
-    pub failed_auth: u32,
-    /// Confirmations are refused until then (see [`DEVICE_MAX_FAILURES`]).
-    pub locked_until: Option<Timestamp>,
-}
-
-impl Device {
-    /// The lock-out in force at `now`, if any.
-    pub fn locked_at(&self, now: Timestamp) -> Option<Timestamp> {
-        self.locked_until.filter(|until| *until > now)
-    }
-
-    /// The lock-out that one more wrong code at `now` brings, if it reaches the limit. Never
-    /// shorter than one already set (an operator may have blocked the device for good).
-    pub fn lock_after_wrong_code(&self, now: Timestamp) -> Option<Timestamp> {
-        (self.failed_auth + 1 >= DEVICE_MAX_FAILURES).then(|| {
-            let lock = now.plus_seconds(DEVICE_LOCKOUT_SECONDS);
-            self.locked_until.map_or(lock, |set| set.max(lock))
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Registration {
-    pub terminal_id: TerminalId,
-    pub token_hash: SecretHash,
-    pub registered_at: Timestamp,
-}
-
-/// Who a terminal token authenticates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TerminalSession {
-    pub terminal_id: TerminalId,
-    pub unique_code: UniqueCode,
-}
+pub use crate::device::{
+    Device, NewRegistration, Registration, RegistrationChallenge, RegistrationKind, TerminalSession,
+};
 
 /// The result of a conditional write whose condition depends on state read earlier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,13 +173,30 @@ pub trait Directory: Send + Sync {
 
 pub trait Devices: Send + Sync {
     fn device(&self, code: &UniqueCode) -> impl Future<Output = Result<Option<Device>>> + Send;
-    /// Registers `code` to `registration.terminal_id`, revoking `replaces` (the token of the same
-    /// terminal's earlier registration, as read in `seen`).
-    fn register(
+    /// A device and how many devices are registered to a terminal, read together.
+    fn device_and_terminal(
         &self,
         code: &UniqueCode,
-        seen: Option<&Device>,
-        registration: &Registration,
+        terminal: &TerminalId,
+    ) -> impl Future<Output = Result<(Option<Device>, u32)>> + Send;
+    /// Keeps a new registration challenge until it is used or expires.
+    fn put_challenge(
+        &self,
+        challenge: &RegistrationChallenge,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Uses a challenge up: `Applied` only if it exists, was issued for `code`, has not expired
+    /// at `now` and was not used before; exactly one of concurrent uses applies.
+    fn use_challenge(
+        &self,
+        challenge: &Challenge,
+        code: &UniqueCode,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Write>> + Send;
+    /// Registers a device as decided on what was read (see [`NewRegistration`]); `Conflict` if
+    /// the device, the terminal's holding or the caller's token changed since.
+    fn register(
+        &self,
+        registration: &NewRegistration<'_>,
     ) -> impl Future<Output = Result<Write>> + Send;
     /// Frees `device`'s code, revokes its token and cancels its pending payment, if any. A lock
     /// whose payment was never stored (its request died, or is still between its two writes)

@@ -13,9 +13,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
 use twochan_aws::DynamoStore;
 use twochan_domain::{
-    MerchantId, Timestamp,
+    MerchantId, Timestamp, UniqueCode,
     crypto::{IssuedSecret, MasterKey},
-    ports::Directory,
+    ports::{Devices, Directory, RegistrationChallenge},
 };
 use twochan_tools::{Api, Device, Phone, Pos, stack::Stack, unique_id};
 
@@ -104,7 +104,7 @@ impl Ctx {
     /// A pending payment of `amount` KRW on `device`.
     pub async fn pending_payment(&self, pos: &Pos, device: &Device, amount: u64) -> Value {
         let r = pos
-            .request_payment(device.beacon(), amount, "KRW", None, &unique_id("k-"))
+            .request_payment(&device.beacon(), amount, "KRW", None, &unique_id("k-"))
             .await
             .unwrap();
         assert_eq!(r.status, 201, "{}", r.json);
@@ -283,16 +283,31 @@ pub fn answer(resp: &lambda_http::Response<lambda_http::Body>) -> (u16, Value) {
     (resp.status().as_u16(), body)
 }
 
-/// The registration a phone sends after pairing with `device`, as API Gateway hands it over.
-pub fn registration_request(device: &Device, terminal: &str) -> lambda_http::Request {
+/// The registration a phone sends after pairing with `device`, as API Gateway hands it over,
+/// signed over a fresh challenge for its code (kept in the table, as the challenge route does).
+pub async fn registration_request(
+    store: &impl Devices,
+    device: &Device,
+    terminal: &str,
+) -> lambda_http::Request {
+    let challenge = RegistrationChallenge::issue(
+        UniqueCode::try_from(device.code()).unwrap(),
+        Timestamp::now(),
+    );
+    store
+        .put_challenge(&challenge)
+        .await
+        .expect("keep a challenge");
+    let challenge = challenge.challenge.as_str();
     request(
         "POST",
         "/v1/devices",
         "none",
         &[],
         Some(
-            &json!({"unique_code": device.beacon(), "terminal_id": terminal,
-                     "registration_proof": device.registration_proof(terminal)}),
+            &json!({"unique_code": device.code(), "terminal_id": terminal,
+                     "challenge": challenge,
+                     "registration_proof": device.registration_proof(terminal, challenge)}),
         ),
     )
 }

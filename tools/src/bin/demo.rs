@@ -35,21 +35,44 @@ async fn main() {
     );
     println!("Two-channel payment against {}\n", api.base_url());
 
+    let beacon = device.beacon();
     step(
         "device",
         "beacon",
-        format!("broadcasts unique code {}", device.beacon()),
-    );
-    step(
-        "phone",
-        "short-range",
         format!(
-            "pairs with the device; the device signs a registration proof for terminal {}",
-            phone.terminal_id
+            "broadcasts unique code {} with proof {} (changes every 30 s)",
+            beacon.code, beacon.proof
         ),
     );
     let r = phone
-        .register(&device)
+        .challenge(device.code())
+        .await
+        .unwrap_or_else(|e| fail(e.to_string()));
+    let challenge = match r.json["challenge"].as_str() {
+        Some(c) if r.status == 201 => c.to_owned(),
+        _ => fail(format!("challenge answered {} {}", r.status, r.json)),
+    };
+    step(
+        "phone",
+        "HTTPS",
+        format!(
+            "POST /v1/devices/challenges → {} (challenge {}…, single use, expires {})",
+            r.status,
+            &challenge[..12],
+            r.json["expires_at"]
+        ),
+    );
+    step(
+        "device",
+        "short-range",
+        format!(
+            "pairs with the phone and signs the challenge for terminal {}",
+            phone.terminal_id
+        ),
+    );
+    let proof = device.registration_proof(&phone.terminal_id, &challenge);
+    let r = phone
+        .register_with(device.code(), &challenge, &proof)
         .await
         .unwrap_or_else(|e| fail(e.to_string()));
     if r.status != 201 {
@@ -68,14 +91,18 @@ async fn main() {
         .settled("KRW")
         .await
         .unwrap_or_else(|e| fail(e.to_string()));
+    let beacon = device.beacon();
     step(
         "POS",
         "beacon",
-        format!("hears unique code {}", device.beacon()),
+        format!(
+            "hears unique code {} and proof {}; forwards both",
+            beacon.code, beacon.proof
+        ),
     );
     let r = pos
         .request_payment(
-            device.beacon(),
+            &beacon,
             4500,
             "KRW",
             Some("demo latte"),

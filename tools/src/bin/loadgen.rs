@@ -221,7 +221,7 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
             while start.elapsed() < run_for {
                 let t = Instant::now();
                 let r = pos
-                    .request_payment(device.beacon(), 1250, "EUR", None, &unique_id("k-"))
+                    .request_payment(&device.beacon(), 1250, "EUR", None, &unique_id("k-"))
                     .await;
                 let payment = match r {
                     Ok(r) if r.status == 201 => r.json,

@@ -21,9 +21,9 @@ use twochan_domain::{
     TerminalId, Timestamp, UniqueCode,
     crypto::{MasterKey, SecretHash},
     ports::{
-        Balance, Confirmation, Device, Devices, Directory, Ledger, Payments, Registration,
-        Settlement, SettlementMessage, SettlementQueue, SlotRecord, StoredResponse,
-        TerminalSession, Write, WrongCode,
+        Balance, Confirmation, Device, Devices, Directory, Ledger, NewRegistration, Payments,
+        Registration, RegistrationChallenge, Settlement, SettlementMessage, SettlementQueue,
+        SlotRecord, StoredResponse, TerminalSession, Write, WrongCode,
     },
 };
 
@@ -188,12 +188,24 @@ impl Devices for World {
     async fn device(&self, code: &UniqueCode) -> Result<Option<Device>> {
         Ok((code.as_str() == CODE).then(|| self.device.clone()))
     }
-    async fn register(
+    async fn device_and_terminal(
         &self,
-        _: &UniqueCode,
-        _: Option<&Device>,
-        _: &Registration,
-    ) -> Result<Write> {
+        code: &UniqueCode,
+        terminal: &TerminalId,
+    ) -> Result<(Option<Device>, u32)> {
+        let holding = u32::from(terminal.as_str() == TERMINAL);
+        Ok((self.device(code).await?, holding))
+    }
+    async fn put_challenge(&self, _: &RegistrationChallenge) -> Result<()> {
+        self.wrote();
+        Ok(())
+    }
+    /// Every challenge is usable in the world (and using one is a write).
+    async fn use_challenge(&self, _: &Challenge, _: &UniqueCode, _: Timestamp) -> Result<Write> {
+        self.wrote();
+        Ok(Write::Applied)
+    }
+    async fn register(&self, _: &NewRegistration<'_>) -> Result<Write> {
         self.wrote();
         Ok(Write::Applied)
     }

@@ -62,7 +62,7 @@ impl Fixture {
             keys: master.clone().into(),
             // The device's generation last: a valid code is found only after three misses.
             keys_4_generations: IssuerKeys::parse(&format!("{},{MASTER}", OLD.join(","))).unwrap(),
-            proof: device_key.registration_proof(&code, &terminal),
+            proof: device_key.registration_proof(&code, &terminal, &challenge()),
             device_key,
             code,
             terminal,
@@ -157,7 +157,12 @@ fn device_key_verify_auth_code(fx: &Fixture) -> usize {
 
 fn verify_registration_proof(fx: &Fixture) -> usize {
     fx.keys
-        .verify_registration_proof(&fx.code, &fx.terminal, &fx.proof) as usize
+        .verify_registration_proof(&fx.code, &fx.terminal, &challenge(), &fx.proof) as usize
+}
+
+/// A registration challenge, fixed so runs compare.
+fn challenge() -> Challenge {
+    Challenge::try_from("00112233445566778899aabbccddeeff").unwrap()
 }
 
 /// Every authenticated request hashes its bearer secret (SHA-256) before the lookup.
