@@ -30,6 +30,8 @@ log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 log "unit tests"
 cargo test --workspace --exclude integration-tests
+log "make up applies a changed ISSUER_MASTER_KEY to the running stack"
+python scripts/check_key_change.py
 log "integration tests against $(grep '^API_URL=' "$LOCAL/stack.env")"
 cargo test -p integration-tests -- --test-threads=8
 log "hostile-input sweep: 10000 malformed requests (scripts/sweep.py; docs/RELIABILITY.md)"

@@ -14,7 +14,7 @@ use twochan_domain::{
     payment::{DEVICE_LOCKOUT_SECONDS, DEVICE_MAX_FAILURES},
     ports::Devices,
 };
-use twochan_tools::{Device, Phone, Pos};
+use twochan_tools::{Device, Phone, Pos, unique_id};
 
 /// Everything a confirmation, cancel or decline may touch, minus the wrong-attempt counters
 /// (counting a wrong code is the point of those): the payment (with its journal legs) and its
@@ -266,7 +266,7 @@ async fn revoked_tokens_are_refused() {
     let device: Device = ctx.device();
     let mut phone: Phone = ctx.phone();
     assert_eq!(phone.register(&device).await.unwrap().status, 201);
-    let old = Phone {
+    let mut old = Phone {
         token: phone.token.clone(),
         ..ctx.phone()
     };
@@ -291,4 +291,123 @@ async fn revoked_tokens_are_refused() {
     // Deregistration revokes the current token too.
     assert_eq!(phone.deregister(device.code()).await.unwrap().status, 204);
     assert_error(&phone.pending().await.unwrap(), 401, "unauthorized");
+}
+
+/// Everything of a victim's device and terminal an attacker could change: the device item, its
+/// tokens and the terminal's holding.
+async fn victim_state(ctx: &Ctx, device: &Device, phone: &Phone) -> Vec<String> {
+    let mut out = Vec::new();
+    for pk in [
+        format!("DEVICE#{}", device.code()),
+        format!("TERMINAL#{}", phone.terminal_id),
+    ] {
+        for item in ctx.items_of(&pk).await {
+            let mut kv: Vec<String> = item.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            kv.sort();
+            out.push(kv.join(","));
+        }
+    }
+    out
+}
+
+/// Revision 2, hole 1: a POS that is not near the device, with the code it heard once (or was
+/// told) and even the proof it heard then, cannot ask it for payments, keep it busy or flood its
+/// phone. Revision 1 took `{unique_code, amount, currency, pos_id}` and answered 201.
+#[tokio::test]
+async fn a_pos_far_from_the_device_cannot_ask_it_for_a_payment() {
+    let ctx = Ctx::new().await;
+    let (device, phone) = ctx.paired().await;
+    let far = ctx.pos().await;
+    let heard_long_ago = device.beacon_at(Timestamp::from_millis(Timestamp::now().millis() - 120_000));
+    let before = victim_state(&ctx, &device, &phone).await;
+    for _ in 0..5 {
+        let r = far
+            .request_payment(&heard_long_ago, 99_000, "KRW", Some("gift card"), &unique_id("k-"))
+            .await
+            .unwrap();
+        assert_error(&r, 422, "invalid_beacon_proof");
+    }
+    let revision_1 = json!({"unique_code": device.code(), "amount": 99_000, "currency": "KRW", "pos_id": "far-pos"});
+    let r = far
+        .api
+        .call(reqwest::Method::POST, "/v1/payments", twochan_tools::Call {
+            bearer: Some(&far.api_key),
+            idempotency_key: Some("k-rev1"),
+            body: Some(revision_1),
+        })
+        .await
+        .unwrap();
+    assert_error(&r, 400, "invalid_request");
+    assert_eq!(victim_state(&ctx, &device, &phone).await, before);
+    let pending = phone.pending().await.unwrap();
+    assert_eq!(pending.json["payments"], json!([]));
+    // The POS at the counter, which hears the beacon now, is not kept waiting.
+    let near = ctx.pos().await;
+    let p = near.request_payment(&device.beacon(), 4_500, "KRW", None, &unique_id("k-")).await.unwrap();
+    assert_eq!(p.status, 201, "{}", p.json);
+}
+
+/// Revision 2, hole 2: a phone that owns a genuine device cannot register it under another
+/// phone's `terminal_id` and so act for that phone (list its payments, decline them, lock or
+/// deregister its device). Revision 1 answered 201 with a token of the victim's terminal.
+#[tokio::test]
+async fn a_phone_cannot_take_over_another_phones_terminal() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (victim_device, victim) = ctx.paired().await;
+    let p = ctx.pending_payment(&pos, &victim_device, 1_200).await;
+    let before = victim_state(&ctx, &victim_device, &victim).await;
+    let payment_before = money_state(&ctx, &p).await;
+    let own_device = ctx.device();
+    let mut mallory = Phone::new(ctx.api.clone(), &victim.terminal_id);
+    let r = mallory.register(&own_device).await.unwrap();
+    assert_error(&r, 409, "terminal_id_taken");
+    assert!(mallory.token.is_none());
+    // With the token of a terminal of her own, it is still the victim's terminal.
+    let (_, own_phone) = ctx.paired().await;
+    mallory.token = own_phone.token.clone();
+    let r = mallory.register(&own_device).await.unwrap();
+    assert_error(&r, 409, "terminal_id_taken");
+    assert!(own_phone.pending().await.unwrap().json["payments"] == json!([]));
+    assert_eq!(victim_state(&ctx, &victim_device, &victim).await, before);
+    assert_eq!(money_state(&ctx, &p).await, payment_before);
+    let listed = victim.pending().await.unwrap();
+    assert_eq!(listed.json["payments"][0]["payment_id"], p["payment_id"]);
+}
+
+/// Revision 2, hole 3: a recorded registration request, replayed, neither registers nor revokes
+/// the real phone's token. Revision 1's proof never changed, so the replay got a fresh token and
+/// revoked the phone's.
+#[tokio::test]
+async fn a_recorded_registration_cannot_be_replayed() {
+    let ctx = Ctx::new().await;
+    let device = ctx.device();
+    let mut phone = ctx.phone();
+    let r = phone.challenge(device.code()).await.unwrap();
+    let challenge = r.json["challenge"].as_str().unwrap().to_owned();
+    let proof = device.registration_proof(&phone.terminal_id, &challenge);
+    let recorded = json!({"unique_code": device.code(), "terminal_id": phone.terminal_id,
+                          "challenge": challenge, "registration_proof": proof});
+    let r = phone.register_with(device.code(), &challenge, &proof).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    let before = victim_state(&ctx, &device, &phone).await;
+    // The recording as it was, and with a fresh challenge the attacker asked for.
+    let attacker = Phone::new(ctx.api.clone(), &phone.terminal_id);
+    let fresh = attacker.challenge(device.code()).await.unwrap().json["challenge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for challenge in [challenge.as_str(), fresh.as_str()] {
+        let mut body = recorded.clone();
+        body["challenge"] = json!(challenge);
+        let call = twochan_tools::Call {
+            body: Some(body),
+            ..Default::default()
+        };
+        let r = ctx.api.call(reqwest::Method::POST, "/v1/devices", call).await.unwrap();
+        assert_error(&r, 422, "invalid_registration_proof");
+    }
+    assert!(attacker.token.is_none());
+    assert_eq!(victim_state(&ctx, &device, &phone).await, before);
+    assert_eq!(phone.pending().await.unwrap().status, 200);
 }

@@ -271,3 +271,75 @@ async fn one_payment_costs_at_most_eight_aws_requests() {
         "{wcu} write units per payment, budget {WCU_BUDGET}:\n{writes_table}"
     );
 }
+
+/// What revision 2 adds to a registration: the challenge (one `PutItem`, used up by one
+/// `DeleteItem`), the terminal's holding read with the device (`BatchGetItem`, was `GetItem`) and
+/// written in the registration's transaction; and one `GetItem` of the bearer when a phone adds a
+/// device to its terminal, whose token the transaction checks. Payment requests are unchanged:
+/// the beacon check is CPU only (`one_payment_costs_at_most_eight_aws_requests`).
+#[tokio::test]
+async fn a_registration_costs_four_aws_requests_and_eight_write_units() {
+    let ctx = Ctx::new().await;
+    let app = |probe: &Probe| {
+        let c = probe.clients(&ctx.config);
+        App {
+            store: DynamoStore::new(c.dynamodb, ctx.table.clone()),
+            queue: NoQueue,
+            issuer_keys: Some(ctx.master.clone().into()),
+            pending_ttl_seconds: 120,
+        }
+    };
+    let terminal = unique_id("term-");
+    let mut token = String::new();
+    for (n, device) in [ctx.device(), ctx.device()].iter().enumerate() {
+        let probe = Probe::new();
+        let ask = request(
+            "POST",
+            "/v1/devices/challenges",
+            "",
+            &[],
+            Some(&json!({"unique_code": device.code()})),
+        );
+        let (status, body) = answer(&handle(&app(&probe), Function::Registration, ask).await);
+        assert_eq!(status, 201, "{body}");
+        let challenge = body["challenge"].as_str().unwrap();
+        let register = request(
+            "POST",
+            "/v1/devices",
+            &token,
+            &[],
+            Some(&json!({"unique_code": device.code(), "terminal_id": terminal,
+                         "challenge": challenge,
+                         "registration_proof": device.registration_proof(&terminal, challenge)})),
+        );
+        let (status, body) = answer(&handle(&app(&probe), Function::Registration, register).await);
+        assert_eq!(status, 201, "{body}");
+        let mut expected = vec![
+            "DynamoDB.PutItem",
+            "DynamoDB.DeleteItem",
+            "DynamoDB.BatchGetItem",
+            "DynamoDB.TransactWriteItems",
+        ];
+        if n == 1 {
+            // The second device of the terminal, added with the first one's token.
+            expected.insert(1, "DynamoDB.GetItem");
+        }
+        assert_eq!(probe.calls(), expected, "registration {n}");
+        token = body["terminal_token"].as_str().unwrap().to_owned();
+    }
+    // Write units of the first registration, from the items as stored: the challenge's put and
+    // delete (an item of about 100 bytes: 1 + 1) and a transaction of device, token and terminal.
+    let first = ctx.items_of(&format!("TOKEN#{}", twochan_domain::crypto::SecretHash::of(&token).as_str())).await;
+    let device_code = first[0]["unique_code"].as_s().unwrap().clone();
+    let transaction: usize = [
+        item(&ctx, &format!("DEVICE#{device_code}"), "DEVICE").await,
+        first[0].clone(),
+        item(&ctx, &format!("TERMINAL#{terminal}"), "TERMINAL").await,
+    ]
+    .iter()
+    .map(|i| write_units(item_size(i), true))
+    .sum();
+    let units = 1 + 1 + transaction;
+    println!("registration: 4 AWS requests and {units} write units (5 and {} with a token)", units + 2);
+    assert_eq!(units, 8);
+}

@@ -7,12 +7,12 @@ mod common;
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::Ctx;
 use twochan_domain::{
-    Amount, Counter, Currency, IdempotencyKey, MerchantId, Payment, PaymentId, PaymentSlot,
+    Amount, Challenge, Counter, Currency, IdempotencyKey, MerchantId, Payment, PaymentId, PaymentSlot,
     PaymentStatus, PosId, TerminalId, Timestamp, UniqueCode,
     crypto::IssuedSecret,
     ports::{
         Confirmation, Device, Devices, Ledger, NewRegistration, Payments, Registration,
-        RegistrationKind, Settlement, SettlementMessage, SlotRecord, StoredResponse, Write,
+        RegistrationChallenge, RegistrationKind, Settlement, SettlementMessage, SlotRecord, StoredResponse, Write,
         WrongCode,
     },
 };
@@ -293,25 +293,15 @@ async fn a_payment_slot_keeps_its_first_answer() {
         })
     );
     assert!(ctx.store.payment(&late.payment_id).await.unwrap().is_none());
-    // LOCK_HELD_BY: releasing another payment's lock changes nothing; the holder's frees it.
-    ctx.store
-        .release_lock(&code, &twin.payment_id)
-        .await
-        .unwrap();
-    assert_eq!(
-        ctx.store.device(&code).await.unwrap().unwrap().pending,
-        Some((p.payment_id.clone(), p.expires_at))
-    );
-    ctx.store.release_lock(&code, &p.payment_id).await.unwrap();
-    assert!(
-        ctx.store
-            .device(&code)
-            .await
-            .unwrap()
-            .unwrap()
-            .pending
-            .is_none()
-    );
+    // LOCK_HELD_BY: releasing another payment's lock changes nothing; SLOT_WITHOUT_PAYMENT: nor
+    // does releasing the lock of a payment that is stored (its lock goes with its status).
+    for other in [&twin.payment_id, &p.payment_id] {
+        ctx.store.release_lock(&code, other).await.unwrap();
+        assert_eq!(
+            ctx.store.device(&code).await.unwrap().unwrap().pending,
+            Some((p.payment_id.clone(), p.expires_at))
+        );
+    }
 }
 
 async fn wrong_code(ctx: &Ctx, p: &Payment, device: &Device, fails_payment: bool) -> Write {
@@ -640,4 +630,86 @@ async fn settlement_is_conditional_on_confirmed_and_matching() {
             .iter()
             .any(|b| b.currency.code() == "EUR" && b.settled_amount >= 100)
     );
+}
+
+#[tokio::test]
+async fn challenge_usable_once_for_its_code_before_it_expires() {
+    let ctx = Ctx::new().await;
+    let code = UniqueCode::try_from(unique_id("cond-")).unwrap();
+    let other = UniqueCode::try_from(unique_id("cond-")).unwrap();
+    let now = Timestamp::now();
+    let c = RegistrationChallenge::issue(code.clone(), now);
+    ctx.store.put_challenge(&c).await.unwrap();
+    // CHALLENGE_USABLE: not for another code, not after its expiry; then once, and only once.
+    for (code, at, expected) in [
+        (&other, now, Write::Conflict),
+        (&code, c.expires_at.plus_seconds(1), Write::Conflict),
+        (&code, now, Write::Applied),
+        (&code, now, Write::Conflict),
+    ] {
+        let used = ctx.store.use_challenge(&c.challenge, code, at).await.unwrap();
+        assert_eq!(used, expected, "{code} at {at:?}");
+    }
+    let unknown = Challenge::generate();
+    assert_eq!(ctx.store.use_challenge(&unknown, &code, now).await.unwrap(), Write::Conflict);
+}
+
+#[tokio::test]
+async fn terminal_free_and_only_this_guard_a_phones_terminal() {
+    let ctx = Ctx::new().await;
+    let (_, terminal, first) = registered(&ctx).await;
+    assert_eq!(ctx.store.device_and_terminal(&first.unique_code, &terminal).await.unwrap().1, 1);
+    // TERMINAL_FREE: a second device without the terminal's token is refused...
+    let second = UniqueCode::try_from(unique_id("cond-")).unwrap();
+    assert_eq!(register(&ctx, &second, None, &terminal).await, Write::Conflict);
+    assert!(ctx.store.device(&second).await.unwrap().is_none());
+    // ...and applies with a current token of the terminal (checked to exist: EXISTS).
+    let token = &first.registration.as_ref().unwrap().token_hash;
+    let reg = registration(&terminal);
+    let with_token = |authority| NewRegistration {
+        unique_code: &second,
+        seen: None,
+        kind: RegistrationKind::New,
+        registration: &reg,
+        authority,
+    };
+    let revoked = IssuedSecret::generate("tt_").hash;
+    assert_eq!(ctx.store.register(&with_token(Some(&revoked))).await.unwrap(), Write::Conflict);
+    assert_eq!(ctx.store.register(&with_token(Some(token))).await.unwrap(), Write::Applied);
+    assert_eq!(ctx.store.device_and_terminal(&second, &terminal).await.unwrap().1, 2);
+    // TERMINAL_ONLY_THIS: the first device again without a token, now that there are two.
+    let first_now = ctx.store.device(&first.unique_code).await.unwrap().unwrap();
+    assert_eq!(
+        register(&ctx, &first.unique_code, Some(&first_now), &terminal).await,
+        Write::Conflict
+    );
+    // Deregistration counts down: one device left, registered again freely.
+    let second_now = ctx.store.device(&second).await.unwrap().unwrap();
+    assert_eq!(
+        ctx.store.deregister(&second_now, Timestamp::now(), &abandoned()).await.unwrap(),
+        Write::Applied
+    );
+    assert_eq!(ctx.store.device_and_terminal(&second, &terminal).await.unwrap().1, 1);
+    assert_eq!(
+        register(&ctx, &first.unique_code, Some(&first_now), &terminal).await,
+        Write::Applied
+    );
+}
+
+#[tokio::test]
+async fn slot_without_payment_keeps_the_lock_of_a_stored_payment() {
+    let ctx = Ctx::new().await;
+    let (code, terminal, device) = registered(&ctx).await;
+    // A lock whose payment was stored (its write's answer lost): the release leaves it.
+    let stored = payment_for(&code, &terminal, 120);
+    assert_eq!(create(&ctx, &stored, &device).await, Write::Applied);
+    ctx.store.release_lock(&code, &stored.payment_id).await.unwrap();
+    let now = ctx.store.device(&code).await.unwrap().unwrap();
+    assert_eq!(now.pending.map(|(id, _)| id), Some(stored.payment_id.clone()));
+    // A lock whose payment was never stored goes back.
+    let (code2, terminal2, device2) = registered(&ctx).await;
+    let orphan2 = payment_for(&code2, &terminal2, 120);
+    assert_eq!(ctx.store.lock_device(&orphan2, &device2).await.unwrap(), Write::Applied);
+    ctx.store.release_lock(&code2, &orphan2.payment_id).await.unwrap();
+    assert!(ctx.store.device(&code2).await.unwrap().unwrap().pending.is_none());
 }

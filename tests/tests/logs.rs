@@ -188,3 +188,43 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
     assert_eq!(created["span"]["payment_id"], id.as_str());
     assert_eq!(created["span"]["request_id"], "req-create");
 }
+
+/// A successful deregistration logs its outcome and nothing that looks like a refusal: the
+/// answer it keeps for a payment request caught between its writes is not a refusal of its own.
+#[tokio::test]
+async fn a_deregistration_logs_no_refusal() {
+    let ctx = Ctx::new().await;
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let _guard = tracing::subscriber::set_default(telemetry::subscriber(move || sink.clone()));
+    let app = App {
+        store: ctx.store.clone(),
+        queue: NoQueue,
+        issuer_keys: Some(ctx.master.clone().into()),
+        pending_ttl_seconds: 120,
+    };
+    let device = ctx.device();
+    let terminal = unique_id("term-");
+    let reg = registration_request(&ctx.store, &device, &terminal).await;
+    let (status, body) = answer(&handle(&app, Function::Registration, reg).await);
+    assert_eq!(status, 201, "{body}");
+    let token = body["terminal_token"].as_str().unwrap();
+    let delete = request("DELETE", &format!("/v1/devices/{}", device.code()), token, &[], None);
+    let delete = with_request_id(delete, "req-deregister");
+    let (status, _) = answer(&handle(&app, Function::Registration, delete).await);
+    assert_eq!(status, 204);
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let of_request: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+        .filter(|l| l["span"]["request_id"] == "req-deregister")
+        .collect();
+    assert!(
+        of_request.iter().any(|l| l["fields"]["outcome"] == "deregistered"),
+        "{text}"
+    );
+    for line in &of_request {
+        assert_ne!(line["fields"]["message"], "request refused", "{line}");
+        assert!(line["fields"]["status"].is_null() || line["fields"]["status"] == 204, "{line}");
+    }
+}

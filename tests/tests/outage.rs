@@ -293,7 +293,7 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
     let device = ctx.device();
     let code = UniqueCode::try_from(device.code()).unwrap();
     let terminal = unique_id("term-");
-    let reg = registration_request(&ctx.store, &device, &terminal).await;
+    let reg = registration_request(&w.app.store, &device, &terminal).await;
     let (status, body) = answer(&handle(&w.app, Function::Registration, reg).await);
     assert_eq!(status, 201, "{body}");
     w.token = body["terminal_token"].as_str().unwrap().to_owned();

@@ -5,7 +5,15 @@ mod common;
 use common::{Ctx, assert_error};
 use reqwest::Method;
 use serde_json::json;
-use twochan_tools::{Call, unique_id};
+use twochan_api::routes::{App, Function, NoQueue, handle};
+use twochan_aws::{DynamoStore, failpoints::Probe};
+use twochan_domain::{
+    Amount, Currency, IdempotencyKey, MerchantId, Payment, PaymentId, PaymentSlot, PosId,
+    TerminalId, Timestamp, UniqueCode,
+    crypto::BeaconStep,
+    ports::{Devices, Payments, Write},
+};
+use twochan_tools::{Beacon, Call, unique_id};
 
 const PAYMENT_FIELDS: [&str; 13] = [
     "payment_id",
@@ -529,4 +537,218 @@ async fn every_endpoint_refuses_oversized_bodies_and_anonymous_callers() {
             assert_eq!(body["error"]["code"], "unauthorized", "{method} {path}");
         }
     }
+}
+
+/// The beacon proof over HTTP: the accepted middle of the window (its edges, with an injected
+/// clock, are unit tests of `IssuerKeys::verify_beacon_proof`), a stale or future proof, another
+/// code's, none or a malformed one. A refused proof does not use the key up.
+#[tokio::test]
+async fn only_a_current_beacon_proof_of_the_device_may_ask() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (device, _) = ctx.paired().await;
+    let (other, _) = ctx.paired().await;
+    // Keep clear of a step boundary, so "now" is the same step for the test and the server.
+    let into_step = Timestamp::now().seconds().rem_euclid(BeaconStep::SECONDS);
+    if into_step > BeaconStep::SECONDS - 8 {
+        tokio::time::sleep(std::time::Duration::from_secs(9)).await;
+    }
+    let now = BeaconStep::at(Timestamp::now()).number();
+    let of_step = |offset: i64| device.beacon_of_step(BeaconStep::of_number(now + offset));
+    let key = unique_id("k-");
+    for (beacon, why) in [
+        (of_step(-3), "three steps ago"),
+        (of_step(2), "two steps ahead"),
+        (Beacon::heard(device.code(), &other.beacon().proof), "another code's proof"),
+    ] {
+        let r = pos.request_payment(&beacon, 100, "KRW", None, &key).await.unwrap();
+        assert_error(&r, 422, "invalid_beacon_proof");
+        assert!(r.header("idempotent-replayed").is_none(), "{why}");
+    }
+    for proof in ["", "C34FE4C32701AC39", "c34fe4c3", "zz4fe4c32701ac39"] {
+        let r = pos
+            .request_payment(&Beacon::heard(device.code(), proof), 100, "KRW", None, &key)
+            .await
+            .unwrap();
+        assert_error(&r, 400, "invalid_request");
+        assert!(r.json["error"]["message"].as_str().unwrap().contains("beacon_proof"));
+    }
+    let missing = json!({"unique_code": device.code(), "amount": 100, "currency": "KRW", "pos_id": "pos-01"});
+    let r = ctx
+        .api
+        .call(Method::POST, "/v1/payments", Call { bearer: Some(&pos.api_key), idempotency_key: Some(&key), body: Some(missing) })
+        .await
+        .unwrap();
+    assert_error(&r, 400, "invalid_request");
+    // Nothing was locked or kept: the device is free and the key unused.
+    let r = pos.request_payment(&of_step(-1), 100, "KRW", None, &key).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(pos.cancel(r.json["payment_id"].as_str().unwrap()).await.unwrap().status, 200);
+    for offset in [-2, 0, 1] {
+        let r = pos
+            .request_payment(&of_step(offset), 100, "KRW", None, &unique_id("k-"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "step now{offset:+}: {}", r.json);
+        assert_eq!(pos.cancel(r.json["payment_id"].as_str().unwrap()).await.unwrap().status, 200);
+    }
+}
+
+/// A caller without a current proof learns nothing about a code, registered or not.
+#[tokio::test]
+async fn the_beacon_proof_comes_before_the_registration() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (registered, _) = ctx.paired().await;
+    let unregistered = ctx.device();
+    for device in [&registered, &unregistered] {
+        let stale = device.beacon_at(Timestamp::from_millis(Timestamp::now().millis() - 120_000));
+        let r = pos.request_payment(&stale, 100, "KRW", None, &unique_id("k-")).await.unwrap();
+        assert_error(&r, 422, "invalid_beacon_proof");
+    }
+    let r = pos
+        .request_payment(&unregistered.beacon(), 100, "KRW", None, &unique_id("k-"))
+        .await
+        .unwrap();
+    assert_error(&r, 404, "unknown_device");
+}
+
+/// A POS that retries after its proof aged out gets its answer again: the replay is not checked
+/// against the beacon, and a newer proof is the same request.
+#[tokio::test]
+async fn an_idempotent_replay_outlives_its_beacon_proof() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (device, _) = ctx.paired().await;
+    let key = unique_id("k-");
+    let first = pos.request_payment(&device.beacon(), 321, "KRW", Some("r-1"), &key).await.unwrap();
+    assert_eq!(first.status, 201, "{}", first.json);
+    let aged = device.beacon_at(Timestamp::from_millis(Timestamp::now().millis() - 600_000));
+    let newer = device.beacon_at(Timestamp::from_millis(Timestamp::now().millis() + 30_000));
+    for beacon in [aged, newer] {
+        let r = pos.request_payment(&beacon, 321, "KRW", Some("r-1"), &key).await.unwrap();
+        assert_eq!(r.status, 201, "{}", r.json);
+        assert_eq!(r.header("idempotent-replayed"), Some("true"));
+        assert_eq!(r.json, first.json);
+    }
+    // The same key with another body is still refused, proof or not.
+    let aged = device.beacon_at(Timestamp::from_millis(Timestamp::now().millis() - 600_000));
+    let r = pos.request_payment(&aged, 322, "KRW", Some("r-1"), &key).await.unwrap();
+    assert_error(&r, 422, "idempotency_key_reused");
+}
+
+/// Revision 2: currencies that are not money, and text that can disguise itself, are 400.
+#[tokio::test]
+async fn not_money_and_disguised_text_are_refused() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (device, _) = ctx.paired().await;
+    for currency in ["XAU", "XDR", "CLF", "USN", "XBA", "HRK", "SLL", "CUC", "XTS"] {
+        let r = pos.request_payment(&device.beacon(), 100, currency, None, &unique_id("k-")).await.unwrap();
+        assert_error(&r, 400, "invalid_request");
+        assert!(r.json["error"]["message"].as_str().unwrap().contains("currency"));
+    }
+    for reference in ["latte\u{202E}gnp.exe", "zero\u{200B}width", "two\u{2028}lines", "private\u{E000}"] {
+        let r = pos
+            .request_payment(&device.beacon(), 100, "KRW", Some(reference), &unique_id("k-"))
+            .await
+            .unwrap();
+        assert_error(&r, 400, "invalid_request");
+        assert!(r.json["error"]["message"].as_str().unwrap().contains("reference"));
+    }
+    let r = pos
+        .request_payment(&device.beacon(), 100, "KRW", Some("Table 4 · café ☕ 주문"), &unique_id("k-"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+}
+
+/// Two locks of one terminal's devices may name one payment slot (a lock a replay left behind on
+/// another device); a third device's payment between them in id order must not make the phone's
+/// list ask for that slot twice (BatchGetItem refuses repeated keys: a 500).
+#[tokio::test]
+async fn pending_payments_survive_two_locks_on_one_slot() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (d1, mut phone) = ctx.paired().await;
+    let (d2, d3) = (ctx.device(), ctx.device());
+    for d in [&d2, &d3] {
+        assert_eq!(phone.register(d).await.unwrap().status, 201);
+    }
+    let key = unique_id("k-");
+    let p1 = pos.request_payment(&d1.beacon(), 11, "KRW", None, &key).await.unwrap();
+    assert_eq!(p1.status, 201, "{}", p1.json);
+    let p3 = pos.request_payment(&d3.beacon(), 33, "KRW", None, &unique_id("k-")).await.unwrap();
+    assert_eq!(p3.status, 201, "{}", p3.json);
+    // d2 locked, later, by a payment of p1's slot that was never stored.
+    let merchant = MerchantId::try_from(pos.merchant_id.as_str()).unwrap();
+    let slot = PaymentSlot::of(&merchant, &IdempotencyKey::try_from(key.as_str()).unwrap());
+    let code2 = UniqueCode::try_from(d2.code()).unwrap();
+    let seen = ctx.store.device(&code2).await.unwrap().unwrap();
+    let stray = Payment::new(
+        PaymentId::in_slot(Timestamp::now(), &slot),
+        code2,
+        TerminalId::try_from(phone.terminal_id.as_str()).unwrap(),
+        merchant,
+        PosId::try_from("pos-01").unwrap(),
+        Amount::try_from(22).unwrap(),
+        Currency::try_from("KRW").unwrap(),
+        None,
+        120,
+    );
+    assert_eq!(ctx.store.lock_device(&stray, &seen).await.unwrap(), Write::Applied);
+    let r = phone.pending().await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.json);
+    let ids: Vec<&str> = r.json["payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["payment_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [p1.json["payment_id"].as_str().unwrap(), p3.json["payment_id"].as_str().unwrap()]
+    );
+}
+
+/// A payment request whose payment write fails, and whose read of the slot then fails too,
+/// answers 503 and gives its fresh lock back: the code is free for the next request.
+#[tokio::test]
+async fn a_503_leaves_the_code_free() {
+    let ctx = Ctx::new().await;
+    let pos = ctx.pos().await;
+    let (device, _) = ctx.paired().await;
+    // Calls: BatchGetItem (caller and device), UpdateItem (lock), PutItem (payment), GetItem
+    // (slot), TransactWriteItems (release). The payment write and the slot read fail.
+    let probe = Probe::failing([2, 3]);
+    let clients = probe.clients(&ctx.config);
+    let app = App {
+        store: DynamoStore::new(clients.dynamodb, ctx.table.clone()),
+        queue: NoQueue,
+        issuer_keys: Some(ctx.master.clone().into()),
+        pending_ttl_seconds: 120,
+    };
+    let beacon = device.beacon();
+    let body = json!({"unique_code": beacon.code, "beacon_proof": beacon.proof, "amount": 10,
+                      "currency": "KRW", "pos_id": "pos-01"});
+    let req = common::request("POST", "/v1/payments", &pos.api_key, &[("idempotency-key", "k-503")], Some(&body));
+    let (status, answer) = common::answer(&handle(&app, Function::PaymentRequest, req).await);
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(
+        probe.calls(),
+        [
+            "DynamoDB.BatchGetItem",
+            "DynamoDB.UpdateItem",
+            "DynamoDB.PutItem",
+            "DynamoDB.GetItem",
+            "DynamoDB.TransactWriteItems"
+        ]
+    );
+    let code = UniqueCode::try_from(device.code()).unwrap();
+    assert!(ctx.store.device(&code).await.unwrap().unwrap().pending.is_none());
+    let r = pos.request_payment(&device.beacon(), 10, "KRW", None, &unique_id("k-")).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    // The failed request's retry is a request of its own, not a replay of a 409.
+    let r = pos.request_payment(&device.beacon(), 10, "KRW", None, "k-503").await.unwrap();
+    assert_error(&r, 409, "device_busy");
 }

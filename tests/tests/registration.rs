@@ -1,10 +1,151 @@
-//! `POST /v1/devices` and `DELETE /v1/devices/{unique_code}` over HTTP on the local stack.
+//! `POST /v1/devices/challenges`, `POST /v1/devices` and `DELETE /v1/devices/{unique_code}` over
+//! HTTP on the local stack.
 
 mod common;
 
 use common::{Ctx, assert_error};
+use futures_util::future::join_all;
 use serde_json::json;
-use twochan_tools::unique_id;
+use twochan_domain::{
+    Timestamp, UniqueCode,
+    ports::{Devices, RegistrationChallenge},
+};
+use twochan_tools::{Phone, unique_id};
+
+/// A fresh challenge for `code`, as a phone asks for it.
+async fn challenge(phone: &Phone, code: &str) -> String {
+    let r = phone.challenge(code).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["unique_code"], code);
+    r.json["challenge"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_challenge_serves_one_registration_of_its_own_code_before_it_expires() {
+    let ctx = Ctx::new().await;
+    let device = ctx.device();
+    let mut phone = ctx.phone();
+    let r = phone.challenge(device.code()).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    let c = r.json["challenge"].as_str().unwrap().to_owned();
+    assert!(c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    let expires = r.json["expires_at"].as_str().unwrap();
+    let now = Timestamp::now().seconds();
+    let in_two_minutes = Timestamp::from_millis((now + 120) * 1000).to_rfc3339();
+    let in_two_minutes_before = Timestamp::from_millis((now + 118) * 1000).to_rfc3339();
+    assert!((in_two_minutes_before.as_str()..=in_two_minutes.as_str()).contains(&expires), "{expires}");
+
+    // A wrong proof (the revision-1 message, without the challenge) does not use it up.
+    let v1 = {
+        use hmac::{Hmac, KeyInit, Mac};
+        let key = hex::decode(device.key_hex()).unwrap();
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(format!("2ch/register/v1|{}|{}", device.code(), phone.terminal_id).as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    };
+    let r = phone.register_with(device.code(), &c, &v1).await.unwrap();
+    assert_error(&r, 422, "invalid_registration_proof");
+    let proof = device.registration_proof(&phone.terminal_id, &c);
+    let r = phone.register_with(device.code(), &c, &proof).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    let token = phone.token.clone();
+
+    // Used: the same request again (a recording of it) is refused, and the token stands.
+    let mut replayer = Phone::new(ctx.api.clone(), &phone.terminal_id);
+    let r = replayer.register_with(device.code(), &c, &proof).await.unwrap();
+    assert_error(&r, 422, "invalid_registration_proof");
+    assert_eq!(phone.token, token);
+    assert_eq!(phone.pending().await.unwrap().status, 200);
+
+    // Another code's challenge, with a proof the other device really made for it.
+    let other = ctx.device();
+    let c_other = challenge(&phone, device.code()).await;
+    let mut stranger = ctx.phone();
+    let proof = other.registration_proof(&stranger.terminal_id, &c_other);
+    let r = stranger.register_with(other.code(), &c_other, &proof).await.unwrap();
+    assert_error(&r, 422, "invalid_registration_proof");
+
+    // An unknown challenge, and an expired one.
+    let unknown = "0123456789abcdef0123456789abcdef";
+    let proof = other.registration_proof(&stranger.terminal_id, unknown);
+    let r = stranger.register_with(other.code(), unknown, &proof).await.unwrap();
+    assert_error(&r, 422, "invalid_registration_proof");
+    let issued_long_ago = RegistrationChallenge::issue(
+        UniqueCode::try_from(other.code()).unwrap(),
+        Timestamp::from_millis(Timestamp::now().millis() - 121_000),
+    );
+    ctx.store.put_challenge(&issued_long_ago).await.unwrap();
+    let expired = issued_long_ago.challenge.as_str();
+    let proof = other.registration_proof(&stranger.terminal_id, expired);
+    let r = stranger.register_with(other.code(), expired, &proof).await.unwrap();
+    assert_error(&r, 422, "invalid_registration_proof");
+    assert!(ctx.items_of(&format!("DEVICE#{}", other.code())).await.is_empty());
+}
+
+#[tokio::test]
+async fn registrations_racing_with_one_challenge_give_at_most_one_success() {
+    let ctx = Ctx::new().await;
+    let device = ctx.device();
+    let asker = ctx.phone();
+    let c = challenge(&asker, device.code()).await;
+    // Sixteen phones with the device's genuine proof for their own terminal, all at once.
+    let phones: Vec<Phone> = (0..16).map(|_| ctx.phone()).collect();
+    let answers = join_all(phones.into_iter().map(|mut phone| {
+        let proof = device.registration_proof(&phone.terminal_id, &c);
+        let (code, c) = (device.code().to_owned(), c.clone());
+        async move { phone.register_with(&code, &c, &proof).await.unwrap() }
+    }))
+    .await;
+    let won: Vec<_> = answers.iter().filter(|r| r.status.is_success()).collect();
+    assert_eq!(won.len(), 1, "{:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
+    for r in answers.iter().filter(|r| !r.status.is_success()) {
+        assert_error(r, 422, "invalid_registration_proof");
+    }
+    let device_item = &ctx.items_of(&format!("DEVICE#{}", device.code())).await[0];
+    assert_eq!(
+        device_item["terminal_id"].as_s().unwrap(),
+        won[0].json["terminal_id"].as_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_terminal_that_holds_a_device_belongs_to_its_phone() {
+    let ctx = Ctx::new().await;
+    let (first, mut owner) = ctx.paired().await;
+    let second = ctx.device();
+    // Without a token: taken.
+    let mut anonymous = Phone::new(ctx.api.clone(), &owner.terminal_id);
+    let r = anonymous.register(&second).await.unwrap();
+    assert_error(&r, 409, "terminal_id_taken");
+    // With a current token of another terminal: taken.
+    let (_, other) = ctx.paired().await;
+    let mut borrowed = Phone::new(ctx.api.clone(), &owner.terminal_id);
+    borrowed.token = other.token.clone();
+    let r = borrowed.register(&second).await.unwrap();
+    assert_error(&r, 409, "terminal_id_taken");
+    // An unknown or malformed bearer: 401 (a merchant key is not a terminal's).
+    for bad in ["tt_nope", "garbage", "mk_0000"] {
+        let mut forged = Phone::new(ctx.api.clone(), &owner.terminal_id);
+        forged.token = Some(bad.into());
+        let r = forged.register(&second).await.unwrap();
+        assert_error(&r, 401, "unauthorized");
+    }
+    assert!(ctx.items_of(&format!("DEVICE#{}", second.code())).await.is_empty());
+    // The same device again without a token is free only while it is the terminal's only one.
+    let mut again = Phone::new(ctx.api.clone(), &owner.terminal_id);
+    assert_eq!(again.register(&first).await.unwrap().status, 200);
+    owner.token = again.token.clone();
+    // The owner, with its token: a second device.
+    let r = owner.register(&second).await.unwrap();
+    assert_eq!(r.status, 201, "{}", r.json);
+    let mut anonymous = Phone::new(ctx.api.clone(), &owner.terminal_id);
+    assert_error(&anonymous.register(&first).await.unwrap(), 409, "terminal_id_taken");
+    // Deregistered both: the terminal is free for anyone again.
+    assert_eq!(owner.deregister(first.code()).await.unwrap().status, 204);
+    assert_eq!(owner.deregister(second.code()).await.unwrap().status, 204);
+    let mut newcomer = Phone::new(ctx.api.clone(), &owner.terminal_id);
+    assert_eq!(newcomer.register(&second).await.unwrap().status, 201);
+}
 
 #[tokio::test]
 async fn registers_a_device_with_its_proof() {
@@ -201,7 +342,7 @@ async fn body_rules_413_415_400() {
 async fn deregistration_frees_the_code_revokes_the_token_and_cancels_the_pending_payment() {
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
-    let (device, phone) = ctx.paired().await;
+    let (device, mut phone) = ctx.paired().await;
     let payment = ctx.pending_payment(&pos, &device, 1200).await;
     let pid = payment["payment_id"].as_str().unwrap();
 
@@ -224,14 +365,14 @@ async fn deregistration_frees_the_code_revokes_the_token_and_cancels_the_pending
 #[tokio::test]
 async fn only_the_owning_terminal_may_deregister() {
     let ctx = Ctx::new().await;
-    let (device, owner) = ctx.paired().await;
-    let (_, other) = ctx.paired().await;
+    let (device, mut owner) = ctx.paired().await;
+    let (_, mut other) = ctx.paired().await;
     assert_error(
         &other.deregister(device.code()).await.unwrap(),
         404,
         "not_found",
     );
-    let anonymous = ctx.phone();
+    let mut anonymous = ctx.phone();
     assert_error(
         &anonymous.deregister(device.code()).await.unwrap(),
         401,

@@ -49,6 +49,11 @@ impl Device {
         }
     }
 
+    /// The burned-in key, for tests that compute codes by hand (an old message format, say).
+    pub fn key_hex(&self) -> String {
+        self.key.to_hex()
+    }
+
     /// The code the beacon broadcasts.
     pub fn code(&self) -> &str {
         self.code.as_str()
@@ -327,6 +332,8 @@ pub struct Phone {
     pub api: Api,
     pub terminal_id: String,
     pub token: Option<String>,
+    /// The device whose registration issued `token`: deregistering it revokes the token.
+    pub token_device: Option<String>,
 }
 
 impl Phone {
@@ -335,6 +342,7 @@ impl Phone {
             api,
             terminal_id: terminal_id.into(),
             token: None,
+            token_device: None,
         }
     }
 
@@ -388,18 +396,26 @@ impl Phone {
         let r = self.api.call(Method::POST, "/v1/devices", call).await?;
         if r.status.is_success() {
             self.token = r.json["terminal_token"].as_str().map(str::to_owned);
+            self.token_device = Some(unique_code.to_owned());
         }
         Ok(r)
     }
 
-    pub async fn deregister(&self, unique_code: &str) -> reqwest::Result<ApiResponse> {
-        self.api
+    /// Deregisters a device; the token goes with it if that device's registration issued it.
+    pub async fn deregister(&mut self, unique_code: &str) -> reqwest::Result<ApiResponse> {
+        let r = self
+            .api
             .call(
                 Method::DELETE,
                 &format!("/v1/devices/{unique_code}"),
                 self.auth(),
             )
-            .await
+            .await?;
+        if r.status.is_success() && self.token_device.as_deref() == Some(unique_code) {
+            self.token = None;
+            self.token_device = None;
+        }
+        Ok(r)
     }
 
     pub async fn pending(&self) -> reqwest::Result<ApiResponse> {

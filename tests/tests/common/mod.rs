@@ -252,7 +252,12 @@ pub fn request(
     extra: &[(&str, &str)],
     body: Option<&Value>,
 ) -> lambda_http::Request {
-    let mut headers = json!({"authorization": format!("Bearer {bearer}")});
+    // An empty bearer sends no Authorization header at all.
+    let mut headers = if bearer.is_empty() {
+        json!({})
+    } else {
+        json!({"authorization": format!("Bearer {bearer}")})
+    };
     if body.is_some() {
         headers["content-type"] = json!("application/json");
     }
@@ -302,7 +307,7 @@ pub async fn registration_request(
     request(
         "POST",
         "/v1/devices",
-        "none",
+        "",
         &[],
         Some(
             &json!({"unique_code": device.code(), "terminal_id": terminal,
