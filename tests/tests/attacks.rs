@@ -318,11 +318,18 @@ async fn a_pos_far_from_the_device_cannot_ask_it_for_a_payment() {
     let ctx = Ctx::new().await;
     let (device, phone) = ctx.paired().await;
     let far = ctx.pos().await;
-    let heard_long_ago = device.beacon_at(Timestamp::from_millis(Timestamp::now().millis() - 120_000));
+    let heard_long_ago =
+        device.beacon_at(Timestamp::from_millis(Timestamp::now().millis() - 120_000));
     let before = victim_state(&ctx, &device, &phone).await;
     for _ in 0..5 {
         let r = far
-            .request_payment(&heard_long_ago, 99_000, "KRW", Some("gift card"), &unique_id("k-"))
+            .request_payment(
+                &heard_long_ago,
+                99_000,
+                "KRW",
+                Some("gift card"),
+                &unique_id("k-"),
+            )
             .await
             .unwrap();
         assert_error(&r, 422, "invalid_beacon_proof");
@@ -330,11 +337,15 @@ async fn a_pos_far_from_the_device_cannot_ask_it_for_a_payment() {
     let revision_1 = json!({"unique_code": device.code(), "amount": 99_000, "currency": "KRW", "pos_id": "far-pos"});
     let r = far
         .api
-        .call(reqwest::Method::POST, "/v1/payments", twochan_tools::Call {
-            bearer: Some(&far.api_key),
-            idempotency_key: Some("k-rev1"),
-            body: Some(revision_1),
-        })
+        .call(
+            reqwest::Method::POST,
+            "/v1/payments",
+            twochan_tools::Call {
+                bearer: Some(&far.api_key),
+                idempotency_key: Some("k-rev1"),
+                body: Some(revision_1),
+            },
+        )
         .await
         .unwrap();
     assert_error(&r, 400, "invalid_request");
@@ -343,7 +354,10 @@ async fn a_pos_far_from_the_device_cannot_ask_it_for_a_payment() {
     assert_eq!(pending.json["payments"], json!([]));
     // The POS at the counter, which hears the beacon now, is not kept waiting.
     let near = ctx.pos().await;
-    let p = near.request_payment(&device.beacon(), 4_500, "KRW", None, &unique_id("k-")).await.unwrap();
+    let p = near
+        .request_payment(&device.beacon(), 4_500, "KRW", None, &unique_id("k-"))
+        .await
+        .unwrap();
     assert_eq!(p.status, 201, "{}", p.json);
 }
 
@@ -388,7 +402,10 @@ async fn a_recorded_registration_cannot_be_replayed() {
     let proof = device.registration_proof(&phone.terminal_id, &challenge);
     let recorded = json!({"unique_code": device.code(), "terminal_id": phone.terminal_id,
                           "challenge": challenge, "registration_proof": proof});
-    let r = phone.register_with(device.code(), &challenge, &proof).await.unwrap();
+    let r = phone
+        .register_with(device.code(), &challenge, &proof)
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
     let before = victim_state(&ctx, &device, &phone).await;
     // The recording as it was, and with a fresh challenge the attacker asked for.
@@ -404,7 +421,11 @@ async fn a_recorded_registration_cannot_be_replayed() {
             body: Some(body),
             ..Default::default()
         };
-        let r = ctx.api.call(reqwest::Method::POST, "/v1/devices", call).await.unwrap();
+        let r = ctx
+            .api
+            .call(reqwest::Method::POST, "/v1/devices", call)
+            .await
+            .unwrap();
         assert_error(&r, 422, "invalid_registration_proof");
     }
     assert!(attacker.token.is_none());

@@ -308,9 +308,11 @@ async fn a_registration_costs_four_aws_requests_and_eight_write_units() {
             "/v1/devices",
             &token,
             &[],
-            Some(&json!({"unique_code": device.code(), "terminal_id": terminal,
+            Some(
+                &json!({"unique_code": device.code(), "terminal_id": terminal,
                          "challenge": challenge,
-                         "registration_proof": device.registration_proof(&terminal, challenge)})),
+                         "registration_proof": device.registration_proof(&terminal, challenge)}),
+            ),
         );
         let (status, body) = answer(&handle(&app(&probe), Function::Registration, register).await);
         assert_eq!(status, 201, "{body}");
@@ -329,7 +331,12 @@ async fn a_registration_costs_four_aws_requests_and_eight_write_units() {
     }
     // Write units of the first registration, from the items as stored: the challenge's put and
     // delete (an item of about 100 bytes: 1 + 1) and a transaction of device, token and terminal.
-    let first = ctx.items_of(&format!("TOKEN#{}", twochan_domain::crypto::SecretHash::of(&token).as_str())).await;
+    let first = ctx
+        .items_of(&format!(
+            "TOKEN#{}",
+            twochan_domain::crypto::SecretHash::of(&token).as_str()
+        ))
+        .await;
     let device_code = first[0]["unique_code"].as_s().unwrap().clone();
     let transaction: usize = [
         item(&ctx, &format!("DEVICE#{device_code}"), "DEVICE").await,
@@ -340,6 +347,9 @@ async fn a_registration_costs_four_aws_requests_and_eight_write_units() {
     .map(|i| write_units(item_size(i), true))
     .sum();
     let units = 1 + 1 + transaction;
-    println!("registration: 4 AWS requests and {units} write units (5 and {} with a token)", units + 2);
+    println!(
+        "registration: 4 AWS requests and {units} write units (5 and {} with a token)",
+        units + 2
+    );
     assert_eq!(units, 8);
 }

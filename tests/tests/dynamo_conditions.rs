@@ -7,13 +7,13 @@ mod common;
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::Ctx;
 use twochan_domain::{
-    Amount, Challenge, Counter, Currency, IdempotencyKey, MerchantId, Payment, PaymentId, PaymentSlot,
-    PaymentStatus, PosId, TerminalId, Timestamp, UniqueCode,
+    Amount, Challenge, Counter, Currency, IdempotencyKey, MerchantId, Payment, PaymentId,
+    PaymentSlot, PaymentStatus, PosId, TerminalId, Timestamp, UniqueCode,
     crypto::IssuedSecret,
     ports::{
         Confirmation, Device, Devices, Ledger, NewRegistration, Payments, Registration,
-        RegistrationChallenge, RegistrationKind, Settlement, SettlementMessage, SlotRecord, StoredResponse, Write,
-        WrongCode,
+        RegistrationChallenge, RegistrationKind, Settlement, SettlementMessage, SlotRecord,
+        StoredResponse, Write, WrongCode,
     },
 };
 use twochan_tools::unique_id;
@@ -647,21 +647,38 @@ async fn challenge_usable_once_for_its_code_before_it_expires() {
         (&code, now, Write::Applied),
         (&code, now, Write::Conflict),
     ] {
-        let used = ctx.store.use_challenge(&c.challenge, code, at).await.unwrap();
+        let used = ctx
+            .store
+            .use_challenge(&c.challenge, code, at)
+            .await
+            .unwrap();
         assert_eq!(used, expected, "{code} at {at:?}");
     }
     let unknown = Challenge::generate();
-    assert_eq!(ctx.store.use_challenge(&unknown, &code, now).await.unwrap(), Write::Conflict);
+    assert_eq!(
+        ctx.store.use_challenge(&unknown, &code, now).await.unwrap(),
+        Write::Conflict
+    );
 }
 
 #[tokio::test]
 async fn terminal_free_and_only_this_guard_a_phones_terminal() {
     let ctx = Ctx::new().await;
     let (_, terminal, first) = registered(&ctx).await;
-    assert_eq!(ctx.store.device_and_terminal(&first.unique_code, &terminal).await.unwrap().1, 1);
+    assert_eq!(
+        ctx.store
+            .device_and_terminal(&first.unique_code, &terminal)
+            .await
+            .unwrap()
+            .1,
+        1
+    );
     // TERMINAL_FREE: a second device without the terminal's token is refused...
     let second = UniqueCode::try_from(unique_id("cond-")).unwrap();
-    assert_eq!(register(&ctx, &second, None, &terminal).await, Write::Conflict);
+    assert_eq!(
+        register(&ctx, &second, None, &terminal).await,
+        Write::Conflict
+    );
     assert!(ctx.store.device(&second).await.unwrap().is_none());
     // ...and applies with a current token of the terminal (checked to exist: EXISTS).
     let token = &first.registration.as_ref().unwrap().token_hash;
@@ -674,9 +691,25 @@ async fn terminal_free_and_only_this_guard_a_phones_terminal() {
         authority,
     };
     let revoked = IssuedSecret::generate("tt_").hash;
-    assert_eq!(ctx.store.register(&with_token(Some(&revoked))).await.unwrap(), Write::Conflict);
-    assert_eq!(ctx.store.register(&with_token(Some(token))).await.unwrap(), Write::Applied);
-    assert_eq!(ctx.store.device_and_terminal(&second, &terminal).await.unwrap().1, 2);
+    assert_eq!(
+        ctx.store
+            .register(&with_token(Some(&revoked)))
+            .await
+            .unwrap(),
+        Write::Conflict
+    );
+    assert_eq!(
+        ctx.store.register(&with_token(Some(token))).await.unwrap(),
+        Write::Applied
+    );
+    assert_eq!(
+        ctx.store
+            .device_and_terminal(&second, &terminal)
+            .await
+            .unwrap()
+            .1,
+        2
+    );
     // TERMINAL_ONLY_THIS: the first device again without a token, now that there are two.
     let first_now = ctx.store.device(&first.unique_code).await.unwrap().unwrap();
     assert_eq!(
@@ -686,10 +719,20 @@ async fn terminal_free_and_only_this_guard_a_phones_terminal() {
     // Deregistration counts down: one device left, registered again freely.
     let second_now = ctx.store.device(&second).await.unwrap().unwrap();
     assert_eq!(
-        ctx.store.deregister(&second_now, Timestamp::now(), &abandoned()).await.unwrap(),
+        ctx.store
+            .deregister(&second_now, Timestamp::now(), &abandoned())
+            .await
+            .unwrap(),
         Write::Applied
     );
-    assert_eq!(ctx.store.device_and_terminal(&second, &terminal).await.unwrap().1, 1);
+    assert_eq!(
+        ctx.store
+            .device_and_terminal(&second, &terminal)
+            .await
+            .unwrap()
+            .1,
+        1
+    );
     assert_eq!(
         register(&ctx, &first.unique_code, Some(&first_now), &terminal).await,
         Write::Applied
@@ -703,13 +746,33 @@ async fn slot_without_payment_keeps_the_lock_of_a_stored_payment() {
     // A lock whose payment was stored (its write's answer lost): the release leaves it.
     let stored = payment_for(&code, &terminal, 120);
     assert_eq!(create(&ctx, &stored, &device).await, Write::Applied);
-    ctx.store.release_lock(&code, &stored.payment_id).await.unwrap();
+    ctx.store
+        .release_lock(&code, &stored.payment_id)
+        .await
+        .unwrap();
     let now = ctx.store.device(&code).await.unwrap().unwrap();
-    assert_eq!(now.pending.map(|(id, _)| id), Some(stored.payment_id.clone()));
+    assert_eq!(
+        now.pending.map(|(id, _)| id),
+        Some(stored.payment_id.clone())
+    );
     // A lock whose payment was never stored goes back.
     let (code2, terminal2, device2) = registered(&ctx).await;
     let orphan2 = payment_for(&code2, &terminal2, 120);
-    assert_eq!(ctx.store.lock_device(&orphan2, &device2).await.unwrap(), Write::Applied);
-    ctx.store.release_lock(&code2, &orphan2.payment_id).await.unwrap();
-    assert!(ctx.store.device(&code2).await.unwrap().unwrap().pending.is_none());
+    assert_eq!(
+        ctx.store.lock_device(&orphan2, &device2).await.unwrap(),
+        Write::Applied
+    );
+    ctx.store
+        .release_lock(&code2, &orphan2.payment_id)
+        .await
+        .unwrap();
+    assert!(
+        ctx.store
+            .device(&code2)
+            .await
+            .unwrap()
+            .unwrap()
+            .pending
+            .is_none()
+    );
 }

@@ -209,7 +209,13 @@ async fn a_deregistration_logs_no_refusal() {
     let (status, body) = answer(&handle(&app, Function::Registration, reg).await);
     assert_eq!(status, 201, "{body}");
     let token = body["terminal_token"].as_str().unwrap();
-    let delete = request("DELETE", &format!("/v1/devices/{}", device.code()), token, &[], None);
+    let delete = request(
+        "DELETE",
+        &format!("/v1/devices/{}", device.code()),
+        token,
+        &[],
+        None,
+    );
     let delete = with_request_id(delete, "req-deregister");
     let (status, _) = answer(&handle(&app, Function::Registration, delete).await);
     assert_eq!(status, 204);
@@ -220,11 +226,16 @@ async fn a_deregistration_logs_no_refusal() {
         .filter(|l| l["span"]["request_id"] == "req-deregister")
         .collect();
     assert!(
-        of_request.iter().any(|l| l["fields"]["outcome"] == "deregistered"),
+        of_request
+            .iter()
+            .any(|l| l["fields"]["outcome"] == "deregistered"),
         "{text}"
     );
     for line in &of_request {
         assert_ne!(line["fields"]["message"], "request refused", "{line}");
-        assert!(line["fields"]["status"].is_null() || line["fields"]["status"] == 204, "{line}");
+        assert!(
+            line["fields"]["status"].is_null() || line["fields"]["status"] == 204,
+            "{line}"
+        );
     }
 }

@@ -559,9 +559,15 @@ async fn only_a_current_beacon_proof_of_the_device_may_ask() {
     for (beacon, why) in [
         (of_step(-3), "three steps ago"),
         (of_step(2), "two steps ahead"),
-        (Beacon::heard(device.code(), &other.beacon().proof), "another code's proof"),
+        (
+            Beacon::heard(device.code(), &other.beacon().proof),
+            "another code's proof",
+        ),
     ] {
-        let r = pos.request_payment(&beacon, 100, "KRW", None, &key).await.unwrap();
+        let r = pos
+            .request_payment(&beacon, 100, "KRW", None, &key)
+            .await
+            .unwrap();
         assert_error(&r, 422, "invalid_beacon_proof");
         assert!(r.header("idempotent-replayed").is_none(), "{why}");
     }
@@ -571,26 +577,55 @@ async fn only_a_current_beacon_proof_of_the_device_may_ask() {
             .await
             .unwrap();
         assert_error(&r, 400, "invalid_request");
-        assert!(r.json["error"]["message"].as_str().unwrap().contains("beacon_proof"));
+        assert!(
+            r.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("beacon_proof")
+        );
     }
-    let missing = json!({"unique_code": device.code(), "amount": 100, "currency": "KRW", "pos_id": "pos-01"});
+    let missing =
+        json!({"unique_code": device.code(), "amount": 100, "currency": "KRW", "pos_id": "pos-01"});
     let r = ctx
         .api
-        .call(Method::POST, "/v1/payments", Call { bearer: Some(&pos.api_key), idempotency_key: Some(&key), body: Some(missing) })
+        .call(
+            Method::POST,
+            "/v1/payments",
+            Call {
+                bearer: Some(&pos.api_key),
+                idempotency_key: Some(&key),
+                body: Some(missing),
+            },
+        )
         .await
         .unwrap();
     assert_error(&r, 400, "invalid_request");
     // Nothing was locked or kept: the device is free and the key unused.
-    let r = pos.request_payment(&of_step(-1), 100, "KRW", None, &key).await.unwrap();
+    let r = pos
+        .request_payment(&of_step(-1), 100, "KRW", None, &key)
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
-    assert_eq!(pos.cancel(r.json["payment_id"].as_str().unwrap()).await.unwrap().status, 200);
+    assert_eq!(
+        pos.cancel(r.json["payment_id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     for offset in [-2, 0, 1] {
         let r = pos
             .request_payment(&of_step(offset), 100, "KRW", None, &unique_id("k-"))
             .await
             .unwrap();
         assert_eq!(r.status, 201, "step now{offset:+}: {}", r.json);
-        assert_eq!(pos.cancel(r.json["payment_id"].as_str().unwrap()).await.unwrap().status, 200);
+        assert_eq!(
+            pos.cancel(r.json["payment_id"].as_str().unwrap())
+                .await
+                .unwrap()
+                .status,
+            200
+        );
     }
 }
 
@@ -603,7 +638,10 @@ async fn the_beacon_proof_comes_before_the_registration() {
     let unregistered = ctx.device();
     for device in [&registered, &unregistered] {
         let stale = device.beacon_at(Timestamp::from_millis(Timestamp::now().millis() - 120_000));
-        let r = pos.request_payment(&stale, 100, "KRW", None, &unique_id("k-")).await.unwrap();
+        let r = pos
+            .request_payment(&stale, 100, "KRW", None, &unique_id("k-"))
+            .await
+            .unwrap();
         assert_error(&r, 422, "invalid_beacon_proof");
     }
     let r = pos
@@ -621,19 +659,28 @@ async fn an_idempotent_replay_outlives_its_beacon_proof() {
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     let key = unique_id("k-");
-    let first = pos.request_payment(&device.beacon(), 321, "KRW", Some("r-1"), &key).await.unwrap();
+    let first = pos
+        .request_payment(&device.beacon(), 321, "KRW", Some("r-1"), &key)
+        .await
+        .unwrap();
     assert_eq!(first.status, 201, "{}", first.json);
     let aged = device.beacon_at(Timestamp::from_millis(Timestamp::now().millis() - 600_000));
     let newer = device.beacon_at(Timestamp::from_millis(Timestamp::now().millis() + 30_000));
     for beacon in [aged, newer] {
-        let r = pos.request_payment(&beacon, 321, "KRW", Some("r-1"), &key).await.unwrap();
+        let r = pos
+            .request_payment(&beacon, 321, "KRW", Some("r-1"), &key)
+            .await
+            .unwrap();
         assert_eq!(r.status, 201, "{}", r.json);
         assert_eq!(r.header("idempotent-replayed"), Some("true"));
         assert_eq!(r.json, first.json);
     }
     // The same key with another body is still refused, proof or not.
     let aged = device.beacon_at(Timestamp::from_millis(Timestamp::now().millis() - 600_000));
-    let r = pos.request_payment(&aged, 322, "KRW", Some("r-1"), &key).await.unwrap();
+    let r = pos
+        .request_payment(&aged, 322, "KRW", Some("r-1"), &key)
+        .await
+        .unwrap();
     assert_error(&r, 422, "idempotency_key_reused");
 }
 
@@ -643,21 +690,53 @@ async fn not_money_and_disguised_text_are_refused() {
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
-    for currency in ["XAU", "XDR", "CLF", "USN", "XBA", "HRK", "SLL", "CUC", "XTS"] {
-        let r = pos.request_payment(&device.beacon(), 100, currency, None, &unique_id("k-")).await.unwrap();
-        assert_error(&r, 400, "invalid_request");
-        assert!(r.json["error"]["message"].as_str().unwrap().contains("currency"));
-    }
-    for reference in ["latte\u{202E}gnp.exe", "zero\u{200B}width", "two\u{2028}lines", "private\u{E000}"] {
+    for currency in [
+        "XAU", "XDR", "CLF", "USN", "XBA", "HRK", "SLL", "CUC", "XTS",
+    ] {
         let r = pos
-            .request_payment(&device.beacon(), 100, "KRW", Some(reference), &unique_id("k-"))
+            .request_payment(&device.beacon(), 100, currency, None, &unique_id("k-"))
             .await
             .unwrap();
         assert_error(&r, 400, "invalid_request");
-        assert!(r.json["error"]["message"].as_str().unwrap().contains("reference"));
+        assert!(
+            r.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("currency")
+        );
+    }
+    for reference in [
+        "latte\u{202E}gnp.exe",
+        "zero\u{200B}width",
+        "two\u{2028}lines",
+        "private\u{E000}",
+    ] {
+        let r = pos
+            .request_payment(
+                &device.beacon(),
+                100,
+                "KRW",
+                Some(reference),
+                &unique_id("k-"),
+            )
+            .await
+            .unwrap();
+        assert_error(&r, 400, "invalid_request");
+        assert!(
+            r.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("reference")
+        );
     }
     let r = pos
-        .request_payment(&device.beacon(), 100, "KRW", Some("Table 4 · café ☕ 주문"), &unique_id("k-"))
+        .request_payment(
+            &device.beacon(),
+            100,
+            "KRW",
+            Some("Table 4 · café ☕ 주문"),
+            &unique_id("k-"),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
@@ -676,9 +755,15 @@ async fn pending_payments_survive_two_locks_on_one_slot() {
         assert_eq!(phone.register(d).await.unwrap().status, 201);
     }
     let key = unique_id("k-");
-    let p1 = pos.request_payment(&d1.beacon(), 11, "KRW", None, &key).await.unwrap();
+    let p1 = pos
+        .request_payment(&d1.beacon(), 11, "KRW", None, &key)
+        .await
+        .unwrap();
     assert_eq!(p1.status, 201, "{}", p1.json);
-    let p3 = pos.request_payment(&d3.beacon(), 33, "KRW", None, &unique_id("k-")).await.unwrap();
+    let p3 = pos
+        .request_payment(&d3.beacon(), 33, "KRW", None, &unique_id("k-"))
+        .await
+        .unwrap();
     assert_eq!(p3.status, 201, "{}", p3.json);
     // d2 locked, later, by a payment of p1's slot that was never stored.
     let merchant = MerchantId::try_from(pos.merchant_id.as_str()).unwrap();
@@ -696,7 +781,10 @@ async fn pending_payments_survive_two_locks_on_one_slot() {
         None,
         120,
     );
-    assert_eq!(ctx.store.lock_device(&stray, &seen).await.unwrap(), Write::Applied);
+    assert_eq!(
+        ctx.store.lock_device(&stray, &seen).await.unwrap(),
+        Write::Applied
+    );
     let r = phone.pending().await.unwrap();
     assert_eq!(r.status, 200, "{}", r.json);
     let ids: Vec<&str> = r.json["payments"]
@@ -707,7 +795,10 @@ async fn pending_payments_survive_two_locks_on_one_slot() {
         .collect();
     assert_eq!(
         ids,
-        [p1.json["payment_id"].as_str().unwrap(), p3.json["payment_id"].as_str().unwrap()]
+        [
+            p1.json["payment_id"].as_str().unwrap(),
+            p3.json["payment_id"].as_str().unwrap()
+        ]
     );
 }
 
@@ -731,7 +822,13 @@ async fn a_503_leaves_the_code_free() {
     let beacon = device.beacon();
     let body = json!({"unique_code": beacon.code, "beacon_proof": beacon.proof, "amount": 10,
                       "currency": "KRW", "pos_id": "pos-01"});
-    let req = common::request("POST", "/v1/payments", &pos.api_key, &[("idempotency-key", "k-503")], Some(&body));
+    let req = common::request(
+        "POST",
+        "/v1/payments",
+        &pos.api_key,
+        &[("idempotency-key", "k-503")],
+        Some(&body),
+    );
     let (status, answer) = common::answer(&handle(&app, Function::PaymentRequest, req).await);
     assert_eq!(status, 503, "{answer}");
     assert_eq!(
@@ -745,10 +842,24 @@ async fn a_503_leaves_the_code_free() {
         ]
     );
     let code = UniqueCode::try_from(device.code()).unwrap();
-    assert!(ctx.store.device(&code).await.unwrap().unwrap().pending.is_none());
-    let r = pos.request_payment(&device.beacon(), 10, "KRW", None, &unique_id("k-")).await.unwrap();
+    assert!(
+        ctx.store
+            .device(&code)
+            .await
+            .unwrap()
+            .unwrap()
+            .pending
+            .is_none()
+    );
+    let r = pos
+        .request_payment(&device.beacon(), 10, "KRW", None, &unique_id("k-"))
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
     // The failed request's retry is a request of its own, not a replay of a 409.
-    let r = pos.request_payment(&device.beacon(), 10, "KRW", None, "k-503").await.unwrap();
+    let r = pos
+        .request_payment(&device.beacon(), 10, "KRW", None, "k-503")
+        .await
+        .unwrap();
     assert_error(&r, 409, "device_busy");
 }

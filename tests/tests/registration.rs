@@ -28,12 +28,19 @@ async fn a_challenge_serves_one_registration_of_its_own_code_before_it_expires()
     let r = phone.challenge(device.code()).await.unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
     let c = r.json["challenge"].as_str().unwrap().to_owned();
-    assert!(c.len() == 32 && c.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(
+        c.len() == 32
+            && c.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
     let expires = r.json["expires_at"].as_str().unwrap();
     let now = Timestamp::now().seconds();
     let in_two_minutes = Timestamp::from_millis((now + 120) * 1000).to_rfc3339();
     let in_two_minutes_before = Timestamp::from_millis((now + 118) * 1000).to_rfc3339();
-    assert!((in_two_minutes_before.as_str()..=in_two_minutes.as_str()).contains(&expires), "{expires}");
+    assert!(
+        (in_two_minutes_before.as_str()..=in_two_minutes.as_str()).contains(&expires),
+        "{expires}"
+    );
 
     // A wrong proof (the revision-1 message, without the challenge) does not use it up.
     let v1 = {
@@ -46,13 +53,19 @@ async fn a_challenge_serves_one_registration_of_its_own_code_before_it_expires()
     let r = phone.register_with(device.code(), &c, &v1).await.unwrap();
     assert_error(&r, 422, "invalid_registration_proof");
     let proof = device.registration_proof(&phone.terminal_id, &c);
-    let r = phone.register_with(device.code(), &c, &proof).await.unwrap();
+    let r = phone
+        .register_with(device.code(), &c, &proof)
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
     let token = phone.token.clone();
 
     // Used: the same request again (a recording of it) is refused, and the token stands.
     let mut replayer = Phone::new(ctx.api.clone(), &phone.terminal_id);
-    let r = replayer.register_with(device.code(), &c, &proof).await.unwrap();
+    let r = replayer
+        .register_with(device.code(), &c, &proof)
+        .await
+        .unwrap();
     assert_error(&r, 422, "invalid_registration_proof");
     assert_eq!(phone.token, token);
     assert_eq!(phone.pending().await.unwrap().status, 200);
@@ -62,13 +75,19 @@ async fn a_challenge_serves_one_registration_of_its_own_code_before_it_expires()
     let c_other = challenge(&phone, device.code()).await;
     let mut stranger = ctx.phone();
     let proof = other.registration_proof(&stranger.terminal_id, &c_other);
-    let r = stranger.register_with(other.code(), &c_other, &proof).await.unwrap();
+    let r = stranger
+        .register_with(other.code(), &c_other, &proof)
+        .await
+        .unwrap();
     assert_error(&r, 422, "invalid_registration_proof");
 
     // An unknown challenge, and an expired one.
     let unknown = "0123456789abcdef0123456789abcdef";
     let proof = other.registration_proof(&stranger.terminal_id, unknown);
-    let r = stranger.register_with(other.code(), unknown, &proof).await.unwrap();
+    let r = stranger
+        .register_with(other.code(), unknown, &proof)
+        .await
+        .unwrap();
     assert_error(&r, 422, "invalid_registration_proof");
     let issued_long_ago = RegistrationChallenge::issue(
         UniqueCode::try_from(other.code()).unwrap(),
@@ -77,9 +96,16 @@ async fn a_challenge_serves_one_registration_of_its_own_code_before_it_expires()
     ctx.store.put_challenge(&issued_long_ago).await.unwrap();
     let expired = issued_long_ago.challenge.as_str();
     let proof = other.registration_proof(&stranger.terminal_id, expired);
-    let r = stranger.register_with(other.code(), expired, &proof).await.unwrap();
+    let r = stranger
+        .register_with(other.code(), expired, &proof)
+        .await
+        .unwrap();
     assert_error(&r, 422, "invalid_registration_proof");
-    assert!(ctx.items_of(&format!("DEVICE#{}", other.code())).await.is_empty());
+    assert!(
+        ctx.items_of(&format!("DEVICE#{}", other.code()))
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -97,7 +123,12 @@ async fn registrations_racing_with_one_challenge_give_at_most_one_success() {
     }))
     .await;
     let won: Vec<_> = answers.iter().filter(|r| r.status.is_success()).collect();
-    assert_eq!(won.len(), 1, "{:?}", answers.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert_eq!(
+        won.len(),
+        1,
+        "{:?}",
+        answers.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     for r in answers.iter().filter(|r| !r.status.is_success()) {
         assert_error(r, 422, "invalid_registration_proof");
     }
@@ -130,7 +161,11 @@ async fn a_terminal_that_holds_a_device_belongs_to_its_phone() {
         let r = forged.register(&second).await.unwrap();
         assert_error(&r, 401, "unauthorized");
     }
-    assert!(ctx.items_of(&format!("DEVICE#{}", second.code())).await.is_empty());
+    assert!(
+        ctx.items_of(&format!("DEVICE#{}", second.code()))
+            .await
+            .is_empty()
+    );
     // The same device again without a token is free only while it is the terminal's only one.
     let mut again = Phone::new(ctx.api.clone(), &owner.terminal_id);
     assert_eq!(again.register(&first).await.unwrap().status, 200);
@@ -139,7 +174,11 @@ async fn a_terminal_that_holds_a_device_belongs_to_its_phone() {
     let r = owner.register(&second).await.unwrap();
     assert_eq!(r.status, 201, "{}", r.json);
     let mut anonymous = Phone::new(ctx.api.clone(), &owner.terminal_id);
-    assert_error(&anonymous.register(&first).await.unwrap(), 409, "terminal_id_taken");
+    assert_error(
+        &anonymous.register(&first).await.unwrap(),
+        409,
+        "terminal_id_taken",
+    );
     // Deregistered both: the terminal is free for anyone again.
     assert_eq!(owner.deregister(first.code()).await.unwrap().status, 204);
     assert_eq!(owner.deregister(second.code()).await.unwrap().status, 204);

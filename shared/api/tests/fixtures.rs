@@ -49,6 +49,16 @@ struct ApiCase {
 
 const API_CASES: &[ApiCase] = &[
     ApiCase {
+        file: "create-challenge.json",
+        method: Method::POST,
+        route_key: "POST /v1/devices/challenges",
+        route: || Route::CreateChallenge,
+        function: Function::Registration,
+        params: &[],
+        bearer: None,
+        has_body: true,
+    },
+    ApiCase {
         file: "register-device.json",
         method: Method::POST,
         route_key: "POST /v1/devices",
