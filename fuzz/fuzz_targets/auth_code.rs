@@ -25,8 +25,8 @@ use sha2::Sha256;
 use support::*;
 use twochan_api::routes::{App, Function};
 use twochan_domain::{
-    Amount, AuthCode, Challenge, Counter, Currency, MerchantId, PaymentId, TerminalId, UniqueCode,
-    crypto::{MasterKey, PaymentBinding},
+    Amount, AuthCode, BeaconProof, Challenge, Counter, Currency, MerchantId, PaymentId, TerminalId, UniqueCode,
+    crypto::{BeaconStep, MasterKey, PaymentBinding},
 };
 
 #[derive(Arbitrary, Debug)]
@@ -172,18 +172,39 @@ fn check_keys_and_codes(input: &Input) {
         .device_key(&code_v);
     assert_eq!(device_key.to_hex(), hex::encode(k_dev), "device key");
 
-    // Registration proof.
-    let proof = hmac(&k_dev, &format!("2ch/register/v1|{code}|{terminal}"));
+    // Registration proof, over the server's challenge.
+    let proof = hmac(&k_dev, &format!("2ch/register/v2|{code}|{terminal}|{challenge}"));
     assert_eq!(
-        device_key.registration_proof(&code_v, &terminal_v),
+        device_key.registration_proof(&code_v, &terminal_v, &challenge_v),
         hex::encode(proof)
     );
     let proof_candidate = candidate(input, &proof);
     assert_eq!(
-        device_key.verify_registration_proof(&code_v, &terminal_v, &proof_candidate),
+        device_key.verify_registration_proof(&code_v, &terminal_v, &challenge_v, &proof_candidate),
         decode_64_hex(&proof_candidate) == Some(proof),
         "registration proof {proof_candidate:?}"
     );
+
+    // Beacon proof of a step (the counter's low bits make one): the first 8 bytes of the HMAC.
+    let step = (input.counter % 100_000_000) as i64;
+    let beacon = hmac(&k_dev, &format!("2ch/beacon/v1|{code}|{step}"));
+    let beacon_hex = hex::encode(&beacon[..8]);
+    assert_eq!(device_key.beacon_proof(&code_v, BeaconStep::of_number(step)), beacon_hex);
+    let beacon_candidate: String = candidate(input, &proof).chars().take(16).collect();
+    let parsed_beacon = BeaconProof::try_from(beacon_candidate.as_str());
+    assert_eq!(
+        parsed_beacon.is_ok(),
+        beacon_candidate.len() == 16
+            && beacon_candidate.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "BeaconProof::try_from({beacon_candidate:?})"
+    );
+    if let Ok(b) = parsed_beacon {
+        assert_eq!(
+            device_key.verify_beacon_proof(&code_v, BeaconStep::of_number(step), &b),
+            beacon_candidate == beacon_hex,
+            "beacon proof {beacon_candidate:?}"
+        );
+    }
 
     // Payment auth code.
     let counter = input.counter;

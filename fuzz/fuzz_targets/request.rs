@@ -193,6 +193,7 @@ fuzz_target!(|data: &[u8]| {
                     | "payload_too_large"
                     | "unsupported_media_type"
                     | "invalid_registration_proof"
+                    | "invalid_beacon_proof"
             )
         ) {
             assert_eq!(writes, 0, "{function:?}: refused with {code:?} but wrote");

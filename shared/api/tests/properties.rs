@@ -983,7 +983,7 @@ proptest! {
         let resp = run(&app, function, req);
         let code = check_response(&resp).map_err(TestCaseError::fail)?;
         let writes = app.store.take_writes();
-        if matches!(code.as_deref(), Some("invalid_request" | "unauthorized" | "not_found" | "payload_too_large" | "unsupported_media_type" | "invalid_registration_proof")) {
+        if matches!(code.as_deref(), Some("invalid_request" | "unauthorized" | "not_found" | "payload_too_large" | "unsupported_media_type" | "invalid_registration_proof" | "invalid_beacon_proof")) {
             prop_assert_eq!(writes, 0, "{:?} wrote", code);
         }
     }
