@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Least-privilege check of infra/template.yaml: every Lambda function has a role of its own, no
-role statement grants a wildcard action or a wildcard resource, and only the functions given the
-issuer key's parameter may read it (see key_findings). Exits non-zero on any finding."""
+role statement grants a wildcard action or a wildcard resource, each role grants exactly the
+actions on exactly the resources its function is listed with in EXPECTED (see grant_findings),
+every queue a function is given the URL of is one its role may use, and only the functions given
+the issuer key's parameter may read it (see key_findings). Exits non-zero on any finding."""
 
 import os
+import re
 import sys
 
 import yaml
@@ -61,6 +64,123 @@ def statements(listed):
             yield st
 
 
+def role_of(function):
+    """The logical name of a function's role: Role: !GetAtt X.Arn or !GetAtt [X, Arn]."""
+    role = function["Properties"]["Role"]
+    return role.value[0] if isinstance(role.value, list) else role.value.split(".")[0]
+
+
+def resource_name(value):
+    """A statement's resource by the template name it refers to: !GetAtt Table.Arn is `Table`,
+    !Sub '${Table.Arn}/index/gsi1' is `Table/index/gsi1`, !Ref P (and a !Sub ending in ${P},
+    such as the SSM parameter's ARN) is `P`. Anything else is kept as written."""
+    if not isinstance(value, Tagged):
+        return value if isinstance(value, str) else repr(value)
+    v = value.value
+    if value.tag == "!GetAtt":
+        return v[0] if isinstance(v, list) else v.split(".")[0]
+    if value.tag == "!Ref" and isinstance(v, str):
+        return v
+    if value.tag == "!Sub" and isinstance(v, str):
+        refs = [m for m in re.finditer(r"\$\{([A-Za-z0-9]+)(?:\.[A-Za-z]+)?\}", v)]
+        if refs:
+            last = refs[-1]
+            return last.group(1) + v[last.end():]
+    return repr(value)
+
+
+LOGS = {"logs:CreateLogStream", "logs:PutLogEvents"}
+# The issuer key: the SSM parameter, and the customer-managed KMS key that may encrypt it.
+KEY = {"IssuerMasterKeyParameter": {"ssm:GetParameter"}, "IssuerMasterKeyKmsKeyArn": {"kms:Decrypt"}}
+SEND = {"sqs:SendMessage"}
+CONSUME = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"}
+
+
+def dynamodb(*actions):
+    return {f"dynamodb:{a}" for a in actions}
+
+
+# What each function's role grants, exactly: {resource: actions}. A change of the code that needs
+# another action is a change here too, reviewed as such. DescribeTable is the init warm-up.
+EXPECTED = {
+    "RegistrationFunction": {
+        **KEY,
+        "RegistrationLogs": LOGS,
+        "Table": dynamodb("GetItem", "UpdateItem", "PutItem", "DeleteItem", "DescribeTable"),
+        "WebhookQueue": SEND,
+    },
+    "PaymentRequestFunction": {
+        **KEY,
+        "PaymentRequestLogs": LOGS,
+        # DeleteItem: DELETE /v1/webhook-endpoint.
+        "Table": dynamodb("GetItem", "BatchGetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "DescribeTable"),
+        "WebhookQueue": SEND,
+    },
+    "ConfirmationFunction": {
+        **KEY,
+        "ConfirmationLogs": LOGS,
+        "Table": dynamodb("GetItem", "BatchGetItem", "UpdateItem", "Query", "DescribeTable"),
+        "Table/index/gsi1": dynamodb("GetItem", "BatchGetItem", "UpdateItem", "Query", "DescribeTable"),
+        "SettlementQueue": SEND,
+        "WebhookQueue": SEND,
+    },
+    "SettlementFunction": {
+        "SettlementLogs": LOGS,
+        "Table": dynamodb("GetItem", "UpdateItem", "DescribeTable"),
+        "SettlementQueue": CONSUME,
+        "WebhookQueue": SEND,
+    },
+    "WebhooksFunction": {
+        # The webhook secrets are sealed under a key derived from the issuer key.
+        **KEY,
+        "WebhooksLogs": LOGS,
+        "Table": dynamodb("GetItem", "BatchGetItem", "DescribeTable"),
+        "WebhookQueue": CONSUME,
+    },
+}
+
+
+def granted(role):
+    """{resource: actions} a role grants, both branches of every conditional statement included."""
+    grants = {}
+    for policy in role["Properties"].get("Policies", []):
+        for st in statements(policy["PolicyDocument"]["Statement"]):
+            if st.get("Effect") != "Allow":
+                continue
+            resources = st.get("Resource", [])
+            for resource in resources if isinstance(resources, list) else [resources]:
+                grants.setdefault(resource_name(resource), set()).update(strings(st.get("Action", [])))
+    return grants
+
+
+def grant_findings(resources):
+    """Each function's role grants what EXPECTED lists for it, no more and no less, and every
+    queue whose URL a function is given (`!Ref Queue` in its environment) is one it may use."""
+    functions = {n: r for n, r in resources.items() if r["Type"] == "AWS::Lambda::Function"}
+    for name in sorted(EXPECTED.keys() - functions.keys()):
+        yield f"{name} is listed in EXPECTED but is not in the template"
+    for name, function in functions.items():
+        if name not in EXPECTED:
+            yield f"{name} has no entry in check_template.py's EXPECTED: list what its role may do"
+            continue
+        role_name = role_of(function)
+        grants = granted(resources.get(role_name, {"Properties": {}}))
+        expected = EXPECTED[name]
+        for resource in sorted(grants.keys() | expected.keys()):
+            extra = grants.get(resource, set()) - expected.get(resource, set())
+            missing = expected.get(resource, set()) - grants.get(resource, set())
+            for action in sorted(extra):
+                yield f"{role_name} grants {action} on {resource}, more than {name} is expected to need"
+            for action in sorted(missing):
+                yield f"{role_name} lacks {action} on {resource}, which {name} is expected to need"
+        env = (function["Properties"].get("Environment") or {}).get("Variables", {})
+        for var, value in env.items():
+            if isinstance(value, Tagged) and value.tag == "!Ref" and \
+                    resources.get(value.value, {}).get("Type") == "AWS::SQS::Queue" and \
+                    not any(a.startswith("sqs:") for a in grants.get(value.value, set())):
+                yield f"{name} is given {var} but {role_name} grants nothing on {value.value}"
+
+
 def findings(template):
     resources = template["Resources"]
     roles_used = {}
@@ -86,6 +206,7 @@ def findings(template):
                         yield f"{name}: wildcard resource {resource}"
     if set(roles_used) != {n for n, r in resources.items() if r["Type"] == "AWS::IAM::Role"}:
         yield "a role is not used by exactly one function"
+    yield from grant_findings(resources)
     yield from key_findings(resources)
 
 
@@ -127,8 +248,10 @@ def main():
         print(f"least privilege: {p}", file=sys.stderr)
     if problems:
         sys.exit(1)
+    readers = sorted(n.removesuffix("Function") for n, e in EXPECTED.items() if KEY.keys() <= e.keys())
     print(f"least privilege: {path}: every function has its own role, no wildcard action or resource, "
-          "only the issuer key's readers may read it")
+          f"each role grants exactly its function's listed actions, only the issuer key's readers "
+          f"({', '.join(readers)}) may read it")
 
 
 if __name__ == "__main__":

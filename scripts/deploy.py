@@ -4,6 +4,11 @@
 The same steps work against AWS, LocalStack and MiniStack: only the endpoint (AWS_ENDPOINT_URL,
 read by boto3 itself) and the parameters differ. Prints the stack's coordinates as KEY=value lines.
 
+With --endpoint-for-functions (an emulator) the webhook settings default to the local stack's:
+loopback endpoints allowed, retries after 2 s doubling, 6 tries; otherwise to AWS's (no loopback,
+60 s doubling, 14 tries). ALLOW_LOOPBACK_WEBHOOKS, WEBHOOK_RETRY_BASE_SECONDS and
+WEBHOOK_MAX_RECEIVES in the environment override them.
+
 Usage: deploy.py --stack NAME --bucket BUCKET [--key-parameter /ssm/name] [--architecture arm64]
                  [--endpoint-for-functions URL] [--api-url-base URL]
 """
@@ -27,6 +32,7 @@ FUNCTIONS = {
     "PaymentRequest": "payment-request",
     "Confirmation": "confirmation",
     "Settlement": "settlement",
+    "Webhooks": "webhooks",
 }
 
 
@@ -149,6 +155,15 @@ def main():
     else:
         key_version = parameter_version(ssm, key_parameter)
 
+    # Webhooks: the local stack retries fast and may send to 127.0.0.1; AWS keeps the template's
+    # defaults (over 24 h of tries, public endpoints only).
+    local = bool(args.endpoint_for_functions)
+    allow_loopback = os.environ.get("ALLOW_LOOPBACK_WEBHOOKS") or ("1" if local else "0")
+    if allow_loopback not in ("0", "1"):
+        sys.exit("ALLOW_LOOPBACK_WEBHOOKS must be 0 or 1")
+    if allow_loopback == "1" and not local:
+        sys.exit("ALLOW_LOOPBACK_WEBHOOKS=1 is for emulators only (with --endpoint-for-functions)")
+
     params = upload_code(s3, args.bucket)
     params.update(
         CodeBucket=args.bucket,
@@ -161,6 +176,9 @@ def main():
         EndpointUrl=args.endpoint_for_functions,
         LogLevel=os.environ.get("LOG_LEVEL", "info"),
         SettlementVisibilityTimeout=os.environ.get("SETTLEMENT_VISIBILITY_TIMEOUT") or "60",
+        AllowLoopbackWebhooks=allow_loopback,
+        WebhookRetryBaseSeconds=os.environ.get("WEBHOOK_RETRY_BASE_SECONDS") or ("2" if local else "60"),
+        WebhookMaxReceives=os.environ.get("WEBHOOK_MAX_RECEIVES") or ("6" if local else "14"),
     )
     # Optional parameters: given every time, or an update would put the template's defaults back.
     for env_name, param in [("ALARM_TOPIC_ARN", "AlarmTopicArn"), ("ISSUER_KEY_KMS_ARN", "IssuerMasterKeyKmsKeyArn")]:
@@ -178,6 +196,10 @@ def main():
     print(f"TABLE_NAME={outputs['TableName']}")
     print(f"SETTLEMENT_QUEUE_URL={outputs['SettlementQueueUrl']}")
     print(f"SETTLEMENT_DLQ_URL={outputs['SettlementDeadLetterQueueUrl']}")
+    print(f"WEBHOOK_QUEUE_URL={outputs['WebhookQueueUrl']}")
+    print(f"WEBHOOK_DEAD_LETTER_QUEUE_URL={outputs['WebhookDeadLetterQueueUrl']}")
+    # The same, named like SETTLEMENT_DLQ_URL.
+    print(f"WEBHOOK_DLQ_URL={outputs['WebhookDeadLetterQueueUrl']}")
 
 
 if __name__ == "__main__":

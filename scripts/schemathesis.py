@@ -3,22 +3,30 @@
 
 Sets up what generated requests need to reach more than 404 (a device registered to a fresh
 terminal, whose token authenticates the phone operations; a second device of the same terminal,
-registered with that token, to be deregistered; a payment confirmed on the first device), then runs
-schemathesis with the checks below; scripts/schemathesis_hooks.py gives some generated requests
-what only a device has (a beacon proof of the moment, a proof over a fresh challenge). Coordinates
-come from .local/stack.env, like the black-box client's."""
+registered with that token, to be deregistered; a payment confirmed on the first device and settled,
+for refunds; the demo merchant's webhook endpoint set to a receiver of this script on 127.0.0.1,
+which answers every event 204), then runs schemathesis with the checks below;
+scripts/schemathesis_hooks.py gives some generated requests what only a device has (a beacon proof
+of the moment, a proof over a fresh challenge) and points some at the real payment (refunds of 1,
+so that 201 is reached many times) and the receiver. The endpoint is deleted after the run (the
+receiver goes with this script). Coordinates come from .local/stack.env, like the black-box
+client's."""
 
+import collections
+import http.server
 import json
 import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stack import LOCAL, ROOT, auth_code, beacon_proof, device_key, registration_proof_v2, stack_env  # noqa: E402
+from stack import (LOCAL, ROOT, auth_code, beacon_proof, device_key, registration_proof_v2,  # noqa: E402
+                   stack_env, wait_for)
 
 env = stack_env()
 API, MASTER = env["API_URL"], env["ISSUER_MASTER_KEY"]
@@ -79,6 +87,32 @@ payment = expect(201, call("POST", "/v1/payments", request, env["MERCHANT_API_KE
                  "payment request")
 confirm = {"auth_code": auth_code(key, payment, 1), "counter": "1"}
 expect(200, call("POST", f"/v1/payments/{payment['payment_id']}/confirm", confirm, token), "confirm")
+# Settled, so that refunds of it reach 201 (the hooks refund 1 of its 100 at a time) and 422 once it is used up.
+if not wait_for(lambda: call("GET", f"/v1/payments/{payment['payment_id']}", bearer=token)[1]["status"] == "settled"):
+    sys.exit("schemathesis setup: the payment was not settled within 30 s")
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """The demo merchant's webhook endpoint during the run: every event is answered 204 and counted."""
+    events = collections.Counter()
+
+    def do_POST(self):  # noqa: N802
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            Receiver.events[json.loads(raw).get("type")] += 1
+        except (ValueError, AttributeError):
+            Receiver.events["(not a JSON object)"] += 1
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+threading.Thread(target=receiver.serve_forever, daemon=True).start()
+webhook_url = f"http://127.0.0.1:{receiver.server_port}/schemathesis-{run}"
+expect(200, call("PUT", "/v1/webhook-endpoint", {"url": webhook_url}, env["MERCHANT_API_KEY"]), "webhook endpoint")
 
 os.makedirs(os.path.join(LOCAL, "schemathesis"), exist_ok=True)
 # Deterministic generation, and one worker: requests on the run's device interact (one pending
@@ -100,7 +134,12 @@ result = subprocess.run(command, cwd=ROOT, env={
     "SCHEMATHESIS_DEVICE": device,
     "SCHEMATHESIS_SPARE_DEVICE": spare,
     "SCHEMATHESIS_PAYMENT": payment["payment_id"],
+    "SCHEMATHESIS_WEBHOOK_URL": webhook_url,
     "SCHEMATHESIS_RUN": run + ":",
 })
 print(f"schemathesis: exit {result.returncode} after {time.monotonic() - started:.0f} s", flush=True)
+# The receiver ends with this script: no endpoint is left behind for the demo merchant.
+call("DELETE", "/v1/webhook-endpoint", bearer=env["MERCHANT_API_KEY"])
+print("schemathesis: webhook events received: "
+      + (", ".join(f"{n} {kind}" for kind, n in sorted(Receiver.events.items())) or "none"), flush=True)
 sys.exit(result.returncode)

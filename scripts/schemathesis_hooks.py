@@ -7,7 +7,11 @@ What only a device can make (a beacon proof, a registration proof over a fresh c
 from ISSUER_MASTER_KEY of the stack, as the setup reads it, in `before_call`: right before the
 request is sent, so that a beacon proof is of the moment and a challenge is fresh, and without a
 request to the API while Hypothesis generates. Generation only leaves a marker where it chose a
-real value."""
+real value.
+
+Refunds: some target the settled payment (like every operation on a payment id) with an amount of 1,
+so that 201 and its replay are reached until its 100 are used up, then 422 refund_exceeds_payment;
+some webhook endpoints are the setup's receiver, so that events keep being delivered somewhere."""
 
 import os
 import re
@@ -24,7 +28,8 @@ API, MASTER = ENV["API_URL"], ENV["ISSUER_MASTER_KEY"]
 TERMINAL = os.environ["SCHEMATHESIS_TERMINAL"]  # the run's terminal; TERMINAL_TOKEN is its token
 DEVICE = os.environ["SCHEMATHESIS_DEVICE"]  # registered to the run's terminal token
 SPARE_DEVICE = os.environ["SCHEMATHESIS_SPARE_DEVICE"]  # same terminal, there to be deregistered
-PAYMENT = os.environ["SCHEMATHESIS_PAYMENT"]  # confirmed with counter 1 (then settled) on DEVICE
+PAYMENT = os.environ["SCHEMATHESIS_PAYMENT"]  # 100 USD, confirmed with counter 1 and settled, on DEVICE
+WEBHOOK_URL = os.environ["SCHEMATHESIS_WEBHOOK_URL"]  # a receiver of the setup on 127.0.0.1, answering 204
 RUN = os.environ["SCHEMATHESIS_RUN"]  # unique per run
 
 # Markers of a value made at call time; should one be sent as it is, it is malformed (400).
@@ -85,7 +90,8 @@ def what_a_device_makes_now(ctx, case, **kwargs):
                                                            issued["challenge"])
 
 
-@schemathesis.hook("map_headers").apply_to(method="POST", path="/v1/payments")
+@schemathesis.hook("map_headers").apply_to(method="POST", path="/v1/payments").apply_to(
+    method="POST", path="/v1/payments/{payment_id}/refunds")
 def idempotency_keys_of_this_run(ctx, headers):
     # The server keeps a key's answer for 24 h: a key generated again by a later run must not
     # replay this run's answer. A valid key stays valid, a malformed one stays malformed.
@@ -110,3 +116,15 @@ def the_confirmed_payment(ctx, path_parameters):
 @schemathesis.hook("flatmap_path_parameters").apply_to(method="DELETE", path="/v1/devices/{unique_code}")
 def the_spare_device(ctx, path_parameters):
     return either(path_parameters, "unique_code", SPARE_DEVICE)
+
+
+@schemathesis.hook("flatmap_body").apply_to(method="POST", path="/v1/payments/{payment_id}/refunds")
+def refunds_of_one(ctx, body):
+    # A random amount is almost always above what is left of the payment: 422 only, without this.
+    return either(body, "amount", 1)
+
+
+@schemathesis.hook("flatmap_body").apply_to(method="PUT", path="/v1/webhook-endpoint")
+def the_receiver(ctx, body):
+    # The setup's receiver, so that the endpoint is often one that takes the run's events.
+    return either(body, "url", WEBHOOK_URL)

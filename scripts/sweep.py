@@ -2,14 +2,14 @@
 """Hostile-input sweep of the HTTP API on the running local stack (`make sweep`).
 
 Sends --count generated malformed requests (default 10 000, seeded, concurrent) across every
-endpoint and unknown routes/methods, and checks, against contract revision 2 (without refunds and
-webhooks so far) and docs/CONTRACT_NOTES.md:
+endpoint and unknown routes/methods, and checks, against contract revision 2 (refunds and webhook
+endpoints with --part2, until the stack serves them) and docs/CONTRACT_NOTES.md:
 
 - every answer is a 4xx (nothing malformed is accepted, no status >= 500), in the contract's JSON
   error shape `{"error": {"code", "message"}}` with a contract code belonging to its status, and
   where the generator knows what the contract's order of checks gives (size 413 -> caller 401 ->
   Content-Type 415 -> JSON and fields 400 -> Idempotency-Key 400 -> beacon proof 422 -> path id /
-  owner 404), exactly that status;
+  owner 404; a refund's key and business rules come after its 404), exactly that status;
 - no `panicked at` line in the functions' logs (MiniStack writes each function's stdout and
   stderr to CloudWatch Logs, group `/aws/lambda/<stack>-<function>`, read back here with boto3);
 - the table (a boto3 scan of TABLE_NAME) is identical before and after.
@@ -22,7 +22,12 @@ the table stops changing. No request of the sweep itself can write: each one car
 defect that the contract refuses before any write (the real payment and devices are only ever
 reached by a caller who does not own them, with a beacon proof that is not theirs, or behind an
 earlier defect; a challenge the server issued only ever comes with a proof that is not the
-device's, which does not use it up; a challenge request is always malformed).
+device's, which does not use it up; a challenge request is always malformed). So with part 2: a
+refund reaches the real (pending) payment only behind a defect refused before the payment is looked
+at (a valid one would be 409 payment_not_settled, kept under its key), else an unknown or malformed
+payment id (404, which keeps nothing); `PUT /v1/webhook-endpoint` always carries a defect (a valid
+one replaces the merchant's endpoint), and GET and DELETE of it always a bad bearer or an oversize
+body (DELETE would remove the endpoint, and neither is a 4xx otherwise).
 
 Coordinates come from .local/stack.env (API_URL, AWS_ENDPOINT_URL, MERCHANT_API_KEY,
 ISSUER_MASTER_KEY, TABLE_NAME, SETTLEMENT_QUEUE_URL). Standard library HTTP, boto3 for the table,
@@ -50,6 +55,8 @@ from stack import beacon_proof, device_key, registration_proof, registration_pro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_BODY = 8 * 1024
+# Refunds and webhook endpoints (contract revision 2, part 2): on with --part2, until the stack serves them.
+PART2 = False
 
 # Classes of requests the stack answered against the contract when they were found. They are still
 # sent and reported, but their answers do not fail the sweep until the bug is fixed. Remove the entry
@@ -70,6 +77,7 @@ CONTRACT_ERRORS = {
     "device_busy": 409,
     "idempotency_key_in_use": 409,
     "payment_not_pending": 409,
+    "payment_not_settled": 409,
     "payment_expired": 410,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
@@ -78,6 +86,7 @@ CONTRACT_ERRORS = {
     "idempotency_key_reused": 422,
     "invalid_auth_code": 422,
     "stale_counter": 422,
+    "refund_exceeds_payment": 422,
     "too_many_attempts": 429,
     "internal": 500,
     "unavailable": 503,
@@ -210,7 +219,9 @@ def bad_value(rnd, field):
              # Well-formed ISO 4217 codes that are not money in circulation (revision 2).
              "CLF", "BOV", "USN", "XAU", "XAG", "XBA", "XDR", "XSU", "XUA", "HRK", "SLL", "CUC"]
         )
-    if field == "reference":
+    if field == "url":
+        return bad_url(rnd)
+    if field in ("reference", "reason"):
         kind = rnd.choice(["long", "control", "format", "type"])
         if kind == "long":
             return kind, valid_reference(rnd) + "x" * rnd.randint(129, 500)
@@ -255,11 +266,64 @@ def bad_value(rnd, field):
     raise ValueError(field)
 
 
+def bad_url(rnd):
+    """(kind, value) of a webhook URL the contract refuses: not `https://` with a host name that is
+    neither an IP address nor `localhost` (nor the local stack's `http://127.0.0.1:<port>/...`), or
+    over 2048 characters. Hosts are as the WHATWG URL standard parses them: 2130706433, 127.1 and
+    fullwidth `localhost` are 127.0.0.1 and localhost. Nothing a URL parser would repair into an
+    acceptable URL (surrounding spaces, tabs and newlines, extra slashes, `https:host`)."""
+    kind = rnd.choice(["missing", "type", "empty", "long", "scheme", "relative", "ip", "disguised-ip", "localhost",
+                       "local-form", "userinfo", "bad-host"])
+    if kind == "missing":
+        return kind, rnd.choice([None, Raw("null")])
+    if kind == "type":
+        return kind, rnd.choice([123, True, [], {}, ["https://example.com/"], {"url": "https://example.com/"}])
+    if kind == "empty":
+        return kind, ""
+    if kind == "long":
+        return kind, "https://hooks.example.com/" + "a" * rnd.randint(2023, 7000)
+    return kind, rnd.choice({
+        "scheme": ["http://example.com/hook", "ftp://example.com", "ws://example.com/", "wss://example.com/hook",
+                   "file:///etc/passwd", "javascript:alert(1)", "data:text/plain,x", "gopher://example.com/",
+                   "mailto:ops@example.com", "http://hooks.example.com:443/x"],
+        "relative": ["example.com/hook", "//example.com/hook", "/hook", "hooks.example.com", "?x", "#x"],
+        "ip": ["https://127.0.0.1/x", "https://10.0.0.1/x", "https://192.168.1.1:8443/x", "https://0.0.0.0/",
+               "https://169.254.169.254/latest/meta-data/", "https://8.8.8.8/", "https://[::1]/x",
+               "https://[::ffff:127.0.0.1]/x", "https://[2001:db8::1]/x", "https://[fe80::1%25eth0]/x"],
+        "disguised-ip": ["https://2130706433/", "https://0x7f000001/x", "https://0177.0.0.1/", "https://127.1/",
+                         "https://0x7f.0.0.1/", "https://127\u30020\u30020\u30021/x",
+                         "https://\uff11\uff12\uff17.0.0.1/"],
+        "localhost": ["https://localhost/x", "https://localhost:8443/x", "https://LOCALHOST/x", "https://LocalHost/",
+                      "https://localhost./x", "https://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/x"],
+        "local-form": ["http://localhost:8080/x", "http://127.0.0.2:8080/x", "http://[::1]:8080/x",
+                       "http://0.0.0.0:8080/x", "http://127.0.0.1.example.com:8080/x",
+                       "http://127.0.0.1:8080@example.com/x",
+                       "http://10.0.0.1:8080/x", "http://2130706433:8080/x"],
+        "userinfo": ["https://example.com@127.0.0.1/x", "https://user:pw@localhost/x",
+                     "https://example.com:443@[::1]/"],
+        "bad-host": ["https://", "https://exa mple.com/", "https://exa<mple.com/", "https://example.com:99999/",
+                     "https://example.com:port/", "https://[::1/x", "https://exa\u0000mple.com/", "https://:443/x",
+                     "https://exa%mple.com/"],
+    }[kind])
+
+
+def valid_url(rnd):
+    """A URL the contract accepts (on the local stack), never sent without a defect elsewhere."""
+    host = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rnd.randint(1, 20)))
+    path = ident(rnd, 0, 40)
+    if rnd.random() < 0.2:
+        return f"http://127.0.0.1:{rnd.randint(1024, 65535)}/{path}"
+    return rnd.choice([f"https://{host}.example.com/{path}", f"https://hooks.{host}.example/{path}?a=1",
+                       f"https://{host}.example.com:8443/{path}"])
+
+
 BODY_FIELDS = {
     "challenge": ["unique_code"],
     "register": ["unique_code", "terminal_id", "challenge", "registration_proof"],
     "create": ["unique_code", "beacon_proof", "amount", "currency", "pos_id", "reference"],
     "confirm": ["auth_code", "counter"],
+    "refund": ["amount", "reason"],
+    "webhook-put": ["url"],
 }
 
 
@@ -286,6 +350,14 @@ def valid_body(rnd, endpoint, ctx):
         elif r < 0.5:
             body["reference"] = None
         return body
+    if endpoint == "refund":
+        # Any amount: the payment it reaches is unknown (404), or it comes behind an earlier defect.
+        body = {"amount": rnd.randint(1, 99_999_999)}
+        if rnd.random() < 0.4:
+            body["reason"] = valid_reference(rnd)
+        return body
+    if endpoint == "webhook-put":
+        return {"url": valid_url(rnd)}
     return {
         "auth_code": rnd.choice([secrets.token_hex(32), secrets.token_hex(32).upper()]),
         "counter": str(rnd.choice([1, 2, 8, 999, 1000, 1001, rnd.randint(1, 2**64 - 1)])),
@@ -491,6 +563,14 @@ ENDPOINTS = {
     "confirm": ("POST", "/v1/payments/{id}/confirm", "terminal", True),
     "decline": ("POST", "/v1/payments/{id}/decline", "terminal", False),
 }
+# Contract revision 2, part 2: sent with --part2 (ENDPOINTS alone keeps the seeds of earlier sweeps).
+PART2_ENDPOINTS = {
+    "refund": ("POST", "/v1/payments/{id}/refunds", "merchant", True),
+    "refunds": ("GET", "/v1/payments/{id}/refunds", "either", False),
+    "webhook-put": ("PUT", "/v1/webhook-endpoint", "merchant", True),
+    "webhook-get": ("GET", "/v1/webhook-endpoint", "merchant", False),
+    "webhook-delete": ("DELETE", "/v1/webhook-endpoint", "merchant", False),
+}
 
 LABELS = {
     "challenge": "POST /v1/devices/challenges",
@@ -503,6 +583,11 @@ LABELS = {
     "pending": "GET /v1/pending-payments",
     "confirm": "POST /v1/payments/{id}/confirm",
     "decline": "POST /v1/payments/{id}/decline",
+    "refund": "POST /v1/payments/{id}/refunds",
+    "refunds": "GET /v1/payments/{id}/refunds",
+    "webhook-put": "PUT /v1/webhook-endpoint",
+    "webhook-get": "GET /v1/webhook-endpoint",
+    "webhook-delete": "DELETE /v1/webhook-endpoint",
     "unknown": "unknown route or method",
     "path-escape": "GET /v1/payments/{id}%3F... (escaped ? or #)",
 }
@@ -531,7 +616,13 @@ def unknown_route(rnd, ctx):
             ("POST", "/v1/devices/"), ("GET", "/v1/balance/"), ("POST", "/x/v1/devices"), ("POST", "//v1//devices"),
             ("GET", "/x/v1/balance"), ("POST", "/v1/payments/v1/devices"), ("GET", "/v1/balance/v1/balance"),
             ("DELETE", "/v1/devices/"), ("POST", "/v1/payments/" + pid + "/cancel/"),
-        ]
+        ] + ([
+            ("PUT", f"/v1/payments/{pid}/refunds"), ("DELETE", f"/v1/payments/{pid}/refunds"),
+            ("POST", f"/v1/payments/{pid}/refunds/"), ("GET", f"/v1/payments/{pid}/refunds/re_{pid[4:]}"),
+            ("GET", "/v1/refunds"), ("POST", "/v1/refunds"), ("POST", "/v1/webhook-endpoint"),
+            ("PATCH", "/v1/webhook-endpoint"), ("PUT", "/v1/webhook-endpoint/"), ("GET", "/v1/webhook-endpoints"),
+            ("PUT", "/v1/webhooks"), ("GET", "/v1/Webhook-Endpoint"), ("DELETE", "/v1/webhook-endpoint/x"),
+        ] if ctx.part2 else [])
     )
     req = Req("unknown", method, path)
     req.categories.append(f"route:{method} {path.replace(pid, '{id}').replace(code, '{code}')}")
@@ -577,7 +668,7 @@ def generate(rnd, ctx, index):
     elif r < 0.095:
         req = path_escape(rnd, ctx)
     else:
-        req = endpoint_request(rnd, ctx, rnd.choice(list(ENDPOINTS)))
+        req = endpoint_request(rnd, ctx, rnd.choice(ctx.endpoints))
     # Noise that must change nothing: unrelated headers, a query string (ignored by every endpoint).
     if rnd.random() < 0.2:
         req.headers.append((rnd.choice(["X-Junk", "Accept", "User-Agent", "X-Amz-Date", "Cookie"]),
@@ -604,7 +695,7 @@ def generate(rnd, ctx, index):
 
 
 def endpoint_request(rnd, ctx, endpoint):
-    method, template, caller, has_body = ENDPOINTS[endpoint]
+    method, template, caller, has_body = {**ENDPOINTS, **PART2_ENDPOINTS}[endpoint]
     req = Req(endpoint, method, template)
     # Each layer: valid, or a defect the contract refuses at that point of its order of checks.
     layers = ["size", "caller", "content-type", "body", "key", "beacon", "path"]
@@ -613,7 +704,7 @@ def endpoint_request(rnd, ctx, endpoint):
         "caller": caller is not None,
         "content-type": has_body,
         "body": has_body,
-        "key": endpoint == "create",
+        "key": endpoint in ("create", "refund"),
         "beacon": endpoint == "create",
         "path": "{" in template,
     }
@@ -690,9 +781,9 @@ def endpoint_request(rnd, ctx, endpoint):
         # Bodiless endpoints ignore Content-Type.
         req.headers.append(("Content-Type", rnd.choice(BAD_CONTENT_TYPES[1:] + GOOD_CONTENT_TYPES)))
 
-    # body, and the Idempotency-Key header (create)
+    # body, and the Idempotency-Key header (create, refund)
     key_defect = None
-    if endpoint == "create":
+    if endpoint in ("create", "refund"):
         if "key" in defects:
             key_defect, value = bad_idempotency_key(rnd)
             req.categories.append(f"idempotency-key:{key_defect}")
@@ -1057,15 +1148,20 @@ def main():
     ap.add_argument("--seed", type=int, default=None, help="generator seed (default: random, printed)")
     ap.add_argument("--threads", type=int, default=16, help="concurrent connections (default 16)")
     ap.add_argument("--strict", action="store_true", help="known bugs (KNOWN_BUGS) fail the sweep too")
+    ap.add_argument("--part2", action=argparse.BooleanOptionalAction, default=PART2,
+                    help=f"refunds and webhook endpoints too (default {'on' if PART2 else 'off'})")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     env = load_env()
     print(f"sweep: seed {seed}, {args.count} requests, {args.threads} threads against {env['API_URL']}")
-    print(f"sweep: reproduce with: scripts/sweep.py --seed {seed} --count {args.count}")
+    print(f"sweep: reproduce with: scripts/sweep.py --seed {seed} --count {args.count}"
+          + (" --part2" if args.part2 else " --no-part2"))
 
     client = Client(env["API_URL"])
     ddb, sqs, logs = aws("dynamodb", env), aws("sqs", env), aws("logs", env)
     ctx = setup(client, env)
+    ctx.part2 = args.part2
+    ctx.endpoints = list(ENDPOINTS) + (list(PART2_ENDPOINTS) if args.part2 else [])
     SECRETS.update({ctx.merchant_key: "<merchant key>", ctx.token_a: "<token A>", ctx.token_b: "<token B>",
                     ctx.payment_a: "<payment A>", ctx.code_a: "<code A>", ctx.code_b: "<code B>"})
     before = settled_snapshot(ddb, sqs, env)

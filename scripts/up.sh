@@ -9,6 +9,11 @@ export ISSUER_MASTER_KEY="${ISSUER_MASTER_KEY:-$DEV_ISSUER_MASTER_KEY}"
 export PENDING_TTL_SECONDS="${PENDING_TTL_SECONDS:-120}"
 # Locally a failing settlement message is retried every few seconds (AWS: 60 s, the default).
 export SETTLEMENT_VISIBILITY_TIMEOUT="${SETTLEMENT_VISIBILITY_TIMEOUT:-5}"
+# Webhooks locally: endpoints on 127.0.0.1 allowed, an undelivered event retried after 2, 4, 8,
+# 16 s ..., 6 tries in all before the webhook dead-letter queue (AWS: 60 s doubling, 14 tries).
+export ALLOW_LOOPBACK_WEBHOOKS="${ALLOW_LOOPBACK_WEBHOOKS:-1}"
+export WEBHOOK_RETRY_BASE_SECONDS="${WEBHOOK_RETRY_BASE_SECONDS:-2}"
+export WEBHOOK_MAX_RECEIVES="${WEBHOOK_MAX_RECEIVES:-6}"
 
 healthy() { curl -fsS -o /dev/null "$ENDPOINT/_ministack/health" 2>/dev/null; }
 
@@ -53,6 +58,8 @@ tool merchant "${MERCHANT_ID:-demo-merchant}" > "$LOCAL/merchant.env"
   cat "$LOCAL/merchant.env"
   echo "ISSUER_MASTER_KEY=$ISSUER_MASTER_KEY"
   echo "PENDING_TTL_SECONDS=$PENDING_TTL_SECONDS"
+  echo "WEBHOOK_RETRY_BASE_SECONDS=$WEBHOOK_RETRY_BASE_SECONDS"
+  echo "WEBHOOK_MAX_RECEIVES=$WEBHOOK_MAX_RECEIVES"
 } > "$LOCAL/stack.env"
 chmod 600 "$LOCAL/stack.env"
 grep -E '^(API_URL|AWS_ENDPOINT_URL|MERCHANT_ID|MERCHANT_API_KEY)=' "$LOCAL/stack.env"

@@ -4,28 +4,39 @@ HMACs, nothing of the Rust crates. It first reproduces the contract's test vecto
 (contract-v2-vectors.json, a verbatim copy of the contract's vectors.json), then drives the stack
 `make up` deployed (coordinates from .local/stack.env): registration challenges, a terminal's
 ownership, beacon proofs, idempotent replays, refused currencies and text, and a payment through
-to settlement and the balance. One line per check; the first failing check ends the run, with the
-answer it got. `--self-test` checks the vectors only (no stack needed).
+to settlement and the balance; with `--part2`, refunds and webhooks too (a signed-event receiver of
+its own on 127.0.0.1). One line per check; the first failing check ends the run, with the answer it
+got. `--self-test` checks the vectors only (no stack needed).
 
 Where the contract is silent, the server's choices this client expects: a missing `challenge` is
 400; a `beacon_proof` that is not 16 lowercase hex characters is 400; the idempotency fingerprint
 of a payment request leaves `beacon_proof` out (a retry with a fresher proof is the same request)
-and a replay is answered even once its proof has aged out."""
+and a replay is answered even once its proof has aged out. Part 2: a refund's checks run 413, 401,
+415, 400 (body, then Idempotency-Key), 404 (unknown, another merchant's or malformed payment id),
+the key, 409 payment_not_settled, 422 refund_exceeds_payment, and the key keeps 201, 409 and 422
+(not 400/401/404/413/415/5xx); a refund without `reason` carries `"reason": null`; an invalid
+webhook URL is 400 invalid_request whose message names `url`."""
 
+import argparse
 import datetime
 import hashlib
 import hmac
+import http.server
+import itertools
 import json
 import os
 import re
 import secrets
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+# Refunds and webhooks (contract revision 2, part 2): on with --part2, until the stack serves them.
+PART2 = False
 
 
 # ---------------------------------------------------------------- the device's side of the contract
@@ -51,6 +62,11 @@ def pay_message(payment_id, merchant_id, amount, currency, challenge, counter):
     return "|".join(["2ch/pay/v1", payment_id, merchant_id, str(amount), currency, challenge, str(counter)])
 
 
+def signature(secret, t, body):
+    """The Twochan-Signature header of a webhook event: HMAC keyed with the whole secret string's bytes."""
+    return f"t={t},v1=" + hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+
+
 def registration_proof(key, code, terminal, challenge):
     return mac(key, registration_message(code, terminal, challenge))
 
@@ -67,7 +83,7 @@ def check(what, ok, detail="", quiet=False):
 
 
 def self_test():
-    """Every device-side vector of the contract, message and code (webhook signatures: part 2)."""
+    """Every vector of the contract: the device's messages and codes, and webhook signatures."""
     with open(os.path.join(HERE, "contract-v2-vectors.json")) as f:
         vectors = json.load(f)["vectors"]
     seen = {}
@@ -89,13 +105,16 @@ def self_test():
                                   v["counter"])
             got = mac(bytes.fromhex(v["device_key"]), message)
             ok = message == v["message"] and got == v["auth_code"]
+        elif kind == "webhook_signature":
+            got = signature(v["secret"], v["t"], v["body"].encode())
+            ok = f"{v['t']}.{v['body']}" == v["signed_payload"] and got == v["header"]
         else:
             continue
         if not ok:
             sys.exit(f"black-box client: FAIL {kind} vector: got {got} for {v}")
         seen[kind] = seen.get(kind, 0) + 1
     check("contract vectors: " + ", ".join(f"{n} {k}" for k, n in sorted(seen.items())),
-          set(seen) == {"device_key", "registration_proof", "beacon_proof", "auth_code"}, f"kinds: {seen}")
+          set(seen) == {"device_key", "registration_proof", "beacon_proof", "auth_code", "webhook_signature"}, f"kinds: {seen}")
 
 
 # ---------------------------------------------------------------- the API
@@ -273,10 +292,217 @@ def run():
           (usd(after)["settled_amount"], usd(after)["settled_count"])
           == (usd(before)["settled_amount"] + 1234, usd(before)["settled_count"] + 1), f"{before} -> {after}")
     print(f"black-box client: registered, paid, confirmed and settled {payment['payment_id']}")
+    return run_id, token_b
+
+
+# ---------------------------------------------------------------- part 2: refunds and webhooks
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """A merchant's webhook receiver on 127.0.0.1: a try whose signature holds under `secret` (its `t`
+    within 300 s) is answered 200 and recorded, unless `fail[payment_id]` asks for more 500s first;
+    any other try is answered 400 and recorded in `refused`."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Hook)
+        self.url = f"http://127.0.0.1:{self.server_port}/hook"
+        self.secret, self.fail, self.refused, self.lock = None, {}, [], threading.Lock()
+        self.tries = {}  # event id -> [(time, answer, raw body)], in arrival order
+        self.events = {}  # event id -> the event, as first received
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def of(self, payment_id):
+        with self.lock:
+            return [e for e in self.events.values() if e["data"]["payment"]["payment_id"] == payment_id]
+
+    def wait(self, payment_id, done, timeout=20):
+        """The deduplicated events of the payment once `done(events)`, or those of the timeout."""
+        deadline = time.time() + timeout
+        while not done(self.of(payment_id)) and time.time() < deadline:
+            time.sleep(0.1)
+        return self.of(payment_id)
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        raw, hook = self.rfile.read(int(self.headers.get("Content-Length") or 0)), self.server
+        parts = dict(p.split("=", 1) for p in (self.headers.get("Twochan-Signature") or "").split(",") if "=" in p)
+        expected = signature(hook.secret or "", parts.get("t"), raw).split("v1=")[1]
+        try:
+            event = json.loads(raw)
+            payment_id, event_id = event["data"]["payment"]["payment_id"], event["id"]
+        except (ValueError, KeyError, TypeError):
+            event = None
+        problem = ("path " + self.path if self.path != "/hook" else
+                   "content-type" if self.headers.get("Content-Type", "").split(";")[0] != "application/json" else
+                   "no t" if not parts.get("t", "").isdigit() else
+                   "t not within 300 s" if abs(time.time() - int(parts["t"])) > 300 else
+                   "signature" if not hmac.compare_digest(expected, parts.get("v1", "")) else
+                   "not an event of a payment" if event is None else None)
+        with hook.lock:
+            if problem is None:
+                answer = 500 if hook.fail.get(payment_id, 0) > 0 else 200
+                if answer == 500:
+                    hook.fail[payment_id] -= 1
+                hook.tries.setdefault(event_id, []).append((time.time(), answer, raw))
+                if answer == 200:
+                    hook.events.setdefault(event_id, event)
+            else:
+                answer = 400
+                hook.refused.append(f"{problem}: {self.headers.get('Twochan-Signature')} {raw[:200]!r}")
+        self.send_response(answer)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+EVENT_ID, REFUND_ID = re.compile(r"evt_[0-9A-Z]{26}\Z"), re.compile(r"re_[0-9A-Z]{26}\Z")
+REFUND = {"refund_id", "payment_id", "amount", "currency", "reason", "status", "created_at"}
+BALANCE = {"currency", "settled_amount", "settled_count", "refunded_amount", "net_amount"}
+
+
+def event_ok(event, payment_id, kind):
+    """An event of `kind` on the payment, shaped as the contract says; a payment event carries the
+    payment as of the event, status included."""
+    data = event["data"]
+    return (set(event) == {"id", "type", "created_at", "data"} and EVENT_ID.match(event["id"])
+            and at(event["created_at"]) and event["type"] == kind and data["payment"]["payment_id"] == payment_id
+            and set(data) == ({"payment", "refund"} if kind == "refund.succeeded" else {"payment"})
+            and data["payment"]["status"] == ("settled" if kind == "refund.succeeded" else kind.split(".")[1]))
+
+
+def part2(run_id, other_token):
+    code, phone = f"bb-d-{run_id}", f"bb-phone4-{run_id}"
+    key = device_key(MASTER, code)
+    token = expect("register D, for refunds and webhooks", register(code, phone), 201)["terminal_token"]
+    keys, counters = (f"bb2-{run_id}-{n}" for n in itertools.count()), itertools.count(1)
+
+    def pay(amount):
+        body = {"unique_code": code, "beacon_proof": beacon_proof(key, code), "amount": amount, "currency": "CHF",
+                "pos_id": "bb-pos"}
+        answer = call("POST", "/v1/payments", body, MERCHANT_KEY, {"Idempotency-Key": next(keys)})
+        return expect(f"payment of {amount} CHF", answer, 201, ok=lambda b, h: b["refunded_amount"] == 0, quiet=True)
+
+    def refund(payment_id, amount, key=None, **fields):
+        return call("POST", f"/v1/payments/{payment_id}/refunds", {"amount": amount, **fields}, MERCHANT_KEY,
+                    {"Idempotency-Key": key or next(keys)})
+
+    def balance():
+        _, _, got = call("GET", "/v1/balance", bearer=MERCHANT_KEY)
+        check("balances carry refunded_amount and net_amount = settled_amount - refunded_amount",
+              all(set(b) == BALANCE and b["net_amount"] == b["settled_amount"] - b["refunded_amount"]
+                  for b in got["balances"]), got, quiet=True)
+        return next((b for b in got["balances"] if b["currency"] == "CHF"), dict.fromkeys(BALANCE - {"currency"}, 0))
+
+    # The endpoint: one per merchant, a new secret per PUT, never shown again.
+    hook = Receiver()
+    put = lambda url: call("PUT", "/v1/webhook-endpoint", {"url": url}, MERCHANT_KEY)  # noqa: E731
+    whsec = re.compile(r"whsec_[0-9a-f]{64}\Z")
+    first = expect("PUT webhook endpoint: 200 {url, secret}", put(hook.url), 200,
+                   ok=lambda b, h: set(b) == {"url", "secret"} and b["url"] == hook.url and whsec.match(b["secret"]))
+    hook.secret = expect("PUT it again: a new secret", put(hook.url), 200,
+                         ok=lambda b, h: whsec.match(b["secret"]) and b["secret"] != first["secret"])["secret"]
+    expect("GET webhook endpoint: the url, no secret", call("GET", "/v1/webhook-endpoint", bearer=MERCHANT_KEY), 200,
+           ok=lambda b, h: b == {"url": hook.url})
+
+    # A payment to settlement: payment.confirmed and payment.settled, signed.
+    before = balance()
+    payment = pay(900)
+    pid = payment["payment_id"]
+    n = next(counters)
+    message = pay_message(pid, payment["merchant_id"], 900, "CHF", payment["challenge"], n)
+    expect("confirm a payment of 900 CHF", call("POST", f"/v1/payments/{pid}/confirm",
+                                                {"auth_code": mac(key, message), "counter": str(n)}, token), 200)
+    wanted = ("payment.confirmed", "payment.settled")
+    events = hook.wait(pid, lambda evs: set(wanted) <= {e["type"] for e in evs})
+    check("signed payment.confirmed and payment.settled within 20 s",
+          all(any(event_ok(e, pid, kind) for e in events) for kind in wanted), f"{events} refused {hook.refused[:3]}")
+
+    # Refunds: a third, a third, more than the rest; replays; only settled payments.
+    def is_refund(amount, reason):
+        return lambda b, h: (set(b) == REFUND and REFUND_ID.match(b["refund_id"]) and b["payment_id"] == pid
+                             and (b["amount"], b["currency"], b["reason"], b["status"]) == (amount, "CHF", reason,
+                                                                                             "succeeded")
+                             and at(b["created_at"]) and "idempotent-replayed" not in h)
+
+    expect("refund with a reason of U+202E: 400", refund(pid, 300, reason="re\u202efund"), 400, "invalid_request")
+    key1 = next(keys)
+    r1 = expect("refund a third: 201 refund", refund(pid, 300, key1, reason="black box"), 201,
+                ok=is_refund(300, "black box"))
+    r2 = expect("refund another third, no reason: 201, reason null", refund(pid, 300), 201, ok=is_refund(300, None))
+    expect("refund 301, more than the 300 left: 422", refund(pid, 301), 422, "refund_exceeds_payment")
+    expect("replay of the first refund: the same 201", refund(pid, 300, key1, reason="black box"), 201,
+           ok=lambda b, h: b == r1 and h.get("idempotent-replayed") == "true")
+    expect("the first refund's key, another amount: 422", refund(pid, 299, key1, reason="black box"), 422,
+           "idempotency_key_reused")
+    expect("refund of an unknown payment: 404", refund("pay_" + "0" * 26, 1), 404, "not_found")
+    expect("the payment: refunded_amount 600, still settled", call("GET", f"/v1/payments/{pid}", bearer=token), 200,
+           ok=lambda b, h: (b["status"], b["refunded_amount"]) == ("settled", 600))
+    listed = {"refunds": [r1, r2]}
+    expect("GET refunds (merchant): both, oldest first", call("GET", f"/v1/payments/{pid}/refunds",
+                                                              bearer=MERCHANT_KEY), 200, ok=lambda b, h: b == listed)
+    expect("GET refunds (the phone's token): both, oldest first", call("GET", f"/v1/payments/{pid}/refunds",
+                                                                       bearer=token), 200, ok=lambda b, h: b == listed)
+    expect("GET refunds (another terminal's token): 404", call("GET", f"/v1/payments/{pid}/refunds",
+                                                               bearer=other_token), 404, "not_found")
+    after = balance()
+    check("the CHF balance: +900 settled, +600 refunded, net = settled - refunded",
+          (after["settled_amount"] - before["settled_amount"], after["settled_count"] - before["settled_count"],
+           after["refunded_amount"] - before["refunded_amount"]) == (900, 1, 600), f"{before} -> {after}")
+    events = hook.wait(pid, lambda evs: sum(e["type"] == "refund.succeeded" for e in evs) >= 2)
+    got = sorted(((e["data"]["refund"], e["data"]["payment"]["refunded_amount"]) for e in events
+                  if event_ok(e, pid, "refund.succeeded")), key=lambda r: r[1])
+    check("two signed refund.succeeded events, each with its refund and the payment as of it",
+          got == [(r1, 300), (r2, 600)], f"{events} refused {hook.refused[:3]}")
+
+    pending = pay(500)
+    key2 = next(keys)
+    expect("refund of a pending payment: 409", refund(pending["payment_id"], 100, key2), 409, "payment_not_settled")
+    expect("its key again: the 409, replayed", refund(pending["payment_id"], 100, key2), 409, "payment_not_settled",
+           ok=lambda b, h: h.get("idempotent-replayed") == "true")
+
+    # Decline and cancel are announced; a receiver failing twice gets the same event again.
+    expect("the phone declines it", call("POST", f"/v1/payments/{pending['payment_id']}/decline", bearer=token), 200,
+           ok=lambda b, h: b["status"] == "declined")
+    events = hook.wait(pending["payment_id"], lambda evs: evs)
+    check("a signed payment.declined",
+          [event_ok(e, pending["payment_id"], "payment.declined") for e in events] == [True],
+          f"{events} refused {hook.refused[:3]}")
+    canceled = pay(400)
+    hook.fail[canceled["payment_id"]] = 2
+    expect("the POS cancels another (the receiver answers 500 twice)",
+           call("POST", f"/v1/payments/{canceled['payment_id']}/cancel", bearer=MERCHANT_KEY), 200)
+    events = hook.wait(canceled["payment_id"], lambda evs: evs, timeout=40)
+    tries = hook.tries.get(events[0]["id"], []) if events else []
+    check(f"payment.canceled tried 3 times, same id and body (at {[round(t[0] - tries[0][0], 1) for t in tries]} s)",
+          [event_ok(e, canceled["payment_id"], "payment.canceled") for e in events] == [True]
+          and [t[1] for t in tries] == [500, 500, 200] and len({t[2] for t in tries}) == 1,
+          f"{events} tries {tries} refused {hook.refused[:3]}")
+    check("every try was signed with the endpoint's secret, within 300 s, as application/json", not hook.refused,
+          hook.refused[:5])
+
+    # The end of the endpoint, and URLs that are refused.
+    expect("DELETE webhook endpoint: 204", call("DELETE", "/v1/webhook-endpoint", bearer=MERCHANT_KEY), 204)
+    expect("GET webhook endpoint: 404", call("GET", "/v1/webhook-endpoint", bearer=MERCHANT_KEY), 404, "not_found")
+    expect("DELETE it again: 204", call("DELETE", "/v1/webhook-endpoint", bearer=MERCHANT_KEY), 204)
+    for url in ("https://127.0.0.1/x", "https://localhost/x", "ftp://example.com", "http://example.com"):
+        expect(f"PUT webhook endpoint {url}: 400", put(url), 400, "invalid_request",
+               ok=lambda b, h: "url" in b["error"]["message"])
+    hook.shutdown()
+    print(f"black-box client: refunded {pid} twice, {len(hook.events)} webhook events received")
 
 
 if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--self-test", action="store_true", help="the contract's vectors only, no stack")
+    ap.add_argument("--part2", action=argparse.BooleanOptionalAction, default=PART2,
+                    help=f"refunds and webhooks too (default {'on' if PART2 else 'off'})")
+    args = ap.parse_args()
     self_test()
-    if sys.argv[1:] != ["--self-test"]:
+    if not args.self_test:
         API, MASTER, MERCHANT_KEY = load_stack()
-        run()
+        run_id, other_token = run()
+        if args.part2:
+            part2(run_id, other_token)

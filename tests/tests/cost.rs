@@ -18,7 +18,7 @@ use twochan_api::{
     routes::{Function, NoQueue, handle},
     settlement::settle_batch,
 };
-use twochan_aws::{DynamoStore, SqsSettlementQueue, failpoints::Probe};
+use twochan_aws::{DynamoStore, SqsEventQueue, SqsSettlementQueue, failpoints::Probe};
 use twochan_tools::unique_id;
 
 /// The ceiling per step, and in all (issue target: 8 requests per settled payment).
@@ -81,9 +81,11 @@ async fn one_payment_costs_at_most_eight_aws_requests() {
         let c = probe.clients(&ctx.config);
         App {
             store: DynamoStore::new(c.dynamodb, ctx.table.clone()),
-            queue: SqsSettlementQueue::new(c.sqs, queue_url.clone()),
+            queue: SqsSettlementQueue::new(c.sqs.clone(), queue_url.clone()),
             issuer_keys: Some(ctx.master.clone().into()),
             pending_ttl_seconds: 120,
+            events: SqsEventQueue::new(c.sqs.clone(), ctx.var("WEBHOOK_QUEUE_URL")),
+            allow_loopback_webhooks: true,
         }
     };
     let plain = App {
@@ -91,6 +93,8 @@ async fn one_payment_costs_at_most_eight_aws_requests() {
         queue: NoQueue,
         issuer_keys: Some(ctx.master.clone().into()),
         pending_ttl_seconds: 120,
+        events: ctx.events(),
+        allow_loopback_webhooks: true,
     };
     let pos = ctx.pos().await;
     let mut device = ctx.device();
@@ -159,7 +163,8 @@ async fn one_payment_costs_at_most_eight_aws_requests() {
     let mut event = SqsEvent::default();
     event.records = vec![record];
     let probe = Probe::new();
-    let out = settle_batch(&app(&probe).store, event).await;
+    let settling = app(&probe);
+    let out = settle_batch(&settling.store, &settling.events, event).await;
     assert!(out.batch_item_failures.is_empty());
     calls.insert("settle", probe.calls());
     let _ = ctx.sqs.delete_queue().queue_url(&queue_url).send().await;
@@ -287,6 +292,8 @@ async fn a_registration_costs_four_aws_requests_and_eight_write_units() {
             queue: NoQueue,
             issuer_keys: Some(ctx.master.clone().into()),
             pending_ttl_seconds: 120,
+            events: SqsEventQueue::new(c.sqs.clone(), ctx.var("WEBHOOK_QUEUE_URL")),
+            allow_loopback_webhooks: true,
         }
     };
     let terminal = unique_id("term-");

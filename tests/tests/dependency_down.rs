@@ -7,7 +7,7 @@ use twochan_api::{
     App,
     routes::{Function, NoQueue, handle},
 };
-use twochan_aws::{AwsClients, DynamoStore, SqsSettlementQueue};
+use twochan_aws::{AwsClients, DynamoStore, SqsEventQueue, SqsSettlementQueue};
 use twochan_domain::crypto::MasterKey;
 
 async fn dead_clients() -> AwsClients {
@@ -41,12 +41,22 @@ async fn every_http_function_answers_503_when_dynamodb_is_down() {
         ),
         issuer_keys: Some(MasterKey::from_hex(&"00".repeat(32)).unwrap().into()),
         pending_ttl_seconds: 120,
+        events: SqsEventQueue::new(
+            clients.sqs.clone(),
+            "http://127.0.0.1:9/000000000000/e".into(),
+        ),
+        allow_loopback_webhooks: true,
     };
     let no_queue = App {
         store: app.store.clone(),
         queue: NoQueue,
         issuer_keys: app.issuer_keys.clone(),
         pending_ttl_seconds: 120,
+        events: SqsEventQueue::new(
+            clients.sqs.clone(),
+            "http://127.0.0.1:9/000000000000/e".into(),
+        ),
+        allow_loopback_webhooks: true,
     };
     for (file, function) in [
         ("create-payment.json", Function::PaymentRequest),

@@ -53,12 +53,16 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
         queue: SqsSettlementQueue::new(ctx.sqs.clone(), ctx.var("SETTLEMENT_QUEUE_URL")),
         issuer_keys: Some(ctx.master.clone().into()),
         pending_ttl_seconds: 120,
+        events: ctx.events(),
+        allow_loopback_webhooks: true,
     };
     let no_queue = App {
         store: ctx.store.clone(),
         queue: NoQueue,
         issuer_keys: app.issuer_keys.clone(),
         pending_ttl_seconds: 120,
+        events: ctx.events(),
+        allow_loopback_webhooks: true,
     };
     let mut device = ctx.device();
     let terminal = unique_id("term-");
@@ -202,6 +206,8 @@ async fn a_deregistration_logs_no_refusal() {
         queue: NoQueue,
         issuer_keys: Some(ctx.master.clone().into()),
         pending_ttl_seconds: 120,
+        events: ctx.events(),
+        allow_loopback_webhooks: true,
     };
     let device = ctx.device();
     let terminal = unique_id("term-");

@@ -22,7 +22,9 @@ use twochan_api::{
     routes::{Function, handle},
     settlement::settle_batch,
 };
-use twochan_aws::{AwsClients, DynamoStore, SqsSettlementQueue, failpoints::Probe, sdk_defaults};
+use twochan_aws::{
+    AwsClients, DynamoStore, SqsEventQueue, SqsSettlementQueue, failpoints::Probe, sdk_defaults,
+};
 use twochan_domain::{
     MerchantId, PaymentId, PaymentStatus, Timestamp, UniqueCode,
     crypto::IssuedSecret,
@@ -110,23 +112,26 @@ fn free_port() -> u16 {
 }
 
 struct World {
-    app: App<DynamoStore, SqsSettlementQueue>,
+    app: App<DynamoStore, SqsSettlementQueue, SqsEventQueue>,
     config: aws_config::SdkConfig,
     table: String,
     queue_url: String,
+    events_url: String,
     merchant_key: String,
     token: String,
 }
 
 impl World {
     /// The handlers with clients carrying `probe`.
-    fn probed(&self, probe: &Probe) -> App<DynamoStore, SqsSettlementQueue> {
+    fn probed(&self, probe: &Probe) -> App<DynamoStore, SqsSettlementQueue, SqsEventQueue> {
         let c = probe.clients(&self.config);
         App {
             store: DynamoStore::new(c.dynamodb, self.table.clone()),
-            queue: SqsSettlementQueue::new(c.sqs, self.queue_url.clone()),
+            queue: SqsSettlementQueue::new(c.sqs.clone(), self.queue_url.clone()),
             issuer_keys: self.app.issuer_keys.clone(),
             pending_ttl_seconds: 120,
+            events: SqsEventQueue::new(c.sqs.clone(), self.events_url.clone()),
+            allow_loopback_webhooks: true,
         }
     }
 
@@ -198,7 +203,7 @@ async fn drain(w: &World) -> usize {
             let mut event = SqsEvent::default();
             event.records = vec![record];
             assert!(
-                settle_batch(&w.app.store, event)
+                settle_batch(&w.app.store, &w.app.events, event)
                     .await
                     .batch_item_failures
                     .is_empty()
@@ -270,6 +275,15 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
         .unwrap()
         .queue_url
         .unwrap();
+    let events_url = clients
+        .sqs
+        .create_queue()
+        .queue_name("twochan-outage-events")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
     let store = DynamoStore::new(clients.dynamodb.clone(), table.clone());
     let merchant = MerchantId::try_from("outage-merchant").unwrap();
     let key = IssuedSecret::generate("mk_");
@@ -283,10 +297,13 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
             queue: SqsSettlementQueue::new(clients.sqs.clone(), queue_url.clone()),
             issuer_keys: Some(ctx.master.clone().into()),
             pending_ttl_seconds: 120,
+            events: SqsEventQueue::new(clients.sqs.clone(), events_url.clone()),
+            allow_loopback_webhooks: true,
         },
         config,
         table,
         queue_url,
+        events_url,
         merchant_key: key.secret,
         token: String::new(),
     };

@@ -6,7 +6,7 @@ use common::{Ctx, assert_error};
 use reqwest::Method;
 use serde_json::json;
 use twochan_api::routes::{App, Function, NoQueue, handle};
-use twochan_aws::{DynamoStore, failpoints::Probe};
+use twochan_aws::{DynamoStore, SqsEventQueue, failpoints::Probe};
 use twochan_domain::{
     Amount, Currency, IdempotencyKey, MerchantId, Payment, PaymentId, PaymentSlot, PosId,
     TerminalId, Timestamp, UniqueCode,
@@ -818,6 +818,8 @@ async fn a_503_leaves_the_code_free() {
         queue: NoQueue,
         issuer_keys: Some(ctx.master.clone().into()),
         pending_ttl_seconds: 120,
+        events: SqsEventQueue::new(clients.sqs.clone(), ctx.var("WEBHOOK_QUEUE_URL")),
+        allow_loopback_webhooks: true,
     };
     let beacon = device.beacon();
     let body = json!({"unique_code": beacon.code, "beacon_proof": beacon.proof, "amount": 10,

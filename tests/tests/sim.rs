@@ -37,7 +37,7 @@ use twochan_api::{
     settlement::{RECHECK_PAUSES_MS, SettleOptions, settle_batch_with},
 };
 use twochan_aws::{
-    DynamoStore, SqsSettlementQueue,
+    DynamoStore, SqsEventQueue, SqsSettlementQueue,
     failpoints::{Crash, Probe},
 };
 use twochan_domain::{
@@ -114,6 +114,8 @@ struct World {
     config: aws_config::SdkConfig,
     table: String,
     queue_url: String,
+    /// The simulation's own webhook event queue.
+    events_url: String,
     master: MasterKey,
     merchant: MerchantId,
     merchant_key: String,
@@ -136,6 +138,15 @@ impl World {
             .expect("create the simulation queue")
             .queue_url
             .expect("queue url");
+        let events_url = ctx
+            .sqs
+            .create_queue()
+            .queue_name(format!("twochan-sim-events-{stamp}-{worker}"))
+            .send()
+            .await
+            .expect("create the simulation's event queue")
+            .queue_url
+            .expect("queue url");
         let store = DynamoStore::new(ctx.dynamodb.clone(), table.clone());
         let merchant = MerchantId::try_from(format!("sim-merchant-{worker}")).unwrap();
         let key = IssuedSecret::generate("mk_");
@@ -147,6 +158,7 @@ impl World {
             config: ctx.config.clone(),
             table,
             queue_url,
+            events_url,
             master: ctx.master.clone(),
             merchant,
             merchant_key: key.secret,
@@ -156,22 +168,26 @@ impl World {
     }
 
     /// The handlers' view of the world through clients carrying `probe`.
-    fn app(&self, probe: &Probe) -> App<DynamoStore, SqsSettlementQueue> {
+    fn app(&self, probe: &Probe) -> App<DynamoStore, SqsSettlementQueue, SqsEventQueue> {
         let clients = probe.clients(&self.config);
         App {
             store: DynamoStore::new(clients.dynamodb, self.table.clone()),
-            queue: SqsSettlementQueue::new(clients.sqs, self.queue_url.clone()),
+            queue: SqsSettlementQueue::new(clients.sqs.clone(), self.queue_url.clone()),
             issuer_keys: Some(self.master.clone().into()),
             pending_ttl_seconds: 120,
+            events: SqsEventQueue::new(clients.sqs.clone(), self.events_url.clone()),
+            allow_loopback_webhooks: true,
         }
     }
 
-    fn plain(&self) -> App<DynamoStore, NoQueue> {
+    fn plain(&self) -> App<DynamoStore, NoQueue, SqsEventQueue> {
         App {
             store: self.store.clone(),
             queue: NoQueue,
             issuer_keys: Some(self.master.clone().into()),
             pending_ttl_seconds: 120,
+            events: SqsEventQueue::new(self.sqs.clone(), self.events_url.clone()),
+            allow_loopback_webhooks: true,
         }
     }
 
@@ -421,7 +437,7 @@ async fn settle_all(w: &World, rng: &mut Rng, stats: &mut Stats) -> Result<(), S
                     recheck_pauses_ms: &RECHECK_PAUSES_MS[..0],
                     orphan_after_ms: 0,
                 };
-                async move { settle_batch_with(&app.store, event, options).await }
+                async move { settle_batch_with(&app.store, &app.events, event, options).await }
             }))
             .await;
             stats.deliveries += copies;

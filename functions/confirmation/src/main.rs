@@ -1,7 +1,7 @@
 //! Lambda function `confirmation`: see `twochan_api::routes::Function::Confirmation` for its routes.
 
 use twochan_api::{App, routes::Function, serve_http, telemetry};
-use twochan_aws::{AwsClients, DynamoStore, Settings, SqsSettlementQueue, secrets};
+use twochan_aws::{AwsClients, DynamoStore, Settings, SqsEventQueue, SqsSettlementQueue, secrets};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -19,6 +19,8 @@ async fn main() -> Result<(), lambda_http::Error> {
         queue: SqsSettlementQueue::new(clients.sqs.clone(), settings.require_queue_url()?),
         issuer_keys: Some(keys?),
         pending_ttl_seconds: settings.pending_ttl_seconds,
+        events: SqsEventQueue::new(clients.sqs.clone(), settings.require_webhook_queue_url()?),
+        allow_loopback_webhooks: settings.allow_loopback_webhooks,
     };
     serve_http(app, Function::Confirmation).await
 }

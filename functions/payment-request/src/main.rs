@@ -5,7 +5,7 @@ use twochan_api::{
     routes::{Function, NoQueue},
     serve_http, telemetry,
 };
-use twochan_aws::{AwsClients, DynamoStore, Settings, secrets};
+use twochan_aws::{AwsClients, DynamoStore, Settings, SqsEventQueue, secrets};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
@@ -24,6 +24,8 @@ async fn main() -> Result<(), lambda_http::Error> {
         queue: NoQueue,
         issuer_keys: Some(keys?),
         pending_ttl_seconds: settings.pending_ttl_seconds,
+        events: SqsEventQueue::new(clients.sqs.clone(), settings.require_webhook_queue_url()?),
+        allow_loopback_webhooks: settings.allow_loopback_webhooks,
     };
     serve_http(app, Function::PaymentRequest).await
 }

@@ -26,7 +26,8 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         | TerminalIdTaken
         | DeviceBusy
         | IdempotencyKeyInUse
-        | PaymentNotPending => StatusCode::CONFLICT,
+        | PaymentNotPending
+        | PaymentNotSettled => StatusCode::CONFLICT,
         PaymentExpired => StatusCode::GONE,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -34,7 +35,8 @@ pub fn status_of(e: &DomainError) -> StatusCode {
         | InvalidBeaconProof
         | IdempotencyKeyReused
         | InvalidAuthCode
-        | StaleCounter => StatusCode::UNPROCESSABLE_ENTITY,
+        | StaleCounter
+        | RefundExceedsPayment => StatusCode::UNPROCESSABLE_ENTITY,
         TooManyAttempts | DeviceLocked { .. } => StatusCode::TOO_MANY_REQUESTS,
         Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -311,6 +313,8 @@ mod tests {
             (DeviceBusy, 409, "device_busy"),
             (IdempotencyKeyInUse, 409, "idempotency_key_in_use"),
             (PaymentNotPending, 409, "payment_not_pending"),
+            (PaymentNotSettled, 409, "payment_not_settled"),
+            (RefundExceedsPayment, 422, "refund_exceeds_payment"),
             (PaymentExpired, 410, "payment_expired"),
             (PayloadTooLarge, 413, "payload_too_large"),
             (UnsupportedMediaType, 415, "unsupported_media_type"),

@@ -2,10 +2,12 @@
 //! contract's responses out. Handlers are generic over the ports of `twochan-domain`.
 
 pub mod http;
+pub mod refunds;
 pub mod routes;
 pub mod settlement;
 pub mod telemetry;
 pub mod view;
+pub mod webhooks;
 
 pub use routes::App;
 
@@ -23,13 +25,14 @@ use twochan_domain::DomainError;
 /// runs; a panic there would answer 502 without the contract's JSON. So the event loses what the
 /// functions never read (query string, `Host`) first, and a conversion that panics all the same
 /// answers the contract's 400.
-pub async fn serve_http<S, Q>(
-    app: App<S, Q>,
+pub async fn serve_http<S, Q, E>(
+    app: App<S, Q, E>,
     function: routes::Function,
 ) -> Result<(), lambda_http::Error>
 where
     S: routes::Store,
     Q: twochan_domain::ports::SettlementQueue,
+    E: twochan_domain::ports::EventQueue,
 {
     let app = &app;
     lambda_runtime::run(lambda_http::service_fn(
@@ -62,14 +65,15 @@ where
 
 /// One request through the router. A panic is a bug; the caller still gets the contract's 500,
 /// never a dropped connection.
-async fn answer<S, Q>(
-    app: &App<S, Q>,
+async fn answer<S, Q, E>(
+    app: &App<S, Q, E>,
     function: routes::Function,
     req: lambda_http::Request,
 ) -> lambda_http::Response<lambda_http::Body>
 where
     S: routes::Store,
     Q: twochan_domain::ports::SettlementQueue,
+    E: twochan_domain::ports::EventQueue,
 {
     std::panic::AssertUnwindSafe(routes::handle(app, function, req))
         .catch_unwind()

@@ -13,10 +13,12 @@ use twochan_domain::{
     crypto::{IssuedSecret, IssuerKeys, PaymentBinding, sha256_hex},
     payment::{ConfirmGate, MAX_AUTH_ATTEMPTS},
     ports::{
-        ANY_REQUEST, Confirmation, Device, Devices, Directory, Ledger, NewRegistration, Payments,
-        Registration, RegistrationChallenge, RegistrationKind, SettlementMessage, SettlementQueue,
-        SlotRecord, StoredResponse, TerminalSession, Write, WrongCode,
+        ANY_REQUEST, Confirmation, Device, Devices, Directory, EventMessage, EventQueue, Ledger,
+        NewRegistration, Payments, Refunds, Registration, RegistrationChallenge, RegistrationKind,
+        SettlementMessage, SettlementQueue, SlotRecord, StoredResponse, TerminalSession,
+        WebhookEndpoints, Write, WrongCode,
     },
+    webhook::{EventType, SecretSeal},
 };
 
 use crate::http::{
@@ -36,15 +38,19 @@ const MAX_RACE_RETRIES: usize = 4;
 const IN_FLIGHT_LEASE_MS: i64 = 15_000;
 
 /// Everything a handler may need, built once at init.
-pub struct App<S, Q> {
+pub struct App<S, Q, E> {
     pub store: S,
     pub queue: Q,
+    /// Where the events of payment changes go, to be sent to the merchants' webhooks.
+    pub events: E,
+    /// Whether `http://127.0.0.1:<port>/...` webhook URLs are accepted (the local stack only).
+    pub allow_loopback_webhooks: bool,
     /// Every HTTP function verifies device codes (registration and beacon proofs, auth codes).
     pub issuer_keys: Option<IssuerKeys>,
     pub pending_ttl_seconds: i64,
 }
 
-impl<S, Q> App<S, Q> {
+impl<S, Q, E> App<S, Q, E> {
     fn issuer_keys(&self) -> Result<&IssuerKeys> {
         self.issuer_keys
             .as_ref()
@@ -76,6 +82,11 @@ pub enum Route {
     PendingPayments,
     ConfirmPayment(String),
     DeclinePayment(String),
+    CreateRefund(String),
+    ListRefunds(String),
+    PutWebhookEndpoint,
+    GetWebhookEndpoint,
+    DeleteWebhookEndpoint,
 }
 
 impl Route {
@@ -92,6 +103,11 @@ impl Route {
             ("GET", ["pending-payments"]) => Route::PendingPayments,
             ("POST", ["payments", id, "confirm"]) => Route::ConfirmPayment((*id).to_owned()),
             ("POST", ["payments", id, "decline"]) => Route::DeclinePayment((*id).to_owned()),
+            ("POST", ["payments", id, "refunds"]) => Route::CreateRefund((*id).to_owned()),
+            ("GET", ["payments", id, "refunds"]) => Route::ListRefunds((*id).to_owned()),
+            ("PUT", ["webhook-endpoint"]) => Route::PutWebhookEndpoint,
+            ("GET", ["webhook-endpoint"]) => Route::GetWebhookEndpoint,
+            ("DELETE", ["webhook-endpoint"]) => Route::DeleteWebhookEndpoint,
             _ => return None,
         })
     }
@@ -108,6 +124,11 @@ impl Route {
             Route::PendingPayments => "pending_payments",
             Route::ConfirmPayment(_) => "confirm_payment",
             Route::DeclinePayment(_) => "decline_payment",
+            Route::CreateRefund(_) => "create_refund",
+            Route::ListRefunds(_) => "list_refunds",
+            Route::PutWebhookEndpoint => "put_webhook_endpoint",
+            Route::GetWebhookEndpoint => "get_webhook_endpoint",
+            Route::DeleteWebhookEndpoint => "delete_webhook_endpoint",
         }
     }
 }
@@ -133,7 +154,15 @@ impl Function {
             Function::PaymentRequest => {
                 matches!(
                     route,
-                    CreatePayment | GetPayment(_) | CancelPayment(_) | Balance
+                    CreatePayment
+                        | GetPayment(_)
+                        | CancelPayment(_)
+                        | Balance
+                        | CreateRefund(_)
+                        | ListRefunds(_)
+                        | PutWebhookEndpoint
+                        | GetWebhookEndpoint
+                        | DeleteWebhookEndpoint
                 )
             }
             Function::Confirmation => {
@@ -147,14 +176,15 @@ impl Function {
 }
 
 /// Every port an HTTP function's store provides (the DynamoDB adapter; the tests' in-memory world).
-pub trait Store: Directory + Devices + Payments + Ledger {}
-impl<T: Directory + Devices + Payments + Ledger> Store for T {}
+pub trait Store: Directory + Devices + Payments + Ledger + Refunds + WebhookEndpoints {}
+impl<T: Directory + Devices + Payments + Ledger + Refunds + WebhookEndpoints> Store for T {}
 
 /// The entry point of every HTTP function: never fails, every error becomes a contract response.
-pub async fn handle<S, Q>(app: &App<S, Q>, function: Function, req: Request) -> Response<Body>
+pub async fn handle<S, Q, E>(app: &App<S, Q, E>, function: Function, req: Request) -> Response<Body>
 where
     S: Store,
     Q: SettlementQueue,
+    E: EventQueue,
 {
     let route = route_segments(&req).and_then(|segs| Route::of(req.method(), &segs));
     let Some(route) = route.filter(|r| function.serves(r)) else {
@@ -189,6 +219,23 @@ where
             Route::PendingPayments => pending_payments(app, &req).await,
             Route::ConfirmPayment(id) => confirm_payment(app, &req, id).await,
             Route::DeclinePayment(id) => decline_payment(app, &req, id).await,
+            Route::CreateRefund(id) => create_refund(app, &req, id).await,
+            Route::ListRefunds(id) => list_refunds(app, &req, id).await,
+            Route::PutWebhookEndpoint => {
+                let merchant = merchant(&app.store, &req).await?;
+                let body = json_body(&req, &["url"])?;
+                let seal = SecretSeal::from_issuer_key(app.issuer_keys()?.current());
+                let loopback = app.allow_loopback_webhooks;
+                crate::webhooks::put_endpoint(&app.store, &seal, loopback, &merchant, &body).await
+            }
+            Route::GetWebhookEndpoint => {
+                let merchant = merchant(&app.store, &req).await?;
+                crate::webhooks::get_endpoint(&app.store, &merchant).await
+            }
+            Route::DeleteWebhookEndpoint => {
+                let merchant = merchant(&app.store, &req).await?;
+                crate::webhooks::delete_endpoint(&app.store, &merchant).await
+            }
         }
     }
     .instrument(span.clone())
@@ -274,7 +321,7 @@ fn payment_response(status: StatusCode, p: &Payment) -> Response<Body> {
 
 // ---------------------------------------------------------------- registration
 
-async fn create_challenge<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
+async fn create_challenge<S, Q, E>(app: &App<S, Q, E>, req: &Request) -> Result<Response<Body>>
 where
     S: Devices,
 {
@@ -318,7 +365,7 @@ async fn optional_terminal<S: Directory>(
     }
 }
 
-async fn register_device<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
+async fn register_device<S, Q, E>(app: &App<S, Q, E>, req: &Request) -> Result<Response<Body>>
 where
     S: Directory + Devices,
 {
@@ -412,13 +459,14 @@ where
     Err(DomainError::Unavailable("registration kept racing".into()))
 }
 
-async fn deregister_device<S, Q>(
-    app: &App<S, Q>,
+async fn deregister_device<S, Q, E>(
+    app: &App<S, Q, E>,
     req: &Request,
     raw_code: &str,
 ) -> Result<Response<Body>>
 where
-    S: Directory + Devices,
+    S: Directory + Devices + Payments,
+    E: EventQueue,
 {
     let session = terminal(&app.store, req).await?;
     let code = UniqueCode::try_from(raw_code).map_err(|_| DomainError::NotFound)?;
@@ -435,12 +483,19 @@ where
         }
         // What a payment request that still holds the lock without its payment will answer.
         let abandoned = stored_response(&render_error(&DomainError::UnknownDevice));
-        if app
-            .store
-            .deregister(&device, Timestamp::now(), &abandoned)
-            .await?
-            == Write::Applied
+        let now = Timestamp::now();
+        // The pending payment deregistration cancels is announced, before the commit (the
+        // consumer drops the event if the payment did not become canceled after all).
+        if let Some((held, lapses)) = &device.pending
+            && now <= *lapses
+            && let Some(p) = app.store.payment(held).await?
+            && p.status == PaymentStatus::Pending
         {
+            app.events
+                .enqueue_event(&EventMessage::payment(EventType::PaymentCanceled, &p, now))
+                .await?;
+        }
+        if app.store.deregister(&device, now, &abandoned).await? == Write::Applied {
             tracing::info!(
                 outcome = "deregistered",
                 canceled_payment = device.pending.is_some()
@@ -480,14 +535,7 @@ impl CreateRequest {
                 "reference",
             ],
         )?;
-        let key = req
-            .headers()
-            .get("idempotency-key")
-            .ok_or_else(|| DomainError::invalid("Idempotency-Key", "header is required"))?
-            .to_str()
-            .map_err(|_| DomainError::invalid("Idempotency-Key", "header must be printable ASCII"))
-            .and_then(IdempotencyKey::try_from)?;
-        Ok((Self::parse(&body)?, key))
+        Ok((Self::parse(&body)?, idempotency_key(req)?))
     }
 
     fn parse(body: &JsonBody) -> Result<Self> {
@@ -519,7 +567,7 @@ impl CreateRequest {
     }
 }
 
-async fn create_payment<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
+async fn create_payment<S, Q, E>(app: &App<S, Q, E>, req: &Request) -> Result<Response<Body>>
 where
     S: Directory + Devices + Payments,
 {
@@ -586,7 +634,7 @@ where
     }
 }
 
-fn stored_response(resp: &Response<Body>) -> StoredResponse {
+pub(crate) fn stored_response(resp: &Response<Body>) -> StoredResponse {
     StoredResponse {
         status: resp.status().as_u16(),
         body: String::from_utf8_lossy(resp.body().as_ref()).into_owned(),
@@ -602,7 +650,7 @@ struct NewPayment {
 }
 
 enum Created {
-    New(Payment),
+    New(Box<Payment>),
     /// The key's slot already held an answer: an earlier (or concurrent) request's.
     Stored(SlotRecord),
 }
@@ -645,8 +693,8 @@ fn replay(record: SlotRecord, fingerprint: &str) -> Result<Response<Body>> {
 /// payment in the key's slot. A request that dies between them leaves a lock whose payment
 /// id is in the key's slot, so the POS's retry finishes the work; the lock alone lapses
 /// with the pending lifetime.
-async fn create_pending<S, Q>(
-    app: &App<S, Q>,
+async fn create_pending<S, Q, E>(
+    app: &App<S, Q, E>,
     new: &NewPayment,
     mut read_with_caller: Option<Option<Device>>,
 ) -> Result<Created>
@@ -702,7 +750,7 @@ where
         let put = app.store.put_payment(&payment, &new.fingerprint).await;
         if matches!(put, Ok(Write::Applied)) {
             tracing::info!(outcome = "payment_created");
-            return Ok(Created::New(payment));
+            return Ok(Created::New(Box::new(payment)));
         }
         // The slot holds an answer already (a retry after the first request's lock was gone), or
         // the write failed: it may still have been applied (an SDK retry after a lost answer).
@@ -721,7 +769,7 @@ where
             && record_is(record, &payment.payment_id)
         {
             tracing::info!(outcome = "payment_created");
-            return Ok(Created::New(payment));
+            return Ok(Created::New(Box::new(payment)));
         }
         if locked_here {
             // The lock just taken is for a payment that is not stored: give it back, so that
@@ -744,14 +792,14 @@ fn record_is(record: &SlotRecord, id: &PaymentId) -> bool {
 }
 
 /// Gives a device lock back; best effort, as the lock lapses with the pending lifetime anyway.
-async fn release_lock<S: Payments, Q>(app: &App<S, Q>, code: &UniqueCode, id: &PaymentId) {
+async fn release_lock<S: Payments, Q, E>(app: &App<S, Q, E>, code: &UniqueCode, id: &PaymentId) {
     if let Err(e) = app.store.release_lock(code, id).await {
         tracing::warn!(error = ?e, "could not give a device lock back");
     }
 }
 
-fn pending_payment<S, Q>(
-    app: &App<S, Q>,
+fn pending_payment<S, Q, E>(
+    app: &App<S, Q, E>,
     new: &NewPayment,
     id: PaymentId,
     terminal_id: TerminalId,
@@ -770,15 +818,73 @@ fn pending_payment<S, Q>(
     )
 }
 
-async fn get_payment<S, Q>(app: &App<S, Q>, req: &Request, raw_id: &str) -> Result<Response<Body>>
+/// The `Idempotency-Key` header (400 when missing or malformed).
+fn idempotency_key(req: &Request) -> Result<IdempotencyKey> {
+    req.headers()
+        .get("idempotency-key")
+        .ok_or_else(|| DomainError::invalid("Idempotency-Key", "header is required"))?
+        .to_str()
+        .map_err(|_| DomainError::invalid("Idempotency-Key", "header must be printable ASCII"))
+        .and_then(IdempotencyKey::try_from)
+}
+
+async fn create_refund<S, Q, E>(
+    app: &App<S, Q, E>,
+    req: &Request,
+    raw_id: &str,
+) -> Result<Response<Body>>
+where
+    S: Directory + Payments + Refunds,
+    E: EventQueue,
+{
+    let merchant = merchant(&app.store, req).await?;
+    let body = json_body(req, &["amount", "reason"])?;
+    let key = idempotency_key(req)?;
+    let payment_id = path_payment_id(raw_id)?;
+    crate::refunds::create_refund(
+        &app.store,
+        &app.events,
+        crate::refunds::RefundCall {
+            merchant,
+            payment_id,
+            key,
+            body: &body,
+        },
+    )
+    .await
+}
+
+async fn list_refunds<S, Q, E>(
+    app: &App<S, Q, E>,
+    req: &Request,
+    raw_id: &str,
+) -> Result<Response<Body>>
+where
+    S: Directory + Payments + Refunds,
+{
+    let owner = caller(&app.store, req).await?;
+    let id = path_payment_id(raw_id)?;
+    crate::refunds::list_refunds(&app.store, &id, |p| owner.owns(p)).await
+}
+
+/// The merchant or the phone a bearer authenticates (its kind says which).
+async fn caller<S: Directory>(store: &S, req: &Request) -> Result<Owner> {
+    Ok(match bearer(req.headers())?.0 {
+        BearerKind::MerchantKey => Owner::Merchant(merchant(store, req).await?),
+        BearerKind::TerminalToken => Owner::Terminal(terminal(store, req).await?.terminal_id),
+    })
+}
+
+async fn get_payment<S, Q, E>(
+    app: &App<S, Q, E>,
+    req: &Request,
+    raw_id: &str,
+) -> Result<Response<Body>>
 where
     S: Directory + Payments,
 {
     // Either party may read; the bearer's kind says which one is asking.
-    let owner = match bearer(req.headers())?.0 {
-        BearerKind::MerchantKey => Owner::Merchant(merchant(&app.store, req).await?),
-        BearerKind::TerminalToken => Owner::Terminal(terminal(&app.store, req).await?.terminal_id),
-    };
+    let owner = caller(&app.store, req).await?;
     let id = path_payment_id(raw_id)?;
     let payment = app
         .store
@@ -790,13 +896,14 @@ where
     Ok(payment_response(StatusCode::OK, &payment))
 }
 
-async fn cancel_payment<S, Q>(
-    app: &App<S, Q>,
+async fn cancel_payment<S, Q, E>(
+    app: &App<S, Q, E>,
     req: &Request,
     raw_id: &str,
 ) -> Result<Response<Body>>
 where
     S: Directory + Payments,
+    E: EventQueue,
 {
     let merchant_id = merchant(&app.store, req).await?;
     let id = path_payment_id(raw_id)?;
@@ -809,7 +916,7 @@ where
     .await
 }
 
-async fn balance<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
+async fn balance<S, Q, E>(app: &App<S, Q, E>, req: &Request) -> Result<Response<Body>>
 where
     S: Directory + Ledger,
 {
@@ -827,7 +934,7 @@ where
 
 // ---------------------------------------------------------------- confirmation (phone)
 
-async fn pending_payments<S, Q>(app: &App<S, Q>, req: &Request) -> Result<Response<Body>>
+async fn pending_payments<S, Q, E>(app: &App<S, Q, E>, req: &Request) -> Result<Response<Body>>
 where
     S: Directory + Payments,
 {
@@ -845,13 +952,14 @@ where
     ))
 }
 
-async fn decline_payment<S, Q>(
-    app: &App<S, Q>,
+async fn decline_payment<S, Q, E>(
+    app: &App<S, Q, E>,
     req: &Request,
     raw_id: &str,
 ) -> Result<Response<Body>>
 where
     S: Directory + Payments,
+    E: EventQueue,
 {
     let session = terminal(&app.store, req).await?;
     let id = path_payment_id(raw_id)?;
@@ -860,14 +968,15 @@ where
 }
 
 /// Cancel (merchant) or decline (phone): pending and unexpired only, else 409.
-async fn finish_by_caller<S, Q>(
-    app: &App<S, Q>,
+async fn finish_by_caller<S, Q, E>(
+    app: &App<S, Q, E>,
     id: &PaymentId,
     to: PaymentStatus,
     owner: &Owner,
 ) -> Result<Response<Body>>
 where
     S: Payments,
+    E: EventQueue,
 {
     for _ in 0..MAX_RACE_RETRIES {
         let mut payment = app
@@ -885,6 +994,13 @@ where
             record_expiry(app, &payment, now).await;
             return Err(DomainError::PaymentNotPending);
         }
+        let kind = match to {
+            PaymentStatus::Canceled => EventType::PaymentCanceled,
+            _ => EventType::PaymentDeclined,
+        };
+        app.events
+            .enqueue_event(&EventMessage::payment(kind, &payment, now))
+            .await?;
         if app.store.finish_pending(&payment, to, now).await? == Write::Applied {
             tracing::info!(outcome = to.as_str());
             payment.status = to;
@@ -896,7 +1012,7 @@ where
 
 /// Writes down that a pending payment lapsed and frees its code. Best effort: readers already see
 /// it as expired, and the next payment on the code takes the lapsed lock over anyway.
-async fn record_expiry<S: Payments, Q>(app: &App<S, Q>, payment: &Payment, now: Timestamp) {
+async fn record_expiry<S: Payments, Q, E>(app: &App<S, Q, E>, payment: &Payment, now: Timestamp) {
     match app
         .store
         .finish_pending(payment, PaymentStatus::Expired, now)
@@ -909,14 +1025,15 @@ async fn record_expiry<S: Payments, Q>(app: &App<S, Q>, payment: &Payment, now: 
     }
 }
 
-async fn confirm_payment<S, Q>(
-    app: &App<S, Q>,
+async fn confirm_payment<S, Q, E>(
+    app: &App<S, Q, E>,
     req: &Request,
     raw_id: &str,
 ) -> Result<Response<Body>>
 where
     S: Directory + Devices + Payments,
     Q: SettlementQueue,
+    E: EventQueue,
 {
     let session = terminal(&app.store, req).await?;
     let owner = Owner::Terminal(session.terminal_id.clone());
@@ -1017,6 +1134,15 @@ where
                 lock_until: device.lock_after_wrong_code(now),
                 at: now,
             };
+            if wrong.fails_payment {
+                app.events
+                    .enqueue_event(&EventMessage::payment(
+                        EventType::PaymentFailed,
+                        &payment,
+                        now,
+                    ))
+                    .await?;
+            }
             if app.store.record_wrong_code(&wrong).await? == Write::Conflict {
                 continue;
             }
@@ -1053,6 +1179,13 @@ where
         // fails, nothing was committed and the caller's retry is safe.
         app.queue
             .enqueue(&SettlementMessage::for_payment(&payment, now))
+            .await?;
+        app.events
+            .enqueue_event(&EventMessage::payment(
+                EventType::PaymentConfirmed,
+                &payment,
+                now,
+            ))
             .await?;
         if app.store.confirm(&confirmation).await? == Write::Conflict {
             continue;

@@ -4,7 +4,8 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 use twochan_domain::{
     DomainError, PaymentStatus, Timestamp,
-    ports::{Ledger, ORPHAN_AFTER_MS, Settlement, SettlementMessage},
+    ports::{EventMessage, EventQueue, Ledger, ORPHAN_AFTER_MS, Settlement, SettlementMessage},
+    webhook::EventType,
 };
 
 /// Pauses before a message whose payment is still `pending` is tried again within the same
@@ -32,13 +33,18 @@ impl SettleOptions<'static> {
 /// Settles every message of a batch and reports the ones to deliver again. A message that can
 /// never settle (malformed, unknown payment) is reported too: after 5 receives the queue's redrive
 /// policy moves it to the dead-letter queue, where an operator looks at it.
-pub async fn settle_batch<L: Ledger>(ledger: &L, event: SqsEvent) -> SqsBatchResponse {
-    settle_batch_with(ledger, event, SettleOptions::DEPLOYED).await
+pub async fn settle_batch<L: Ledger, E: EventQueue>(
+    ledger: &L,
+    events: &E,
+    event: SqsEvent,
+) -> SqsBatchResponse {
+    settle_batch_with(ledger, events, event, SettleOptions::DEPLOYED).await
 }
 
 /// [`settle_batch`] with its own treatment of messages whose payment is not confirmed.
-pub async fn settle_batch_with<L: Ledger>(
+pub async fn settle_batch_with<L: Ledger, E: EventQueue>(
     ledger: &L,
+    events: &E,
     event: SqsEvent,
     options: SettleOptions<'_>,
 ) -> SqsBatchResponse {
@@ -53,7 +59,7 @@ pub async fn settle_batch_with<L: Ledger>(
             unique_code_hash = tracing::field::Empty,
         );
         async move {
-            let outcome = settle_one(ledger, record, options)
+            let outcome = settle_one(ledger, events, record, options)
                 .instrument(span.clone())
                 .await;
             let _in_span = span.enter();
@@ -78,8 +84,9 @@ pub async fn settle_batch_with<L: Ledger>(
     response
 }
 
-async fn settle_one<L: Ledger>(
+async fn settle_one<L: Ledger, E: EventQueue>(
     ledger: &L,
+    events: &E,
     record: &SqsMessage,
     options: SettleOptions<'_>,
 ) -> Result<(), DomainError> {
@@ -89,6 +96,17 @@ async fn settle_one<L: Ledger>(
     let span = tracing::Span::current();
     span.record("payment_id", tracing::field::display(&message.payment_id));
     span.record("unique_code_hash", message.unique_code.log_hash());
+    // `payment.settled` is announced before the settlement commits, so no crash in between loses
+    // it; its sender drops it if the payment never settles. Every delivery of this message sends
+    // it again, under the same event id.
+    events
+        .enqueue_event(&EventMessage::of_payment(
+            EventType::PaymentSettled,
+            &message.payment_id,
+            &message.merchant_id,
+            Timestamp::now(),
+        ))
+        .await?;
     let mut pauses = options.recheck_pauses_ms.iter();
     loop {
         let now = Timestamp::now();
@@ -170,6 +188,18 @@ mod tests {
         }
     }
 
+    /// Events are sent and forgotten: the settlement tests look at the ledger only.
+    struct Events;
+
+    impl twochan_domain::ports::EventQueue for Events {
+        async fn enqueue_event(
+            &self,
+            _: &twochan_domain::ports::EventMessage,
+        ) -> Result<(), DomainError> {
+            Ok(())
+        }
+    }
+
     fn event(sent_ms_ago: i64) -> SqsEvent {
         let message = SettlementMessage {
             payment_id: PaymentId::generate(Timestamp::now()),
@@ -197,12 +227,12 @@ mod tests {
     async fn a_young_message_of_a_pending_payment_waits_for_its_commit() {
         // The commit lands between two looks: settled in the same invocation.
         let ledger = Scripted::new(&[PENDING, Settlement::Settled]);
-        let out = settle_batch_with(&ledger, event(10), QUICK).await;
+        let out = settle_batch_with(&ledger, &Events, event(10), QUICK).await;
         assert!(out.batch_item_failures.is_empty());
         assert_eq!(ledger.calls(), 2);
         // It never lands within the pauses: the queue must deliver it again.
         let ledger = Scripted::new(&[PENDING, PENDING, PENDING]);
-        let out = settle_batch_with(&ledger, event(10), QUICK).await;
+        let out = settle_batch_with(&ledger, &Events, event(10), QUICK).await;
         assert_eq!(out.batch_item_failures.len(), 1);
         assert_eq!(ledger.calls(), 3);
     }
@@ -211,12 +241,12 @@ mod tests {
     async fn an_orphan_is_acknowledged_without_a_retry() {
         // Still pending long after its confirmation sent it: that confirmation never committed.
         let ledger = Scripted::new(&[PENDING]);
-        let out = settle_batch_with(&ledger, event(ORPHAN_AFTER_MS), QUICK).await;
+        let out = settle_batch_with(&ledger, &Events, event(ORPHAN_AFTER_MS), QUICK).await;
         assert!(out.batch_item_failures.is_empty());
         assert_eq!(ledger.calls(), 1);
         // A payment that ended otherwise (declined, expired...) never settles: at any age.
         let ledger = Scripted::new(&[Settlement::NotConfirmed(PaymentStatus::Declined)]);
-        let out = settle_batch_with(&ledger, event(0), QUICK).await;
+        let out = settle_batch_with(&ledger, &Events, event(0), QUICK).await;
         assert!(out.batch_item_failures.is_empty());
         assert_eq!(ledger.calls(), 1);
     }

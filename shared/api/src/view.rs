@@ -1,7 +1,7 @@
 //! JSON shapes of the contract's responses.
 
 use serde::Serialize;
-use twochan_domain::{Payment, Timestamp, ports::Balance};
+use twochan_domain::{Payment, Timestamp, ports::Balance, refund::Refund};
 
 /// The contract's payment object; absent values are `null`.
 #[derive(Debug, Serialize)]
@@ -19,6 +19,7 @@ pub struct PaymentView<'a> {
     pub expires_at: String,
     pub confirmed_at: Option<String>,
     pub settled_at: Option<String>,
+    pub refunded_amount: u64,
 }
 
 impl<'a> PaymentView<'a> {
@@ -38,6 +39,7 @@ impl<'a> PaymentView<'a> {
             expires_at: p.expires_at.to_rfc3339(),
             confirmed_at: p.confirmed_at.map(Timestamp::to_rfc3339),
             settled_at: p.settled_at.map(Timestamp::to_rfc3339),
+            refunded_amount: p.refunded_amount,
         }
     }
 }
@@ -67,4 +69,35 @@ pub struct ChallengeView<'a> {
     pub unique_code: &'a str,
     pub challenge: &'a str,
     pub expires_at: String,
+}
+
+/// The contract's refund object.
+#[derive(Debug, Serialize)]
+pub struct RefundView<'a> {
+    pub refund_id: &'a str,
+    pub payment_id: &'a str,
+    pub amount: u64,
+    pub currency: &'static str,
+    pub reason: Option<&'a str>,
+    pub status: &'static str,
+    pub created_at: String,
+}
+
+impl<'a> RefundView<'a> {
+    pub fn new(r: &'a Refund) -> Self {
+        Self {
+            refund_id: r.refund_id.as_str(),
+            payment_id: r.payment_id.as_str(),
+            amount: r.amount.minor_units(),
+            currency: r.currency.code(),
+            reason: r.reason.as_ref().map(|x| x.as_str()),
+            status: Refund::STATUS,
+            created_at: r.created_at.to_rfc3339(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RefundsView<'a> {
+    pub refunds: Vec<RefundView<'a>>,
 }

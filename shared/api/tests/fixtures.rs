@@ -391,6 +391,12 @@ fn settlement_batch_holds_one_good_and_one_poison_message() {
 /// A ledger that settles everything: the batch response then names the poison message alone.
 struct SettlesAll;
 
+impl twochan_domain::ports::EventQueue for SettlesAll {
+    async fn enqueue_event(&self, _: &twochan_domain::ports::EventMessage) -> Result<()> {
+        Ok(())
+    }
+}
+
 impl Ledger for SettlesAll {
     async fn settle(&self, _: &SettlementMessage, _: Timestamp) -> Result<Settlement> {
         Ok(Settlement::Settled)
@@ -420,7 +426,7 @@ fn settlement_batch_reports_only_the_poison_message() {
         })
         .map(|r| r.message_id.clone().unwrap())
         .collect();
-    let response = ready(settle_batch(&SettlesAll, event));
+    let response = ready(settle_batch(&SettlesAll, &SettlesAll, event));
     let failed: Vec<String> = response
         .batch_item_failures
         .into_iter()

@@ -121,6 +121,12 @@ pub struct Settings {
     /// `ISSUER_MASTER_KEY_PARAMETER`: an SSM SecureString holding them (AWS); wins when set.
     pub issuer_keys_parameter: Option<String>,
     pub pending_ttl_seconds: i64,
+    /// `WEBHOOK_QUEUE_URL`: where the events of payment changes go.
+    pub webhook_queue_url: Option<String>,
+    /// `WEBHOOK_RETRY_BASE_SECONDS`: the first retry delay of an undelivered event (then doubled).
+    pub webhook_retry_base_seconds: i64,
+    /// `ALLOW_LOOPBACK_WEBHOOKS=1`: `http://127.0.0.1:<port>/...` endpoints (the local stack only).
+    pub allow_loopback_webhooks: bool,
 }
 
 /// An optional integer setting within `range`; anything else is a configuration error.
@@ -171,7 +177,16 @@ impl Settings {
             issuer_keys,
             issuer_keys_parameter: get("ISSUER_MASTER_KEY_PARAMETER").filter(|s| !s.is_empty()),
             pending_ttl_seconds,
+            webhook_queue_url: get("WEBHOOK_QUEUE_URL").filter(|s| !s.is_empty()),
+            webhook_retry_base_seconds: bounded(&get, "WEBHOOK_RETRY_BASE_SECONDS", 60, 1..=3600)?,
+            allow_loopback_webhooks: get("ALLOW_LOOPBACK_WEBHOOKS").is_some_and(|v| v == "1"),
         })
+    }
+
+    pub fn require_webhook_queue_url(&self) -> Result<String, DomainError> {
+        self.webhook_queue_url
+            .clone()
+            .ok_or_else(|| DomainError::Internal("WEBHOOK_QUEUE_URL is not set".into()))
     }
 
     pub fn require_queue_url(&self) -> Result<String, DomainError> {

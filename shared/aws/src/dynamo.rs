@@ -14,13 +14,16 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
 use twochan_domain::{
     Challenge, Currency, DomainError, MerchantId, Payment, PaymentId, PaymentSlot, PaymentStatus,
-    Result, TerminalId, Timestamp, UniqueCode,
+    RefundId, Result, TerminalId, Timestamp, UniqueCode,
     crypto::SecretHash,
     ports::{
-        ANY_REQUEST, Balance, Confirmation, Device, Devices, Directory, Ledger, NewRegistration,
-        Payments, RegistrationChallenge, RegistrationKind, Settlement, SettlementMessage,
-        SlotRecord, StoredResponse, TerminalSession, Write, WrongCode,
+        ANY_REQUEST, Balance, Confirmation, Device, Devices, Directory, EventSources, Ledger,
+        NewRefund, NewRegistration, Payments, RefundSlotRecord, Refunds, RegistrationChallenge,
+        RegistrationKind, Settlement, SettlementMessage, SlotRecord, StoredResponse,
+        TerminalSession, WebhookEndpoint, WebhookEndpoints, Write, WrongCode,
     },
+    refund::Refund,
+    webhook::WebhookUrl,
 };
 
 use crate::items::*;
@@ -83,6 +86,9 @@ mod cond {
     /// wins over a correct code that was already being checked).
     pub const COUNTER_UNCHANGED: &str = "pending_payment_id = :held AND last_counter = :prev \
          AND (attribute_not_exists(failed_auth) OR failed_auth = :seen_failures)";
+    /// A refund: the payment is settled and its refunds so far leave room for this one.
+    pub const PAYMENT_REFUNDABLE: &str = "#status = :settled AND payment_id = :payment \
+         AND (attribute_not_exists(refunded_amount) OR refunded_amount <= :room)";
     /// Settlement: confirmed, and the message describes this very payment.
     pub const PAYMENT_SETTLEABLE: &str = "#status = :confirmed AND payment_id = :payment \
          AND merchant_id = :merchant AND amount = :amount AND currency = :currency \
@@ -1110,13 +1116,199 @@ impl Ledger for DynamoStore {
             .into_iter()
             .map(|item| {
                 let b: BalanceItem = parse_item(item)?;
-                Ok(Balance {
-                    currency: Currency::try_from(b.currency.as_str())?,
-                    settled_amount: b.settled_amount,
-                    settled_count: b.settled_count,
-                })
+                Ok(Balance::new(
+                    Currency::try_from(b.currency.as_str())?,
+                    b.settled_amount,
+                    b.settled_count,
+                    b.refunded_amount,
+                ))
             })
             .collect()
+    }
+}
+
+impl Refunds for DynamoStore {
+    async fn refund_slot(&self, slot: &PaymentSlot) -> Result<Option<RefundSlotRecord>> {
+        let Some(item) = self.get_raw(refund_slot_pk(slot), SK_REFUND).await? else {
+            return Ok(None);
+        };
+        if item.contains_key("rejected_status") {
+            let r: RejectedItem = parse_item(item)?;
+            return Ok(Some(RefundSlotRecord::Rejected {
+                fingerprint: r.request_fingerprint,
+                response: StoredResponse {
+                    status: r.rejected_status,
+                    body: r.rejected_body,
+                },
+            }));
+        }
+        let r: RefundItem = parse_item(item)?;
+        let fingerprint = r.request_fingerprint.clone();
+        Ok(Some(RefundSlotRecord::Refund {
+            refund: Box::new(Refund::try_from(r)?),
+            fingerprint,
+        }))
+    }
+
+    async fn refund(&self, new: &NewRefund<'_>) -> Result<Write> {
+        let (r, p) = (new.refund, new.payment);
+        let room = Refund::room_needed(p, r.amount);
+        let item = RefundItem::new(r, &p.unique_code, new.fingerprint);
+        let items = vec![
+            self.put_new(item_of(&item)?)?,
+            // The cap holds without reading the sum back: the write applies only while the
+            // refunds so far leave room for this one, whatever else is refunded meanwhile.
+            self.update_item(UpdateSpec {
+                key: key(payment_pk(&p.payment_id), SK_PAYMENT),
+                update: "SET refund_ids = list_append(if_not_exists(refund_ids, :none), :ids) \
+                         ADD refunded_amount :amount"
+                    .into(),
+                condition: cond::PAYMENT_REFUNDABLE,
+                values: vec![
+                    (":settled", s(PaymentStatus::Settled.as_str())),
+                    (":payment", s(p.payment_id.as_str())),
+                    (":room", n(room)),
+                    (":amount", n(r.amount.minor_units())),
+                    (":none", AttributeValue::L(vec![])),
+                    (":ids", AttributeValue::L(vec![s(r.refund_id.as_str())])),
+                ],
+            })?,
+            self.update_item(UpdateSpec {
+                key: key(
+                    merchant_pk(r.merchant_id.as_str()),
+                    &balance_sk(r.currency.code()),
+                ),
+                update: "SET currency = :currency ADD refunded_amount :amount".into(),
+                condition: cond::ALWAYS,
+                values: vec![
+                    (":currency", s(r.currency.code())),
+                    (":amount", n(r.amount.minor_units())),
+                ],
+            })?,
+        ];
+        self.transact("TransactWriteItems(refund)", items).await
+    }
+
+    async fn record_refund_rejection(
+        &self,
+        slot: &PaymentSlot,
+        fingerprint: &str,
+        response: &StoredResponse,
+        at: Timestamp,
+    ) -> Result<Write> {
+        let item = RejectedItem {
+            pk: refund_slot_pk(slot),
+            sk: SK_REFUND.into(),
+            request_fingerprint: fingerprint.into(),
+            rejected_status: response.status,
+            rejected_body: response.body.clone(),
+            rejected_at: at.millis(),
+        };
+        self.put_if_new("PutItem(refund rejection)", item_of(&item)?)
+            .await
+    }
+
+    async fn refunds_of(&self, payment: &PaymentId) -> Result<Vec<Refund>> {
+        let ids: Vec<RefundId> = match self.get_raw(payment_pk(payment), SK_PAYMENT).await? {
+            Some(item) if !item.contains_key("rejected_status") => {
+                let p: PaymentItem = parse_item(item)?;
+                if p.payment_id != payment.as_str() {
+                    return Ok(Vec::new());
+                }
+                p.refund_ids
+                    .into_iter()
+                    .map(RefundId::try_from)
+                    .collect::<Result<_>>()?
+            }
+            _ => return Ok(Vec::new()),
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = ids
+            .iter()
+            .map(|id| key(refund_slot_pk(&id.slot()), SK_REFUND))
+            .collect();
+        let mut refunds = self
+            .get_many(keys)
+            .await?
+            .into_iter()
+            .map(|item| Refund::try_from(parse_item::<RefundItem>(item)?))
+            .collect::<Result<Vec<_>>>()?;
+        refunds.retain(|r| r.payment_id == *payment && ids.contains(&r.refund_id));
+        // Refund ids are ULIDs: sorting by them is sorting by creation time.
+        refunds.sort_by(|a, b| a.refund_id.cmp(&b.refund_id));
+        Ok(refunds)
+    }
+}
+
+impl WebhookEndpoints for DynamoStore {
+    async fn endpoint(&self, merchant: &MerchantId) -> Result<Option<WebhookEndpoint>> {
+        let item: Option<WebhookItem> =
+            self.get(merchant_pk(merchant.as_str()), SK_WEBHOOK).await?;
+        item.map(|i| {
+            Ok(WebhookEndpoint {
+                // As stored; the sender checks it again against its own rules before each try.
+                url: WebhookUrl::parse(&i.url, true)
+                    .map_err(|e| DomainError::Internal(format!("stored webhook url: {e}")))?,
+                sealed_secret: i.sealed_secret,
+                set_at: Timestamp::from_millis(i.set_at),
+            })
+        })
+        .transpose()
+    }
+
+    async fn put_endpoint(&self, merchant: &MerchantId, e: &WebhookEndpoint) -> Result<()> {
+        let item = WebhookItem {
+            pk: merchant_pk(merchant.as_str()),
+            sk: SK_WEBHOOK.into(),
+            url: e.url.as_str().into(),
+            sealed_secret: e.sealed_secret.clone(),
+            set_at: e.set_at.millis(),
+        };
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item_of(&item)?))
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem(webhook)", e))?;
+        Ok(())
+    }
+
+    async fn delete_endpoint(&self, merchant: &MerchantId) -> Result<()> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(merchant_pk(merchant.as_str()), SK_WEBHOOK)))
+            .send()
+            .await
+            .map_err(|e| sdk_error("DeleteItem(webhook)", e))?;
+        Ok(())
+    }
+}
+
+impl EventSources for DynamoStore {
+    async fn event_subject(
+        &self,
+        payment: &PaymentId,
+        refund: Option<&RefundId>,
+    ) -> Result<(Option<Payment>, Option<Refund>)> {
+        let Some(refund_id) = refund else {
+            return Ok((self.payment(payment).await?, None));
+        };
+        let (p, r) = self
+            .get_two(
+                (payment_pk(payment), SK_PAYMENT),
+                (refund_slot_pk(&refund_id.slot()), SK_REFUND),
+            )
+            .await?;
+        let refund = r
+            .filter(|i| !i.contains_key("rejected_status"))
+            .map(|i| Refund::try_from(parse_item::<RefundItem>(i)?))
+            .transpose()?
+            .filter(|r| r.refund_id == *refund_id);
+        Ok((payment_in(p, payment)?, refund))
     }
 }
 

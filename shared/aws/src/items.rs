@@ -6,9 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 use twochan_domain::{
-    Counter, DomainError, Payment, PaymentId, PaymentSlot, PaymentStatus, Timestamp,
+    Counter, DomainError, Payment, PaymentId, PaymentSlot, PaymentStatus, Timestamp, UniqueCode,
     crypto::SecretHash,
     ports::{Device, Registration, TerminalSession},
+    refund::Refund,
 };
 
 pub fn merchant_pk(id: &str) -> String {
@@ -37,6 +38,10 @@ pub fn terminal_gsi_pk(terminal: &str) -> String {
 pub fn terminal_pk(terminal: &str) -> String {
     terminal_gsi_pk(terminal)
 }
+/// A refund lives in its slot, like a payment: its id's random part.
+pub fn refund_slot_pk(slot: &PaymentSlot) -> String {
+    format!("REFUND#{}", slot.key())
+}
 pub fn challenge_pk(challenge: &str) -> String {
     format!("CHALLENGE#{challenge}")
 }
@@ -51,6 +56,8 @@ pub const SK_DEVICE: &str = "DEVICE";
 pub const SK_PAYMENT: &str = "PAYMENT";
 pub const SK_TERMINAL: &str = "TERMINAL";
 pub const SK_CHALLENGE: &str = "CHALLENGE";
+pub const SK_REFUND: &str = "REFUND";
+pub const SK_WEBHOOK: &str = "WEBHOOK";
 pub const BALANCE_PREFIX: &str = "BALANCE#";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> DomainError {
@@ -184,6 +191,11 @@ pub struct PaymentItem {
     pub credit_account: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debit_account: Option<String>,
+    /// The sum of its refunds, and their ids in the order they were made.
+    #[serde(default)]
+    pub refunded_amount: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refund_ids: Vec<String>,
 }
 
 impl PaymentItem {
@@ -210,6 +222,8 @@ impl PaymentItem {
             request_fingerprint: request_fingerprint.into(),
             credit_account: None,
             debit_account: None,
+            refunded_amount: p.refunded_amount,
+            refund_ids: Vec::new(),
         }
     }
 }
@@ -235,6 +249,7 @@ impl TryFrom<PaymentItem> for Payment {
             settled_at: i.settled_at.map(Timestamp::from_millis),
             failed_attempts: i.failed_attempts,
             confirmation: i.confirmation,
+            refunded_amount: i.refunded_amount,
         })
     }
 }
@@ -256,8 +271,77 @@ pub struct BalanceItem {
     pub pk: String,
     pub sk: String,
     pub currency: String,
+    #[serde(default)]
     pub settled_amount: u64,
+    #[serde(default)]
     pub settled_count: u64,
+    #[serde(default)]
+    pub refunded_amount: u64,
+}
+
+/// A merchant's webhook endpoint: its URL and its secret, sealed with a key derived from the
+/// issuer master key (so a copy of the table alone does not give it away).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WebhookItem {
+    pub pk: String,
+    pub sk: String,
+    pub url: String,
+    pub sealed_secret: String,
+    pub set_at: i64,
+}
+
+/// A refund, in its slot (the merchant's refund idempotency key), with its journal legs: the
+/// merchant's account debited and the payer's credited, by the refund's amount and currency.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RefundItem {
+    pub pk: String,
+    pub sk: String,
+    pub refund_id: String,
+    pub payment_id: String,
+    pub merchant_id: String,
+    pub amount: u64,
+    pub currency: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub request_fingerprint: String,
+    pub debit_account: String,
+    pub credit_account: String,
+}
+
+impl RefundItem {
+    pub fn new(r: &Refund, payer: &UniqueCode, request_fingerprint: &str) -> Self {
+        Self {
+            pk: refund_slot_pk(&r.refund_id.slot()),
+            sk: SK_REFUND.into(),
+            refund_id: r.refund_id.to_string(),
+            payment_id: r.payment_id.to_string(),
+            merchant_id: r.merchant_id.to_string(),
+            amount: r.amount.minor_units(),
+            currency: r.currency.code().into(),
+            reason: r.reason.as_ref().map(|x| x.as_str().to_owned()),
+            created_at: r.created_at.millis(),
+            request_fingerprint: request_fingerprint.into(),
+            debit_account: format!("merchant:{}", r.merchant_id),
+            credit_account: format!("device:{payer}"),
+        }
+    }
+}
+
+impl TryFrom<RefundItem> for Refund {
+    type Error = DomainError;
+    fn try_from(i: RefundItem) -> Result<Self, DomainError> {
+        let c = |e: DomainError| corrupt("refund", e);
+        Ok(Self {
+            refund_id: i.refund_id.try_into().map_err(c)?,
+            payment_id: i.payment_id.try_into().map_err(c)?,
+            merchant_id: i.merchant_id.try_into().map_err(c)?,
+            amount: i.amount.try_into().map_err(c)?,
+            currency: i.currency.try_into().map_err(c)?,
+            reason: i.reason.map(TryInto::try_into).transpose().map_err(c)?,
+            created_at: Timestamp::from_millis(i.created_at),
+        })
+    }
 }
 
 /// A registration challenge, until it is used (deleted) or DynamoDB's TTL removes it. Expiry is

@@ -9,9 +9,10 @@ pub mod failpoints;
 mod items;
 pub mod secrets;
 pub mod sqs;
+pub mod webhook_sender;
 
 #[cfg(feature = "loader")]
 pub use config::sdk_defaults;
 pub use config::{AwsClients, Settings, http_client, lambda_config, retries, timeouts};
 pub use dynamo::DynamoStore;
-pub use sqs::SqsSettlementQueue;
+pub use sqs::{SqsEventQueue, SqsSettlementQueue};

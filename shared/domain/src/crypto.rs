@@ -47,6 +47,11 @@ impl MasterKey {
         Ok(Self(key))
     }
 
+    /// The raw key, for keys derived from it inside this crate (the webhook secret seal).
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// `K_dev = HMAC(ISSUER_MASTER_KEY, "2ch/device-key/v1|" + unique_code)`.
     pub fn device_key(&self, code: &UniqueCode) -> DeviceKey {
         DeviceKey(hmac(&self.0, &["2ch/device-key/v1|", code.as_str()]))
@@ -83,6 +88,13 @@ impl IssuerKeys {
             )));
         }
         Ok(Self(keys))
+    }
+
+    /// The current generation: the first configured key.
+    pub fn current(&self) -> &MasterKey {
+        // `parse` refuses an empty list (an empty key is not 64 hex characters), and `From`
+        // takes one key, so there is always a first.
+        &self.0[0]
     }
 
     fn device_keys<'a>(&'a self, code: &'a UniqueCode) -> impl Iterator<Item = DeviceKey> + 'a {

@@ -27,6 +27,10 @@ pub enum DomainError {
     IdempotencyKeyInUse,
     #[error("the payment is not pending")]
     PaymentNotPending,
+    #[error("only a settled payment can be refunded")]
+    PaymentNotSettled,
+    #[error("the refunds of a payment cannot sum above its amount")]
+    RefundExceedsPayment,
     #[error("the payment has expired")]
     PaymentExpired,
     #[error("the request body is larger than 8 KiB")]
@@ -79,6 +83,8 @@ impl DomainError {
             Self::DeviceBusy => "device_busy",
             Self::IdempotencyKeyInUse => "idempotency_key_in_use",
             Self::PaymentNotPending => "payment_not_pending",
+            Self::PaymentNotSettled => "payment_not_settled",
+            Self::RefundExceedsPayment => "refund_exceeds_payment",
             Self::PaymentExpired => "payment_expired",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",

@@ -135,8 +135,18 @@ pub struct PaymentSlot(u128);
 
 impl PaymentSlot {
     pub fn of(merchant: &MerchantId, key: &IdempotencyKey) -> Self {
+        Self::in_namespace("2ch/payment-slot/v1", merchant, key)
+    }
+
+    /// The slot of a refund request: the same derivation in the refunds' own namespace, so a
+    /// key used for a payment and for a refund names two slots.
+    pub fn of_refund(merchant: &MerchantId, key: &IdempotencyKey) -> Self {
+        Self::in_namespace("2ch/refund-slot/v1", merchant, key)
+    }
+
+    fn in_namespace(namespace: &str, merchant: &MerchantId, key: &IdempotencyKey) -> Self {
         let digest = crate::crypto::sha256(
-            format!("2ch/payment-slot/v1|{}|{}", merchant.as_str(), key.as_str()).as_bytes(),
+            format!("{namespace}|{}|{}", merchant.as_str(), key.as_str()).as_bytes(),
         );
         let mut random = [0u8; 16];
         random[6..].copy_from_slice(&digest[..10]);
@@ -153,14 +163,7 @@ impl TryFrom<String> for PaymentId {
     type Error = DomainError;
 
     fn try_from(s: String) -> Result<Self, DomainError> {
-        let ok = s.strip_prefix("pay_").is_some_and(|u| {
-            u.len() == 26
-                // Crockford base 32 as the ULID spec writes it: digits and uppercase letters
-                // without I, L, O and U (which `slot` could not decode).
-                && u.bytes().all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)))
-                // The first ULID char encodes the top 3 bits of a 48-bit time: at most '7'.
-                && u.as_bytes()[0] <= b'7'
-        });
+        let ok = s.strip_prefix("pay_").is_some_and(is_ulid);
         if ok {
             Ok(Self(s))
         } else {
@@ -170,6 +173,65 @@ impl TryFrom<String> for PaymentId {
             ))
         }
     }
+}
+
+/// `re_` + a ULID whose random part is the refund's slot (its merchant's idempotency key in the
+/// refunds' own namespace), like a payment id's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RefundId(String);
+
+impl RefundId {
+    pub fn in_slot(at: crate::Timestamp, slot: &PaymentSlot) -> Self {
+        let ulid = ulid::Ulid::from_parts(at.millis().max(0) as u64, slot.0);
+        Self(format!("re_{ulid}"))
+    }
+
+    pub fn slot(&self) -> PaymentSlot {
+        let ulid: ulid::Ulid = self.0["re_".len()..]
+            .parse()
+            .expect("a parsed refund id is a ULID");
+        PaymentSlot(ulid.random())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for RefundId {
+    type Error = DomainError;
+    fn try_from(s: String) -> Result<Self, DomainError> {
+        if s.strip_prefix("re_").is_some_and(is_ulid) {
+            Ok(Self(s))
+        } else {
+            Err(DomainError::invalid(
+                "refund_id",
+                "must be re_ followed by a 26-character ULID",
+            ))
+        }
+    }
+}
+
+impl From<RefundId> for String {
+    fn from(v: RefundId) -> String {
+        v.0
+    }
+}
+
+impl fmt::Display for RefundId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// 26 characters of Crockford base 32 as the ULID spec writes them (digits and upper-case
+/// letters without I, L, O and U), the first at most '7' (the top 3 bits of a 48-bit time).
+pub(crate) fn is_ulid(u: &str) -> bool {
+    u.len() == 26
+        && u.bytes()
+            .all(|b| b.is_ascii_digit() || (b.is_ascii_uppercase() && !b"ILOU".contains(&b)))
+        && u.as_bytes()[0] <= b'7'
 }
 
 impl TryFrom<&str> for PaymentId {
@@ -191,32 +253,49 @@ impl fmt::Display for PaymentId {
     }
 }
 
-/// The POS's free-text reference for a payment, at most 128 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Reference(String);
+/// Defines a merchant's free text shown to the payer: at most 128 printable characters.
+macro_rules! merchant_text {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
 
-impl Reference {
-    pub const MAX_CHARS: usize = 128;
+        impl $name {
+            pub const MAX_CHARS: usize = 128;
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for Reference {
-    type Error = DomainError;
-    fn try_from(s: String) -> Result<Self, DomainError> {
-        if s.chars().count() > Self::MAX_CHARS {
-            return Err(DomainError::invalid(
-                "reference",
-                "must be at most 128 characters",
-            ));
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-        printable("reference", &s)?;
-        Ok(Self(s))
-    }
+
+        impl TryFrom<String> for $name {
+            type Error = DomainError;
+            fn try_from(s: String) -> Result<Self, DomainError> {
+                if s.chars().count() > Self::MAX_CHARS {
+                    return Err(DomainError::invalid($field, "must be at most 128 characters"));
+                }
+                printable($field, &s)?;
+                Ok(Self(s))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+    };
 }
+
+merchant_text!(
+    /// The POS's free-text reference for a payment.
+    Reference, "reference"
+);
+merchant_text!(
+    /// The merchant's free-text reason for a refund.
+    Reason, "reason"
+);
 
 /// The contract's printable text (`reference`, `reason`): shown on the payer's phone, so no
 /// character that can change how the rest reads or hide itself: general categories Cc
@@ -238,12 +317,6 @@ pub fn printable(field: &str, s: &str) -> Result<(), DomainError> {
             ),
         )),
         None => Ok(()),
-    }
-}
-
-impl From<Reference> for String {
-    fn from(v: Reference) -> String {
-        v.0
     }
 }
 

@@ -13,12 +13,14 @@ pub mod ids;
 pub mod money;
 pub mod payment;
 pub mod ports;
+pub mod refund;
+pub mod webhook;
 
 pub use clock::Timestamp;
 pub use error::{DomainError, Result};
 pub use ids::{
     AuthCode, BeaconProof, Challenge, Counter, IdempotencyKey, MerchantId, PaymentId, PaymentSlot,
-    PosId, Reference, TerminalId, UniqueCode,
+    PosId, Reason, Reference, RefundId, TerminalId, UniqueCode,
 };
 pub use money::{Amount, Currency};
 pub use payment::{Payment, PaymentStatus};

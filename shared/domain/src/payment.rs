@@ -103,6 +103,8 @@ pub struct Payment {
     pub failed_attempts: u32,
     /// Fingerprint of the confirmation that was accepted, so that its exact repeat is answered 200.
     pub confirmation: Option<String>,
+    /// The sum of its succeeded refunds (minor units); never above `amount`.
+    pub refunded_amount: u64,
 }
 
 /// What a confirm request may do to a payment, before its counter and code are checked.
@@ -146,6 +148,7 @@ impl Payment {
             settled_at: None,
             failed_attempts: 0,
             confirmation: None,
+            refunded_amount: 0,
         }
     }
 
@@ -157,6 +160,7 @@ impl Payment {
             settled_at: None,
             failed_attempts: 0,
             confirmation: None,
+            refunded_amount: 0,
             ..self.clone()
         }
     }

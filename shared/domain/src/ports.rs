@@ -9,9 +9,12 @@ use crate::Timestamp;
 use crate::crypto::SecretHash;
 use crate::error::Result;
 use crate::ids::Challenge;
+use crate::ids::RefundId;
 use crate::ids::{Counter, MerchantId, PaymentId, PaymentSlot, TerminalId, UniqueCode};
 use crate::money::{Amount, Currency};
 use crate::payment::{Payment, PaymentStatus};
+use crate::refund::Refund;
+use crate::webhook::{EventId, EventType, WebhookSecret, WebhookUrl};
 
 pub use crate::device::{
     Device, NewRegistration, Registration, RegistrationChallenge, RegistrationKind, TerminalSession,
@@ -112,12 +115,49 @@ pub enum Settlement {
     NotConfirmed(PaymentStatus),
 }
 
-/// One currency of a merchant's settled balance.
+/// One currency of a merchant's balance: its settled payments and their refunds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Balance {
     pub currency: Currency,
     pub settled_amount: u64,
     pub settled_count: u64,
+    pub refunded_amount: u64,
+    /// `settled_amount - refunded_amount` (never negative: refunds are capped per payment).
+    pub net_amount: u64,
+}
+
+impl Balance {
+    pub fn new(currency: Currency, settled_amount: u64, settled_count: u64, refunded: u64) -> Self {
+        Self {
+            currency,
+            settled_amount,
+            settled_count,
+            refunded_amount: refunded,
+            net_amount: settled_amount.saturating_sub(refunded),
+        }
+    }
+}
+
+/// What a refund slot (a merchant's idempotency key for refunds) holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundSlotRecord {
+    Refund {
+        refund: Box<Refund>,
+        fingerprint: String,
+    },
+    Rejected {
+        fingerprint: String,
+        response: StoredResponse,
+    },
+}
+
+/// A refund to write in one step: the refund in its slot, the payment's refunded sum (if it
+/// still leaves room for it and the payment is still settled), the ledger legs and the balance.
+#[derive(Debug, Clone)]
+pub struct NewRefund<'a> {
+    pub refund: &'a Refund,
+    pub payment: &'a Payment,
+    pub fingerprint: &'a str,
 }
 
 /// Accepted confirmation, written atomically with the counter advance and the lock release.
@@ -282,6 +322,159 @@ pub trait Ledger: Send + Sync {
         at: Timestamp,
     ) -> impl Future<Output = Result<Settlement>> + Send;
     fn balances(&self, merchant: &MerchantId) -> impl Future<Output = Result<Vec<Balance>>> + Send;
+}
+
+pub trait Refunds: Send + Sync {
+    fn refund_slot(
+        &self,
+        slot: &PaymentSlot,
+    ) -> impl Future<Output = Result<Option<RefundSlotRecord>>> + Send;
+    /// `Conflict` if the slot is taken, the payment is no longer settled, or its refunds leave
+    /// no room for this one (re-read to tell which).
+    fn refund(&self, refund: &NewRefund<'_>) -> impl Future<Output = Result<Write>> + Send;
+    /// Keeps a final error under a refund slot; `Conflict` if the slot holds something.
+    fn record_refund_rejection(
+        &self,
+        slot: &PaymentSlot,
+        fingerprint: &str,
+        response: &StoredResponse,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<Write>> + Send;
+    /// The payment's refunds, oldest first.
+    fn refunds_of(&self, payment: &PaymentId) -> impl Future<Output = Result<Vec<Refund>>> + Send;
+}
+
+/// What the webhook queue carries: which change to announce. The event's body is built when it
+/// is sent, from the payment (and refund) as stored, so a message for a change that never
+/// committed is found out and dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventMessage {
+    pub event_id: EventId,
+    pub event_type: EventType,
+    pub payment_id: PaymentId,
+    pub merchant_id: MerchantId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<RefundId>,
+    /// When it was sent (ms), before the change's commit: see [`ORPHAN_AFTER_MS`].
+    pub sent_at_ms: i64,
+}
+
+impl EventMessage {
+    /// The change of `p` to `kind`. Its id depends on the payment and the kind only, so every
+    /// message sent for this change (a retried request, a redelivered settlement) has it.
+    pub fn payment(kind: EventType, p: &Payment, at: Timestamp) -> Self {
+        Self::of_payment(kind, &p.payment_id, &p.merchant_id, at)
+    }
+
+    pub fn of_payment(
+        kind: EventType,
+        payment: &PaymentId,
+        merchant: &MerchantId,
+        at: Timestamp,
+    ) -> Self {
+        Self {
+            event_id: EventId::for_change(payment.requested_at(), payment.as_str(), kind),
+            event_type: kind,
+            payment_id: payment.clone(),
+            merchant_id: merchant.clone(),
+            refund_id: None,
+            sent_at_ms: at.millis(),
+        }
+    }
+
+    pub fn refund(r: &Refund, at: Timestamp) -> Self {
+        let kind = EventType::RefundSucceeded;
+        Self {
+            event_id: EventId::for_change(r.created_at, r.refund_id.as_str(), kind),
+            event_type: kind,
+            payment_id: r.payment_id.clone(),
+            merchant_id: r.merchant_id.clone(),
+            refund_id: Some(r.refund_id.clone()),
+            sent_at_ms: at.millis(),
+        }
+    }
+
+    pub fn age_ms(&self, now: Timestamp) -> i64 {
+        now.millis() - self.sent_at_ms
+    }
+
+    /// Whether the change it announces happened, judged on the payment (and refund) as stored
+    /// now: a later status that can only follow it counts (settled after confirmed).
+    pub fn happened(&self, payment: &Payment, refund: Option<&Refund>) -> bool {
+        use PaymentStatus::*;
+        payment.payment_id == self.payment_id
+            && payment.merchant_id == self.merchant_id
+            && match self.event_type {
+                EventType::PaymentConfirmed => matches!(payment.status, Confirmed | Settled),
+                EventType::PaymentSettled => payment.status == Settled,
+                EventType::PaymentDeclined => payment.status == Declined,
+                EventType::PaymentCanceled => payment.status == Canceled,
+                EventType::PaymentFailed => payment.status == Failed,
+                EventType::RefundSucceeded => refund.is_some_and(|r| {
+                    Some(&r.refund_id) == self.refund_id.as_ref()
+                        && r.payment_id == payment.payment_id
+                }),
+            }
+    }
+}
+
+/// The events of a payment's changes, to be sent to its merchant's webhook endpoint.
+pub trait EventQueue: Send + Sync {
+    fn enqueue_event(&self, message: &EventMessage) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A merchant's webhook endpoint; the secret is kept sealed (see `webhook::SecretSeal`).
+#[derive(Debug, Clone)]
+pub struct WebhookEndpoint {
+    pub url: WebhookUrl,
+    pub sealed_secret: String,
+    pub set_at: Timestamp,
+}
+
+pub trait WebhookEndpoints: Send + Sync {
+    fn endpoint(
+        &self,
+        merchant: &MerchantId,
+    ) -> impl Future<Output = Result<Option<WebhookEndpoint>>> + Send;
+    fn put_endpoint(
+        &self,
+        merchant: &MerchantId,
+        endpoint: &WebhookEndpoint,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn delete_endpoint(&self, merchant: &MerchantId) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// What an event's change is read from: the payment and, for a refund's event, the refund.
+pub trait EventSources: Send + Sync {
+    fn event_subject(
+        &self,
+        payment: &PaymentId,
+        refund: Option<&RefundId>,
+    ) -> impl Future<Output = Result<(Option<Payment>, Option<Refund>)>> + Send;
+}
+
+/// The outcome of one try to POST an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A 2xx answer within the time limit.
+    Delivered,
+    /// Anything else (an error status, a redirect, no answer in time): try again later.
+    Retry(String),
+    /// The URL or the addresses it resolves to are not ones we send to: try again later too
+    /// (the merchant may fix its endpoint or its DNS), but say so.
+    Forbidden(String),
+}
+
+/// The HTTP side of webhooks: one signed POST.
+pub trait WebhookTransport: Send + Sync {
+    fn deliver(
+        &self,
+        url: &WebhookUrl,
+        secret: &WebhookSecret,
+        body: &[u8],
+        now: Timestamp,
+    ) -> impl Future<Output = Delivery> + Send;
 }
 
 pub trait SettlementQueue: Send + Sync {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
-use twochan_aws::DynamoStore;
+use twochan_aws::{DynamoStore, SqsEventQueue};
 use twochan_domain::{
     MerchantId, Timestamp, UniqueCode,
     crypto::{IssuedSecret, MasterKey},
@@ -67,6 +67,11 @@ impl Ctx {
 
     pub fn var(&self, key: &str) -> String {
         require(&self.stack, key)
+    }
+
+    /// The stack's webhook event queue, as the functions send to it.
+    pub fn events(&self) -> SqsEventQueue {
+        SqsEventQueue::new(self.sqs.clone(), self.var("WEBHOOK_QUEUE_URL"))
     }
 
     /// A new merchant (as the operator command makes one) and a POS of it.

@@ -54,9 +54,9 @@ impl RequestParts {
 
 pub struct Fixture {
     /// The world as `tests/support` makes it: its device holds a pending payment.
-    app: App<World, WorldQueue>,
+    app: App<World, WorldQueue, WorldQueue>,
     /// The same world with the device free, so that a new payment is created (201).
-    free_app: App<World, WorldQueue>,
+    free_app: App<World, WorldQueue, WorldQueue>,
     payment: Payment,
     /// The same payment as its stored DynamoDB item.
     payment_item: twochan_aws::dynamo::RawItem,
@@ -201,7 +201,7 @@ impl Fixture {
     /// (0 unless the status is `expected`).
     fn handle(
         &self,
-        app: &App<World, WorldQueue>,
+        app: &App<World, WorldQueue, WorldQueue>,
         function: Function,
         req: Request,
         expected: StatusCode,
@@ -214,7 +214,7 @@ impl Fixture {
     /// `Request` (with the invocation's context), `handle`, the response into API Gateway's JSON.
     fn invoke(
         &self,
-        app: &App<World, WorldQueue>,
+        app: &App<World, WorldQueue, WorldQueue>,
         function: Function,
         event: &str,
         expected: StatusCode,

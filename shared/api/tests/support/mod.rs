@@ -21,10 +21,12 @@ use twochan_domain::{
     TerminalId, Timestamp, UniqueCode,
     crypto::{MasterKey, SecretHash},
     ports::{
-        Balance, Confirmation, Device, Devices, Directory, Ledger, NewRegistration, Payments,
-        Registration, RegistrationChallenge, Settlement, SettlementMessage, SettlementQueue,
-        SlotRecord, StoredResponse, TerminalSession, Write, WrongCode,
+        Balance, Confirmation, Device, Devices, Directory, EventMessage, EventQueue, Ledger,
+        NewRefund, NewRegistration, Payments, RefundSlotRecord, Refunds, Registration,
+        RegistrationChallenge, Settlement, SettlementMessage, SettlementQueue, SlotRecord,
+        StoredResponse, TerminalSession, WebhookEndpoint, WebhookEndpoints, Write, WrongCode,
     },
+    refund::Refund,
 };
 
 pub const MERCHANT_KEY: &str =
@@ -61,6 +63,10 @@ pub const CONTRACT_ERRORS: &[(&str, u16)] = &[
     ("device_busy", 409),
     ("idempotency_key_in_use", 409),
     ("payment_not_pending", 409),
+    ("payment_not_settled", 409),
+    ("terminal_id_taken", 409),
+    ("invalid_beacon_proof", 422),
+    ("refund_exceeds_payment", 422),
     ("payment_expired", 410),
     ("payload_too_large", 413),
     ("unsupported_media_type", 415),
@@ -137,12 +143,14 @@ impl World {
         self.writes.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub fn app(self) -> App<World, WorldQueue> {
+    pub fn app(self) -> App<World, WorldQueue, WorldQueue> {
         App {
             store: self,
             queue: WorldQueue::default(),
             issuer_keys: Some(MasterKey::from_hex(MASTER_KEY_HEX).unwrap().into()),
             pending_ttl_seconds: 120,
+            events: WorldQueue::default(),
+            allow_loopback_webhooks: false,
         }
     }
 }
@@ -155,6 +163,51 @@ pub struct WorldQueue {
 impl SettlementQueue for WorldQueue {
     async fn enqueue(&self, _: &SettlementMessage) -> Result<()> {
         self.sent.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl EventQueue for WorldQueue {
+    async fn enqueue_event(&self, _: &EventMessage) -> Result<()> {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The world's one payment has no refunds, and its merchant no webhook endpoint.
+impl Refunds for World {
+    async fn refund_slot(&self, _: &PaymentSlot) -> Result<Option<RefundSlotRecord>> {
+        Ok(None)
+    }
+    async fn refund(&self, _: &NewRefund<'_>) -> Result<Write> {
+        self.wrote();
+        Ok(Write::Applied)
+    }
+    async fn record_refund_rejection(
+        &self,
+        _: &PaymentSlot,
+        _: &str,
+        _: &StoredResponse,
+        _: Timestamp,
+    ) -> Result<Write> {
+        self.wrote();
+        Ok(Write::Applied)
+    }
+    async fn refunds_of(&self, _: &PaymentId) -> Result<Vec<Refund>> {
+        Ok(Vec::new())
+    }
+}
+
+impl WebhookEndpoints for World {
+    async fn endpoint(&self, _: &MerchantId) -> Result<Option<WebhookEndpoint>> {
+        Ok(None)
+    }
+    async fn put_endpoint(&self, _: &MerchantId, _: &WebhookEndpoint) -> Result<()> {
+        self.wrote();
+        Ok(())
+    }
+    async fn delete_endpoint(&self, _: &MerchantId) -> Result<()> {
+        self.wrote();
         Ok(())
     }
 }
@@ -394,6 +447,10 @@ pub fn check_response(resp: &Response<Body>) -> std::result::Result<Option<Strin
 }
 
 /// Runs one request through `handle` as `function`.
-pub fn run(app: &App<World, WorldQueue>, function: Function, req: Request) -> Response<Body> {
+pub fn run(
+    app: &App<World, WorldQueue, WorldQueue>,
+    function: Function,
+    req: Request,
+) -> Response<Body> {
     ready(handle(app, function, req))
 }

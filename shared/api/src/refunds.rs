@@ -1,0 +1,177 @@
+//! `POST /v1/payments/{id}/refunds` and `GET /v1/payments/{id}/refunds`: money given back on a
+//! settled payment, at most its amount in all, exactly once per idempotency key.
+
+use lambda_http::{
+    Body, Response,
+    http::{HeaderValue, StatusCode},
+};
+use serde_json::json;
+use twochan_domain::{
+    Amount, DomainError, IdempotencyKey, MerchantId, PaymentId, PaymentSlot, Reason, RefundId,
+    Result, Timestamp,
+    crypto::sha256_hex,
+    ports::{
+        Directory, EventMessage, EventQueue, NewRefund, Payments, RefundSlotRecord, Refunds, Write,
+    },
+    refund::Refund,
+};
+
+use crate::http::{JsonBody, error_response, json_response, raw_json_response};
+use crate::view::{RefundView, RefundsView};
+
+/// Concurrent refunds of one payment each change it, so a request may lose several races in a
+/// row before it wins or is refused; every loss means another refund succeeded, so the cap
+/// decides within as many rounds as there are refunds racing.
+const MAX_REFUND_ROUNDS: usize = 24;
+
+struct RefundRequest {
+    amount: Amount,
+    reason: Option<Reason>,
+}
+
+impl RefundRequest {
+    fn parse(body: &JsonBody) -> Result<Self> {
+        Ok(Self {
+            amount: Amount::try_from(body.u64("amount")?)?,
+            reason: body
+                .opt_string("reason")?
+                .map(|r| Reason::try_from(r.to_owned()))
+                .transpose()?,
+        })
+    }
+
+    /// The parsed request and its payment, as "the same body" for the key.
+    fn fingerprint(&self, payment: &PaymentId) -> String {
+        let canonical = json!({
+            "payment_id": payment.as_str(),
+            "amount": self.amount.minor_units(),
+            "reason": self.reason.as_ref().map(Reason::as_str),
+        });
+        sha256_hex(canonical.to_string().as_bytes())
+    }
+}
+
+/// A refund request after its caller, body and key were accepted.
+pub struct RefundCall<'a> {
+    pub merchant: MerchantId,
+    pub payment_id: PaymentId,
+    pub key: IdempotencyKey,
+    pub body: &'a JsonBody,
+}
+
+pub async fn create_refund<S, E>(
+    store: &S,
+    events: &E,
+    call: RefundCall<'_>,
+) -> Result<Response<Body>>
+where
+    S: Directory + Payments + Refunds,
+    E: EventQueue,
+{
+    let request = RefundRequest::parse(call.body)?;
+    let fingerprint = request.fingerprint(&call.payment_id);
+    let slot = PaymentSlot::of_refund(&call.merchant, &call.key);
+    for _ in 0..MAX_REFUND_ROUNDS {
+        let payment = store
+            .payment(&call.payment_id)
+            .await?
+            .filter(|p| p.merchant_id == call.merchant)
+            .ok_or(DomainError::NotFound)?;
+        if let Some(record) = store.refund_slot(&slot).await? {
+            return replay(record, &fingerprint);
+        }
+        if let Err(e) = Refund::check(&payment, request.amount) {
+            // A final answer: the same key gets it again.
+            let resp = error_response(&e);
+            let stored = crate::routes::stored_response(&resp);
+            return match store
+                .record_refund_rejection(&slot, &fingerprint, &stored, Timestamp::now())
+                .await?
+            {
+                Write::Applied => Ok(resp),
+                Write::Conflict => match store.refund_slot(&slot).await? {
+                    Some(record) => replay(record, &fingerprint),
+                    None => Err(DomainError::Unavailable("refund slot changed".into())),
+                },
+            };
+        }
+        let now = Timestamp::now();
+        let refund = Refund {
+            refund_id: RefundId::in_slot(now, &slot),
+            payment_id: payment.payment_id.clone(),
+            merchant_id: payment.merchant_id.clone(),
+            amount: request.amount,
+            currency: payment.currency,
+            reason: request.reason.clone(),
+            created_at: now.truncated_to_second(),
+        };
+        let write = NewRefund {
+            refund: &refund,
+            payment: &payment,
+            fingerprint: &fingerprint,
+        };
+        // Announced before the commit; a refund that does not commit is dropped by the sender.
+        events
+            .enqueue_event(&EventMessage::refund(&refund, now))
+            .await?;
+        if store.refund(&write).await? == Write::Applied {
+            tracing::info!(outcome = "refunded", refund_id = %refund.refund_id);
+            return Ok(json_response(
+                StatusCode::CREATED,
+                &RefundView::new(&refund),
+            ));
+        }
+        // The slot was taken, or the payment changed (another refund): decide again.
+    }
+    Err(DomainError::Unavailable("refund kept racing".into()))
+}
+
+/// The answer kept under a refund key: the refund as created, or the kept error; another body
+/// under the key is `422 idempotency_key_reused`.
+fn replay(record: RefundSlotRecord, fingerprint: &str) -> Result<Response<Body>> {
+    let mut resp = match record {
+        RefundSlotRecord::Refund {
+            refund,
+            fingerprint: kept,
+        } if kept == fingerprint => json_response(StatusCode::CREATED, &RefundView::new(&refund)),
+        RefundSlotRecord::Rejected {
+            fingerprint: kept,
+            response,
+        } if kept == fingerprint => {
+            let status = StatusCode::from_u16(response.status)
+                .map_err(|_| DomainError::Internal("stored status".into()))?;
+            raw_json_response(status, response.body)
+        }
+        _ => return Err(DomainError::IdempotencyKeyReused),
+    };
+    tracing::info!(
+        outcome = "idempotent_replay",
+        status = resp.status().as_u16()
+    );
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+/// The refunds of a payment its caller may see (`owns` says whether it may), oldest first.
+pub async fn list_refunds<S>(
+    store: &S,
+    payment_id: &PaymentId,
+    owns: impl Fn(&twochan_domain::Payment) -> bool,
+) -> Result<Response<Body>>
+where
+    S: Payments + Refunds,
+{
+    store
+        .payment(payment_id)
+        .await?
+        .filter(|p| owns(p))
+        .ok_or(DomainError::NotFound)?;
+    let refunds = store.refunds_of(payment_id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &RefundsView {
+            refunds: refunds.iter().map(RefundView::new).collect(),
+        },
+    ))
+}
