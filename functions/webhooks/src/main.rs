@@ -30,7 +30,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         store.warm_up(),
         secrets::issuer_keys(&settings, &clients.config)
     );
-    let seal = SecretSeal::from_issuer_key(keys?.current());
+    let seal = SecretSeal::from_issuer_keys(&keys?);
     let queue = Queue(SqsEventQueue::new(
         clients.sqs,
         settings.require_webhook_queue_url()?,

@@ -224,7 +224,7 @@ where
             Route::PutWebhookEndpoint => {
                 let merchant = merchant(&app.store, &req).await?;
                 let body = json_body(&req, &["url"])?;
-                let seal = SecretSeal::from_issuer_key(app.issuer_keys()?.current());
+                let seal = SecretSeal::from_issuer_keys(app.issuer_keys()?);
                 let loopback = app.allow_loopback_webhooks;
                 crate::webhooks::put_endpoint(&app.store, &seal, loopback, &merchant, &body).await
             }

@@ -91,6 +91,11 @@ impl IssuerKeys {
     }
 
     /// The current generation: the first configured key.
+    /// Every generation in service, newest first.
+    pub fn generations(&self) -> impl Iterator<Item = &MasterKey> {
+        self.0.iter()
+    }
+
     pub fn current(&self) -> &MasterKey {
         // `parse` refuses an empty list (an empty key is not 64 hex characters), and `From`
         // takes one key, so there is always a first.

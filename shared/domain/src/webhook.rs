@@ -14,7 +14,7 @@ use sha2::Sha256;
 use url::{Host, Url};
 
 use crate::clock::Timestamp;
-use crate::crypto::{MasterKey, fill_random, sha256};
+use crate::crypto::{IssuerKeys, MasterKey, fill_random, sha256};
 use crate::error::DomainError;
 
 /// A merchant's webhook endpoint, as the contract allows it: `https://` and a host *name* that is
@@ -179,26 +179,36 @@ impl fmt::Debug for WebhookSecret {
 /// data, so a sealed secret read from storage opens only for the merchant it was sealed for.
 ///
 /// Sealed form: lowercase hex of `nonce (24 bytes) || ciphertext || tag (16 bytes)`.
-pub struct SecretSeal(XChaCha20Poly1305);
+/// Sealed with the current issuer key generation; opened with any generation in service, so a
+/// rotation does not lose the secrets sealed before it.
+pub struct SecretSeal(Vec<XChaCha20Poly1305>);
 
 impl SecretSeal {
     const NONCE_LEN: usize = 24;
     const TAG_LEN: usize = 16;
 
     pub fn from_issuer_key(master: &MasterKey) -> SecretSeal {
+        SecretSeal(vec![Self::cipher(master)])
+    }
+
+    /// The current generation seals; every generation opens.
+    pub fn from_issuer_keys(keys: &IssuerKeys) -> SecretSeal {
+        SecretSeal(keys.generations().map(Self::cipher).collect())
+    }
+
+    fn cipher(master: &MasterKey) -> XChaCha20Poly1305 {
         let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(master.bytes())
             .expect("HMAC takes keys of any length");
         mac.update(b"2ch/webhook-secret-seal/v1");
         let key: [u8; 32] = mac.finalize().into_bytes().into();
-        SecretSeal(XChaCha20Poly1305::new(&key.into()))
+        XChaCha20Poly1305::new(&key.into())
     }
 
     /// Seals `secret` for `context` (the merchant id) under a fresh random nonce.
     pub fn seal(&self, secret: &WebhookSecret, context: &str) -> String {
         let mut nonce = [0u8; Self::NONCE_LEN];
         fill_random(&mut nonce);
-        let sealed = self
-            .0
+        let sealed = self.0[0]
             .encrypt(
                 &XNonce::from(nonce),
                 Payload {
@@ -225,14 +235,15 @@ impl SecretSeal {
         let nonce: [u8; Self::NONCE_LEN] = nonce.try_into().map_err(|_| fail())?;
         let plain = self
             .0
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
+            .iter()
+            .find_map(|cipher| {
+                let payload = Payload {
                     msg: ciphertext,
                     aad: context.as_bytes(),
-                },
-            )
-            .map_err(|_| fail())?;
+                };
+                cipher.decrypt(&XNonce::from(nonce), payload).ok()
+            })
+            .ok_or_else(fail)?;
         let secret = String::from_utf8(plain).map_err(|_| fail())?;
         if WebhookSecret::is_well_formed(&secret) {
             Ok(WebhookSecret(secret))
@@ -816,5 +827,23 @@ mod tests {
             crate::crypto::webhook_signature(&secret, 1_764_216_306, body),
             "t=1764216306,v1=05010a07f7e50363e5ef5633a60dd3970823f5b48dce60c9aad628a309f712f8"
         );
+    }
+
+    #[test]
+    fn a_secret_sealed_before_a_key_rotation_still_opens() {
+        let (old, new) = ("11".repeat(32), "22".repeat(32));
+        let before = SecretSeal::from_issuer_keys(&IssuerKeys::parse(&old).unwrap());
+        let after =
+            SecretSeal::from_issuer_keys(&IssuerKeys::parse(&format!("{new},{old}")).unwrap());
+        let secret = WebhookSecret::generate();
+        let sealed = before.seal(&secret, "m-1");
+        assert_eq!(
+            after.open(&sealed, "m-1").unwrap().as_str(),
+            secret.as_str()
+        );
+        // New seals use the new generation: the old key alone no longer opens them.
+        let resealed = after.seal(&secret, "m-1");
+        assert!(before.open(&resealed, "m-1").is_err());
+        assert!(after.open(&resealed, "m-2").is_err());
     }
 }
