@@ -4,8 +4,8 @@ HMACs, nothing of the Rust crates. It first reproduces the contract's test vecto
 (contract-v2-vectors.json, a verbatim copy of the contract's vectors.json), then drives the stack
 `make up` deployed (coordinates from .local/stack.env): registration challenges, a terminal's
 ownership, beacon proofs, idempotent replays, refused currencies and text, and a payment through
-to settlement and the balance; with `--part2`, refunds and webhooks too (a signed-event receiver of
-its own on 127.0.0.1). One line per check; the first failing check ends the run, with the answer it
+to settlement and the balance, then refunds and webhooks (a signed-event receiver of its own on
+127.0.0.1; `--no-part2` leaves them out). One line per check; the first failing check ends the run, with the answer it
 got. `--self-test` checks the vectors only (no stack needed).
 
 Where the contract is silent, the server's choices this client expects: a missing `challenge` is
@@ -35,8 +35,8 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-# Refunds and webhooks (contract revision 2, part 2): on with --part2, until the stack serves them.
-PART2 = False
+# Refunds and webhooks (contract revision 2, part 2): on by default; --no-part2 leaves them out.
+PART2 = True
 
 
 # ---------------------------------------------------------------- the device's side of the contract

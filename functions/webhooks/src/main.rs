@@ -36,7 +36,10 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         settings.require_webhook_queue_url()?,
     ));
     let sender = WebhookSender::new(settings.allow_loopback_webhooks);
-    let policy = RetryPolicy::new(settings.webhook_retry_base_seconds as i32);
+    let policy = RetryPolicy::new(
+        settings.webhook_retry_base_seconds as i32,
+        settings.webhook_max_receives as u32,
+    );
     let (store, seal, queue, sender, policy) = (&store, &seal, &queue, &sender, &policy);
     run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, std::convert::Infallible>(

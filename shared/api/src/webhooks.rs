@@ -71,6 +71,9 @@ pub struct RetryPolicy {
     /// The delay after the first failed try; each further one doubles it, up to `cap_seconds`.
     pub base_seconds: i32,
     pub cap_seconds: i32,
+    /// The queue's receives before its dead-letter queue: the last failed try goes there at
+    /// once instead of after one more delay.
+    pub max_receives: u32,
     /// Age from which a message whose change is not (yet) visible is an orphan.
     pub orphan_after_ms: i64,
 }
@@ -78,16 +81,20 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// AWS: 1 min, 2, 4, … capped at 4 h; with the queue's 14 receives that is over 24 h of
     /// tries before the dead-letter queue. The local stack sets a base of 2 s.
-    pub fn new(base_seconds: i32) -> Self {
+    pub fn new(base_seconds: i32, max_receives: u32) -> Self {
         Self {
             base_seconds: base_seconds.max(1),
             cap_seconds: 4 * 3600,
+            max_receives,
             orphan_after_ms: ORPHAN_AFTER_MS,
         }
     }
 
     /// The delay before the next try of a message received `receive_count` times.
     pub fn delay_after(&self, receive_count: u32) -> i32 {
+        if receive_count >= self.max_receives {
+            return 0;
+        }
         let doublings = receive_count.saturating_sub(1).min(20);
         self.base_seconds
             .saturating_mul(1 << doublings)
@@ -316,13 +323,18 @@ mod tests {
 
     #[test]
     fn retries_grow_to_more_than_a_day_on_aws() {
-        let aws = RetryPolicy::new(60);
+        let aws = RetryPolicy::new(60, 14);
         let delays: Vec<i32> = (1..=13).map(|n| aws.delay_after(n)).collect();
         assert_eq!(&delays[..4], &[60, 120, 240, 480]);
         assert!(delays.iter().all(|d| *d <= 4 * 3600));
         // The tries after the first 13 receives span more than 24 h: the queue's 14 receives.
         assert!(delays.iter().map(|d| i64::from(*d)).sum::<i64>() > 24 * 3600);
-        let local = RetryPolicy::new(2);
+        let local = RetryPolicy::new(2, 6);
+        assert_eq!(
+            local.delay_after(6),
+            0,
+            "the last try goes to the dead-letter queue at once"
+        );
         let first_three: i32 = (1..=3).map(|n| local.delay_after(n)).sum();
         assert!(first_three < 60, "{first_three}");
     }

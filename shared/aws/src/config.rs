@@ -125,6 +125,8 @@ pub struct Settings {
     pub webhook_queue_url: Option<String>,
     /// `WEBHOOK_RETRY_BASE_SECONDS`: the first retry delay of an undelivered event (then doubled).
     pub webhook_retry_base_seconds: i64,
+    /// `WEBHOOK_MAX_RECEIVES`: the event queue's redrive count; the last failed try is not delayed.
+    pub webhook_max_receives: i64,
     /// `ALLOW_LOOPBACK_WEBHOOKS=1`: `http://127.0.0.1:<port>/...` endpoints (the local stack only).
     pub allow_loopback_webhooks: bool,
 }
@@ -179,6 +181,7 @@ impl Settings {
             pending_ttl_seconds,
             webhook_queue_url: get("WEBHOOK_QUEUE_URL").filter(|s| !s.is_empty()),
             webhook_retry_base_seconds: bounded(&get, "WEBHOOK_RETRY_BASE_SECONDS", 60, 1..=3600)?,
+            webhook_max_receives: bounded(&get, "WEBHOOK_MAX_RECEIVES", 14, 2..=1000)?,
             allow_loopback_webhooks: get("ALLOW_LOOPBACK_WEBHOOKS").is_some_and(|v| v == "1"),
         })
     }
