@@ -22,8 +22,10 @@ use twochan_aws::{DynamoStore, SqsEventQueue, SqsSettlementQueue, failpoints::Pr
 use twochan_tools::unique_id;
 
 /// The ceiling per step, and in all (issue target: 8 requests per settled payment).
-const BUDGET: [(&str, usize); 3] = [("create", 3), ("confirm", 4), ("settle", 1)];
-const TOTAL_BUDGET: usize = 8;
+/// Revision 2 added one `SQS SendMessage` to confirm and to settle: the webhook events, sent before
+/// their commits whether or not the merchant has an endpoint (docs/PERFORMANCE.md says why).
+const BUDGET: [(&str, usize); 3] = [("create", 3), ("confirm", 5), ("settle", 2)];
+const TOTAL_BUDGET: usize = 10;
 /// Write units per settled payment (issue target: 10). More means a write grew past 1 KB, a new
 /// one was added, or a write started to touch the index.
 const WCU_BUDGET: usize = 10;
@@ -66,7 +68,7 @@ async fn item(ctx: &Ctx, pk: &str, sk: &str) -> HashMap<String, AttributeValue> 
 }
 
 #[tokio::test]
-async fn one_payment_costs_at_most_eight_aws_requests() {
+async fn one_payment_costs_at_most_ten_aws_requests() {
     let ctx = Ctx::new().await;
     let queue_url = ctx
         .sqs
@@ -281,7 +283,7 @@ async fn one_payment_costs_at_most_eight_aws_requests() {
 /// `DeleteItem`), the terminal's holding read with the device (`BatchGetItem`, was `GetItem`) and
 /// written in the registration's transaction; and one `GetItem` of the bearer when a phone adds a
 /// device to its terminal, whose token the transaction checks. Payment requests are unchanged:
-/// the beacon check is CPU only (`one_payment_costs_at_most_eight_aws_requests`).
+/// the beacon check is CPU only (`one_payment_costs_at_most_ten_aws_requests`).
 #[tokio::test]
 async fn a_registration_costs_four_aws_requests_and_eight_write_units() {
     let ctx = Ctx::new().await;

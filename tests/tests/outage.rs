@@ -366,13 +366,15 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
         (PaymentStatus::Settled, 1, None)
     );
 
-    // 2. Stopped inside the confirmation handler, just before its settlement message (call 2)
-    //    and just before its transaction (call 3), after the message went out: nothing of the
-    //    confirmation is written either way, and the same retry completes it. The message sent
-    //    before the stop is then settled with the retry's, once (the other is a duplicate).
+    // 2. Stopped inside the confirmation handler, just before its settlement message (call 2),
+    //    before its webhook event (call 3, after the settlement message went out) and just before
+    //    its transaction (call 4, after both): nothing of the confirmation is written either way,
+    //    and the same retry completes it. A message sent before the stop is then settled with the
+    //    retry's, once (the other is a duplicate).
     for (at, op, counter, messages) in [
         (2, "SQS.SendMessage", 2, 1),
-        (3, "DynamoDB.TransactWriteItems", 3, 2),
+        (3, "SQS.SendMessage", 3, 2),
+        (4, "DynamoDB.TransactWriteItems", 4, 2),
     ] {
         let (status, p) = w.create_payment(&device).await;
         assert_eq!(status, 201, "{p}");

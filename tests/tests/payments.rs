@@ -15,7 +15,7 @@ use twochan_domain::{
 };
 use twochan_tools::{Beacon, Call, unique_id};
 
-const PAYMENT_FIELDS: [&str; 13] = [
+const PAYMENT_FIELDS: [&str; 14] = [
     "payment_id",
     "status",
     "unique_code",
@@ -29,6 +29,7 @@ const PAYMENT_FIELDS: [&str; 13] = [
     "expires_at",
     "confirmed_at",
     "settled_at",
+    "refunded_amount",
 ];
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! merchant's [`Pos`] and the user's [`Phone`]. The demo, the integration tests and POS/phone
 //! integrators use them alike.
 
+pub mod receiver;
 pub mod stack;
 
 use std::time::Duration;
@@ -288,6 +289,23 @@ impl Pos {
                 &format!("/v1/payments/{payment_id}/cancel"),
                 self.auth(),
             )
+            .await
+    }
+
+    /// `PUT /v1/webhook-endpoint`: the answer carries the endpoint's new secret.
+    pub async fn set_webhook(&self, url: &str) -> reqwest::Result<ApiResponse> {
+        let call = Call {
+            body: Some(json!({ "url": url })),
+            ..self.auth()
+        };
+        self.api
+            .call(Method::PUT, "/v1/webhook-endpoint", call)
+            .await
+    }
+
+    pub async fn delete_webhook(&self) -> reqwest::Result<ApiResponse> {
+        self.api
+            .call(Method::DELETE, "/v1/webhook-endpoint", self.auth())
             .await
     }
 

@@ -128,6 +128,10 @@ where
     S: EventSources + WebhookEndpoints,
     T: WebhookTransport,
 {
+    // The endpoint first: a merchant without one costs this read and nothing more.
+    let Some(endpoint) = store.endpoint(&message.merchant_id).await? else {
+        return Ok(Sent::NoEndpoint);
+    };
     let (payment, refund) = store
         .event_subject(&message.payment_id, message.refund_id.as_ref())
         .await?;
@@ -140,9 +144,6 @@ where
         } else {
             Sent::Orphan
         });
-    };
-    let Some(endpoint) = store.endpoint(&message.merchant_id).await? else {
-        return Ok(Sent::NoEndpoint);
     };
     let secret = seal.open(&endpoint.sealed_secret, message.merchant_id.as_str())?;
     let body = event_body(message, &payment, refund.as_ref())?;

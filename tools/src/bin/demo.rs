@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use twochan_domain::crypto::MasterKey;
-use twochan_tools::{Api, Device, Phone, Pos, stack::Stack, unique_id};
+use twochan_tools::{Api, Device, Phone, Pos, receiver::Receiver, stack::Stack, unique_id};
 
 fn step(actor: &str, channel: &str, text: impl AsRef<str>) {
     println!("{actor:<7}│ {channel:<14}│ {}", text.as_ref());
@@ -84,6 +84,27 @@ async fn main() {
         format!(
             "POST /v1/devices → {} (terminal token issued, registered_at {})",
             r.status, r.json["registered_at"]
+        ),
+    );
+
+    // The POS's own small receiver for the merchant's signed webhook events.
+    let mut receiver = Receiver::start()
+        .await
+        .unwrap_or_else(|e| fail(format!("webhook receiver: {e}")));
+    let r = pos
+        .set_webhook(&receiver.url)
+        .await
+        .unwrap_or_else(|e| fail(e.to_string()));
+    match r.json["secret"].as_str() {
+        Some(secret) if r.status == 200 => receiver.set_secret(secret),
+        _ => fail(format!("webhook endpoint answered {} {}", r.status, r.json)),
+    }
+    step(
+        "POS",
+        "HTTPS",
+        format!(
+            "PUT /v1/webhook-endpoint {} → {} (signing secret shown once)",
+            receiver.url, r.status
         ),
     );
 
@@ -191,6 +212,34 @@ async fn main() {
         "HTTPS",
         format!("GET /v1/payments/{payment_id} → {}", r.json["status"]),
     );
+
+    // Both events of this payment, each on its own line once its signature checks out.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let Some(got) = receiver.next(Duration::from_secs(10)).await else {
+            fail(format!("webhook events: only {seen:?} within 10 s"));
+        };
+        let kind = got.event["type"].as_str().unwrap_or_default().to_owned();
+        if got.event["data"]["payment"]["payment_id"] != payment_id.as_str() || seen.contains(&kind)
+        {
+            continue;
+        }
+        if !got.verified {
+            fail(format!("{kind}: the signature does not verify"));
+        }
+        step(
+            "POS",
+            "webhook",
+            format!(
+                "{kind} {} (payment {}), Twochan-Signature verified (t={})",
+                got.event["id"].as_str().unwrap_or_default(),
+                got.event["data"]["payment"]["status"],
+                got.t
+            ),
+        );
+        seen.push(kind);
+    }
+    let _ = pos.delete_webhook().await;
 
     let (after, count) = pos
         .settled("KRW")
