@@ -27,8 +27,9 @@ use twochan_domain::{
     ports::{Balance, Ledger, Settlement, SettlementMessage},
 };
 
-/// The fixture of the SQS event; every other fixture is an API request in `API_CASES`.
+/// The fixtures of the SQS events; every other fixture is an API request in `API_CASES`.
 const SETTLEMENT_BATCH: &str = "settlement-batch.json";
+const WEBHOOK_BATCH: &str = "webhook-batch.json";
 
 const PAYMENT_ID: &str = "pay_01KB1ZQ8RV4T6M2XW9C3HJ5N7P";
 const UNIQUE_CODE: &str = "beacon-7f3a9c21";
@@ -148,8 +149,57 @@ const API_CASES: &[ApiCase] = &[
         bearer: Some(BearerKind::TerminalToken),
         has_body: false,
     },
+    ApiCase {
+        file: "create-refund.json",
+        method: Method::POST,
+        route_key: "POST /v1/payments/{payment_id}/refunds",
+        route: || Route::CreateRefund(PAYMENT_ID.into()),
+        function: Function::PaymentRequest,
+        params: &[("payment_id", PAYMENT_ID)],
+        bearer: Some(BearerKind::MerchantKey),
+        has_body: true,
+    },
+    ApiCase {
+        file: "list-refunds.json",
+        method: Method::GET,
+        route_key: "GET /v1/payments/{payment_id}/refunds",
+        route: || Route::ListRefunds(PAYMENT_ID.into()),
+        function: Function::PaymentRequest,
+        params: &[("payment_id", PAYMENT_ID)],
+        bearer: Some(BearerKind::MerchantKey),
+        has_body: false,
+    },
+    ApiCase {
+        file: "put-webhook-endpoint.json",
+        method: Method::PUT,
+        route_key: "PUT /v1/webhook-endpoint",
+        route: || Route::PutWebhookEndpoint,
+        function: Function::PaymentRequest,
+        params: &[],
+        bearer: Some(BearerKind::MerchantKey),
+        has_body: true,
+    },
+    ApiCase {
+        file: "get-webhook-endpoint.json",
+        method: Method::GET,
+        route_key: "GET /v1/webhook-endpoint",
+        route: || Route::GetWebhookEndpoint,
+        function: Function::PaymentRequest,
+        params: &[],
+        bearer: Some(BearerKind::MerchantKey),
+        has_body: false,
+    },
+    ApiCase {
+        file: "delete-webhook-endpoint.json",
+        method: Method::DELETE,
+        route_key: "DELETE /v1/webhook-endpoint",
+        route: || Route::DeleteWebhookEndpoint,
+        function: Function::PaymentRequest,
+        params: &[],
+        bearer: Some(BearerKind::MerchantKey),
+        has_body: false,
+    },
 ];
-
 const FUNCTIONS: [Function; 3] = [
     Function::Registration,
     Function::PaymentRequest,
@@ -186,12 +236,12 @@ fn every_fixture_is_covered() {
     let covered: BTreeSet<String> = API_CASES
         .iter()
         .map(|c| c.file)
-        .chain([SETTLEMENT_BATCH])
+        .chain([SETTLEMENT_BATCH, WEBHOOK_BATCH])
         .map(str::to_owned)
         .collect();
     assert_eq!(
         covered.len(),
-        API_CASES.len() + 1,
+        API_CASES.len() + 2,
         "a fixture is listed twice"
     );
     assert_eq!(
@@ -318,14 +368,14 @@ fn api_fixtures_reach_their_route_and_function() {
         }
 
         let key = req.headers().get("idempotency-key");
-        if expected == Route::CreatePayment {
+        if matches!(expected, Route::CreatePayment | Route::CreateRefund(_)) {
             let key = key.unwrap_or_else(|| panic!("{file}: idempotency-key is required"));
             IdempotencyKey::try_from(key.to_str().unwrap())
                 .unwrap_or_else(|e| panic!("{file}: {e}"));
         } else {
             assert!(
                 key.is_none(),
-                "{file}: idempotency-key only belongs on create-payment"
+                "{file}: idempotency-key only belongs on payment and refund requests"
             );
         }
     }
@@ -433,4 +483,35 @@ fn settlement_batch_reports_only_the_poison_message() {
         .map(|f| f.item_identifier)
         .collect();
     assert_eq!(failed, poison);
+}
+
+/// The webhooks function's SQS event: one event message of a settled payment, whose id is the one
+/// its change makes, and one it cannot read (to the dead-letter queue after its receives).
+#[test]
+fn webhook_batch_holds_one_event_and_one_unreadable_message() {
+    use twochan_domain::{
+        ports::EventMessage,
+        webhook::{EventId, EventType},
+    };
+    let event: SqsEvent = serde_json::from_str(&fixture(WEBHOOK_BATCH))
+        .unwrap_or_else(|e| panic!("{WEBHOOK_BATCH}: not an SQS event: {e}"));
+    let parsed: Vec<_> = event
+        .records
+        .iter()
+        .map(|r| serde_json::from_str::<EventMessage>(r.body.as_deref().unwrap_or("")))
+        .collect();
+    assert!(parsed[1].is_err(), "the second message must be unreadable");
+    let message = parsed[0]
+        .as_ref()
+        .expect("the first message is an event message");
+    let payment = PaymentId::try_from(PAYMENT_ID).unwrap();
+    assert_eq!(message.event_type, EventType::PaymentSettled);
+    assert_eq!(
+        message.event_id,
+        EventId::for_change(
+            payment.requested_at(),
+            PAYMENT_ID,
+            EventType::PaymentSettled
+        )
+    );
 }
