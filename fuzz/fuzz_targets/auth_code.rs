@@ -112,8 +112,8 @@ fn canonical_counter(s: &str) -> Option<u64> {
     (digits && canonical && fits).then(|| s.parse().unwrap())
 }
 
-fn app() -> &'static App<World, WorldQueue> {
-    static APP: OnceLock<App<World, WorldQueue>> = OnceLock::new();
+fn app() -> &'static App<World, WorldQueue, WorldQueue> {
+    static APP: OnceLock<App<World, WorldQueue, WorldQueue>> = OnceLock::new();
     APP.get_or_init(|| World::new().app())
 }
 

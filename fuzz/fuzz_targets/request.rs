@@ -41,8 +41,8 @@ use twochan_api::{
     without_unread_parts,
 };
 
-fn app() -> &'static App<World, WorldQueue> {
-    static APP: OnceLock<App<World, WorldQueue>> = OnceLock::new();
+fn app() -> &'static App<World, WorldQueue, WorldQueue> {
+    static APP: OnceLock<App<World, WorldQueue, WorldQueue>> = OnceLock::new();
     APP.get_or_init(|| World::new().app())
 }
 
