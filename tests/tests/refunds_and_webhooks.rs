@@ -1,119 +1,51 @@
 //! Revision 2, part 2, over HTTP on the local stack: refunds (the cap under concurrency, the
 //! idempotency rules, the ledger and balances) and webhooks, with a real receiver in this process
-//! on loopback: every event type arrives signed, once per change after deduplication by id,
+//! on loopback (`twochan_tools::receiver`, the demo's): every event type arrives signed, once per change after deduplication by id,
 //! retried with the same id, dead-lettered when never accepted, and only to its own merchant.
 
 mod common;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Ctx, assert_error};
 use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use twochan_domain::crypto::webhook_signature;
-use twochan_tools::{Call, Device, Phone, Pos, unique_id};
+use twochan_tools::{
+    Call, Device, Phone, Pos,
+    receiver::{Answer, ReceivedEvent, Receiver},
+    unique_id,
+};
 
-/// How the receiver answers an event.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Accept,
-    /// 500 to the first two tries of each event id, then 200.
-    FailTwice,
-    Refuse,
-}
+/// The receivers of one test's merchants: the POS side of webhooks, in this process.
+struct Hooks(Receiver);
 
-#[derive(Debug, Clone)]
-struct Received {
-    event: Value,
-    /// The `Twochan-Signature` header verified with the endpoint's secret, and `t` is now.
-    signed: bool,
-}
-
-/// A webhook receiver on 127.0.0.1, as a merchant would run one (minimal HTTP/1.1).
-#[derive(Clone)]
-struct Receiver {
-    url: String,
-    secret: Arc<Mutex<String>>,
-    got: Arc<Mutex<Vec<Received>>>,
-    tries: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-impl Receiver {
-    async fn start(mode: Mode) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let r = Receiver {
-            url,
-            secret: Arc::default(),
-            got: Arc::default(),
-            tries: Arc::default(),
-        };
-        let state = r.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let Some((headers, body)) = read_request(&mut stream).await else {
-                        return;
-                    };
-                    let status = state.record(&headers, &body, mode);
-                    let answer = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    );
-                    let _ = stream.write_all(answer.as_bytes()).await;
-                });
-            }
-        });
-        r
+impl Hooks {
+    async fn start(answer: Answer) -> Hooks {
+        Hooks(Receiver::answering(answer).await.unwrap())
     }
 
-    fn record(&self, headers: &HashMap<String, String>, body: &[u8], mode: Mode) -> u16 {
-        let event: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let id = event["id"].as_str().unwrap_or_default().to_owned();
-        let header = headers
-            .get("twochan-signature")
-            .cloned()
-            .unwrap_or_default();
-        let t: i64 = header
-            .split(',')
-            .find_map(|p| p.strip_prefix("t="))
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        let secret = self.secret.lock().unwrap().clone();
-        let now = twochan_domain::Timestamp::now().seconds();
-        let signed = header == webhook_signature(&secret, t, body)
-            && (now - t).abs() <= 300
-            && headers.get("content-type").map(String::as_str) == Some("application/json");
-        self.got.lock().unwrap().push(Received { event, signed });
-        let mut tries = self.tries.lock().unwrap();
-        let n = tries.entry(id).or_default();
-        *n += 1;
-        match mode {
-            Mode::Accept => 200,
-            Mode::FailTwice if *n <= 2 => 500,
-            Mode::FailTwice => 204,
-            Mode::Refuse => 500,
-        }
+    fn url(&self) -> &str {
+        &self.0.url
     }
 
     /// Registers this receiver as the merchant's endpoint, keeping the secret it is given.
     async fn subscribe(&self, pos: &Pos) {
-        let r = put_endpoint(pos, &self.url).await;
+        let r = pos.set_webhook(&self.0.url).await.unwrap();
         assert_eq!(r.status, 200, "{}", r.json);
-        *self.secret.lock().unwrap() = r.json["secret"].as_str().unwrap().to_owned();
+        self.0.set_secret(r.json["secret"].as_str().unwrap());
     }
 
-    /// The events received (every try), once `want` distinct (type, payment) pairs are in or the
-    /// time is up.
-    async fn wait_for(&self, want: &[(&str, &str)], timeout: Duration) -> Vec<Received> {
+    fn got(&self) -> Vec<ReceivedEvent> {
+        self.0.received()
+    }
+
+    /// Every try received, once each (type, payment) of `want` is in or the time is up.
+    async fn wait_for(&self, want: &[(&str, &str)], timeout: Duration) -> Vec<ReceivedEvent> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let got = self.got.lock().unwrap().clone();
+            let got = self.got();
             let all = want.iter().all(|(kind, payment)| {
                 got.iter().any(|r| {
                     r.event["type"] == *kind && r.event["data"]["payment"]["payment_id"] == *payment
@@ -127,52 +59,8 @@ impl Receiver {
     }
 }
 
-async fn read_request(
-    stream: &mut tokio::net::TcpStream,
-) -> Option<(HashMap<String, String>, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let headers: HashMap<String, String> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let len: usize = headers
-        .get("content-length")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + len {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some((headers, buf[head_end..head_end + len].to_vec()))
-}
-
 async fn put_endpoint(pos: &Pos, url: &str) -> twochan_tools::ApiResponse {
-    let call = Call {
-        bearer: Some(&pos.api_key),
-        body: Some(json!({"url": url})),
-        ..Call::default()
-    };
-    pos.api
-        .call(Method::PUT, "/v1/webhook-endpoint", call)
-        .await
-        .unwrap()
+    pos.set_webhook(url).await.unwrap()
 }
 
 async fn refund(pos: &Pos, payment: &str, amount: u64, key: &str) -> twochan_tools::ApiResponse {
@@ -353,7 +241,7 @@ async fn only_a_settled_payment_is_refunded() {
 async fn every_event_arrives_signed_once_per_change() {
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
-    let receiver = Receiver::start(Mode::Accept).await;
+    let receiver = Hooks::start(Answer::Accept).await;
     receiver.subscribe(&pos).await;
     let get = pos
         .api
@@ -367,7 +255,7 @@ async fn every_event_arrives_signed_once_per_change() {
         )
         .await
         .unwrap();
-    assert_eq!(get.json, json!({"url": receiver.url}));
+    assert_eq!(get.json, json!({"url": receiver.url()}));
 
     let (settled_p, _, _) = settled(&ctx, &pos, 900).await;
     let settled_id = settled_p["payment_id"].as_str().unwrap().to_owned();
@@ -406,10 +294,10 @@ async fn every_event_arrives_signed_once_per_change() {
     ];
     let got = receiver.wait_for(&want, Duration::from_secs(30)).await;
     assert!(
-        got.iter().all(|r| r.signed),
+        got.iter().all(|r| r.verified),
         "an unsigned or badly signed event: {got:?}"
     );
-    let mut by_id: HashMap<String, Vec<&Received>> = HashMap::new();
+    let mut by_id: HashMap<String, Vec<&ReceivedEvent>> = HashMap::new();
     for r in &got {
         by_id
             .entry(r.event["id"].as_str().unwrap().to_owned())
@@ -451,7 +339,7 @@ async fn every_event_arrives_signed_once_per_change() {
 async fn a_failing_receiver_gets_the_same_event_again() {
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
-    let receiver = Receiver::start(Mode::FailTwice).await;
+    let receiver = Hooks::start(Answer::FailFirst(2)).await;
     receiver.subscribe(&pos).await;
     let (device, _) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &device, 10).await;
@@ -459,10 +347,14 @@ async fn a_failing_receiver_gets_the_same_event_again() {
     assert_eq!(pos.cancel(id).await.unwrap().status, 200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     loop {
-        let tries: Vec<Received> = receiver.got.lock().unwrap().clone();
+        let tries = receiver.got();
         if tries.len() >= 3 || tokio::time::Instant::now() > deadline {
             assert_eq!(tries.len(), 3, "{tries:?}");
-            assert!(tries.iter().all(|r| r.signed && r.event == tries[0].event));
+            assert!(
+                tries
+                    .iter()
+                    .all(|r| r.verified && r.event == tries[0].event)
+            );
             assert_eq!(tries[0].event["type"], "payment.canceled");
             break;
         }
@@ -470,14 +362,14 @@ async fn a_failing_receiver_gets_the_same_event_again() {
     }
     // Accepted at the third try: no fourth.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(receiver.got.lock().unwrap().len(), 3);
+    assert_eq!(receiver.got().len(), 3);
 }
 
 #[tokio::test]
 async fn an_event_never_accepted_ends_in_the_dead_letter_queue() {
     let ctx = Ctx::new().await;
     let pos = ctx.pos().await;
-    let receiver = Receiver::start(Mode::Refuse).await;
+    let receiver = Hooks::start(Answer::Refuse).await;
     receiver.subscribe(&pos).await;
     let (device, _) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &device, 10).await;
@@ -502,7 +394,7 @@ async fn an_event_never_accepted_ends_in_the_dead_letter_queue() {
             .find(|m| m.body.as_deref().is_some_and(|b| b.contains(&id)));
         if let Some(m) = mine {
             // Tries at 0, 2, 4, 8, 16, 32 s: at least 3 more tries within 60 s, then set aside.
-            let tries = receiver.got.lock().unwrap().len();
+            let tries = receiver.got().len();
             assert!(tries >= 4, "{tries} tries");
             let _ = ctx
                 .sqs
@@ -516,7 +408,7 @@ async fn an_event_never_accepted_ends_in_the_dead_letter_queue() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "not dead-lettered; tries: {}",
-            receiver.got.lock().unwrap().len()
+            receiver.got().len()
         );
     }
 }
@@ -526,9 +418,9 @@ async fn events_go_only_to_their_merchant_and_to_the_endpoint_as_set_when_sent()
     let ctx = Ctx::new().await;
     let (a, b) = (ctx.pos().await, ctx.pos().await);
     let (ra, rb, ra2) = (
-        Receiver::start(Mode::Accept).await,
-        Receiver::start(Mode::Accept).await,
-        Receiver::start(Mode::Accept).await,
+        Hooks::start(Answer::Accept).await,
+        Hooks::start(Answer::Accept).await,
+        Hooks::start(Answer::Accept).await,
     );
     ra.subscribe(&a).await;
     rb.subscribe(&b).await;
@@ -552,23 +444,17 @@ async fn events_go_only_to_their_merchant_and_to_the_endpoint_as_set_when_sent()
             Duration::from_secs(20),
         )
         .await;
-    assert!(got.iter().all(|r| r.signed), "{got:?}");
+    assert!(got.iter().all(|r| r.verified), "{got:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let of = |r: &Receiver, id: &str| {
-        r.got
-            .lock()
-            .unwrap()
+    let of = |r: &Hooks, id: &str| {
+        r.got()
             .iter()
             .filter(|x| x.event["data"]["payment"]["payment_id"] == id)
             .count()
     };
     assert_eq!(of(&ra, &pa2_id), 0);
     assert!(of(&ra2, &pa2_id) >= 1);
-    assert_eq!(
-        rb.got.lock().unwrap().len(),
-        0,
-        "merchant B received A's events"
-    );
+    assert_eq!(rb.got().len(), 0, "merchant B received A's events");
     // Deleted: nothing more is sent, and GET says so.
     let call = Call {
         bearer: Some(&a.api_key),

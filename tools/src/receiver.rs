@@ -11,6 +11,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use twochan_domain::{Timestamp, crypto::webhook_signature};
 
+/// How the receiver answers an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 200 to every try.
+    Accept,
+    /// 500 to the first `n` tries of each event id, then 200.
+    FailFirst(usize),
+    /// 500 to every try.
+    Refuse,
+}
+
 /// One POST as received.
 #[derive(Debug, Clone)]
 pub struct ReceivedEvent {
@@ -25,36 +36,64 @@ pub struct Receiver {
     pub url: String,
     secret: Arc<Mutex<String>>,
     events: mpsc::UnboundedReceiver<ReceivedEvent>,
+    /// Every try received so far, in order.
+    log: Arc<Mutex<Vec<ReceivedEvent>>>,
+}
+
+/// What the listener shares with the receiver.
+#[derive(Clone)]
+struct Shared {
+    secret: Arc<Mutex<String>>,
+    log: Arc<Mutex<Vec<ReceivedEvent>>>,
+    tries: Arc<Mutex<HashMap<String, usize>>>,
+    tx: mpsc::UnboundedSender<ReceivedEvent>,
+    answer: Answer,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Receiver {
     /// Listens on a free loopback port; every request is answered 200.
     pub async fn start() -> std::io::Result<Receiver> {
+        Self::answering(Answer::Accept).await
+    }
+
+    /// Listens on a free loopback port, answering as `answer` says.
+    pub async fn answering(answer: Answer) -> std::io::Result<Receiver> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/twochan-events", listener.local_addr()?);
-        let secret = Arc::new(Mutex::new(String::new()));
         let (tx, events) = mpsc::unbounded_channel();
-        let key = secret.clone();
+        let shared = Shared {
+            secret: Arc::default(),
+            log: Arc::default(),
+            tries: Arc::default(),
+            tx,
+            answer,
+        };
+        let (secret, log) = (shared.secret.clone(), shared.log.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (tx, key) = (tx.clone(), key.clone());
-                tokio::spawn(async move {
-                    if let Some(event) = serve(stream, &key).await {
-                        let _ = tx.send(event);
-                    }
-                });
+                tokio::spawn(serve(stream, shared.clone()));
             }
         });
         Ok(Receiver {
             url,
             secret,
             events,
+            log,
         })
+    }
+
+    /// Every try received so far, in order.
+    pub fn received(&self) -> Vec<ReceivedEvent> {
+        lock(&self.log).clone()
     }
 
     /// The secret the `PUT /v1/webhook-endpoint` answer showed, to verify with.
     pub fn set_secret(&self, secret: &str) {
-        *self.secret.lock().unwrap_or_else(|e| e.into_inner()) = secret.to_owned();
+        *lock(&self.secret) = secret.to_owned();
     }
 
     /// The next event, or `None` after `timeout`.
@@ -66,11 +105,10 @@ impl Receiver {
     }
 }
 
-async fn serve(mut stream: TcpStream, secret: &Mutex<String>) -> Option<ReceivedEvent> {
-    let (headers, body) = read_request(&mut stream).await?;
-    let _ = stream
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-        .await;
+async fn serve(mut stream: TcpStream, shared: Shared) {
+    let Some((headers, body)) = read_request(&mut stream).await else {
+        return;
+    };
     let header = headers
         .get("twochan-signature")
         .cloned()
@@ -80,13 +118,33 @@ async fn serve(mut stream: TcpStream, secret: &Mutex<String>) -> Option<Received
         .find_map(|p| p.strip_prefix("t="))
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
-    let secret = secret.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let secret = lock(&shared.secret).clone();
     let fresh = (Timestamp::now().seconds() - t).abs() <= 300;
-    Some(ReceivedEvent {
+    let json = headers.get("content-type").map(String::as_str) == Some("application/json");
+    let got = ReceivedEvent {
         event: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        verified: fresh && !secret.is_empty() && header == webhook_signature(&secret, t, &body),
+        verified: fresh
+            && json
+            && !secret.is_empty()
+            && header == webhook_signature(&secret, t, &body),
         t,
-    })
+    };
+    let id = got.event["id"].as_str().unwrap_or_default().to_owned();
+    let tries = {
+        let mut tries = lock(&shared.tries);
+        let n = tries.entry(id).or_default();
+        *n += 1;
+        *n
+    };
+    let status = match shared.answer {
+        Answer::Accept => "200 OK",
+        Answer::FailFirst(n) if tries > n => "200 OK",
+        Answer::FailFirst(_) | Answer::Refuse => "500 Internal Server Error",
+    };
+    lock(&shared.log).push(got.clone());
+    let _ = shared.tx.send(got);
+    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let _ = stream.write_all(answer.as_bytes()).await;
 }
 
 async fn read_request(stream: &mut TcpStream) -> Option<(HashMap<String, String>, Vec<u8>)> {
