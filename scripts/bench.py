@@ -162,6 +162,14 @@ def main():
             f"cores used: emulator {p['cores']['emulator']}, functions {p['cores']['functions']}, "
             f"load generator {p['cores']['load_generator']} (of {os.cpu_count()})",
             f"target/lambda/loadgen/bootstrap payments {n} {SECONDS}")
+    # Webhooks: change (a cancel's 200) → its event at a loopback receiver, beside the cancel's own latency.
+    wh = json.loads(run([py, "scripts/webhook_latency.py"]).strip().splitlines()[-1])
+    for p in wh["phases"]:
+        row(f"webhook latency, N = {p['n']}: cancel's 200 → payment.canceled at the receiver", "≤ 5 s (contract, local stack)",
+            f"p50 {p['latency']['p50_ms']} ms, p99 {p['latency']['p99_ms']} ms, max {p['latency']['max_ms']} ms; "
+            f"{p['arrived']}/{p['samples']} arrived; signatures {'all verified' if wh['all_signatures_verified'] else 'NOT all verified'}; "
+            f"baseline: the cancel request itself p50 {p['cancel_latency']['p50_ms']} ms, p99 {p['cancel_latency']['p99_ms']} ms",
+            "scripts/webhook_latency.py")
     w = watch_load(32)
     row("throughput, N = 32, through cargo lambda watch (not the emulator's API Gateway + Lambda)", "-",
         f"{w['payments_per_s']} payments/s = {w['payments_per_s'] / ceiling:.2f} × the emulator path's ceiling; "
