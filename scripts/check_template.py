@@ -3,7 +3,9 @@
 role statement grants a wildcard action or a wildcard resource, each role grants exactly the
 actions on exactly the resources its function is listed with in EXPECTED (see grant_findings),
 every queue a function is given the URL of is one its role may use, and only the functions given
-the issuer key's parameter may read it (see key_findings). Exits non-zero on any finding."""
+the issuer key's parameter may read it (see key_findings). Also that the template deploys for
+real (see deploy_findings): partition-free ARNs, retained data and logs, log retention, deletion
+protection and architecture from parameters. Exits non-zero on any finding."""
 
 import os
 import re
@@ -239,6 +241,46 @@ def key_findings(resources):
                 yield f"{role_name} grants {action} but {name} does not read the issuer key"
 
 
+# What a stack update or delete must keep: the ledger, the messages in flight, the logs.
+RETAINED = {"AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::Logs::LogGroup"}
+
+
+def deploy_findings(template):
+    """The template deploys for real: no ARN is tied to the `aws` partition, every log group
+    keeps its lines LogRetentionDays, the table, queues and log groups survive a stack delete or
+    replacement, the table's deletion protection follows TableDeletionProtection, and every
+    function runs on the Architecture parameter (which deploy.py checks the bootstraps against)."""
+    params = template.get("Parameters", {})
+    for name in ("Architecture", "LogRetentionDays", "TableDeletionProtection"):
+        if name not in params:
+            yield f"the template has no {name} parameter"
+    for name, r in template["Resources"].items():
+        for value in strings(r):
+            if "arn:aws:" in value:
+                yield f"{name}: ARN with a fixed partition ({value}): use arn:${{AWS::Partition}}:"
+        props = r.get("Properties", {})
+        if r["Type"] in RETAINED:
+            for policy in ("DeletionPolicy", "UpdateReplacePolicy"):
+                if r.get(policy) != "Retain":
+                    yield f"{name}: {policy} is {r.get(policy)!r}, not Retain"
+        if r["Type"] == "AWS::Logs::LogGroup":
+            retention = props.get("RetentionInDays")
+            if not (isinstance(retention, Tagged) and retention.tag == "!Ref" and retention.value == "LogRetentionDays"):
+                yield f"{name}: RetentionInDays is {retention!r}, not !Ref LogRetentionDays"
+        if r["Type"] == "AWS::DynamoDB::Table":
+            protection = props.get("DeletionProtectionEnabled")
+            if not (isinstance(protection, Tagged) and protection.tag == "!If"
+                    and protection.value[1:] == [True, False]
+                    and template.get("Conditions", {}).get(protection.value[0]) is not None
+                    and "TableDeletionProtection" in repr(template["Conditions"][protection.value[0]])):
+                yield f"{name}: DeletionProtectionEnabled does not follow TableDeletionProtection"
+        if r["Type"] == "AWS::Lambda::Function":
+            archs = props.get("Architectures")
+            if not (isinstance(archs, list) and len(archs) == 1 and isinstance(archs[0], Tagged)
+                    and archs[0].tag == "!Ref" and archs[0].value == "Architecture"):
+                yield f"{name}: Architectures is {archs!r}, not [!Ref Architecture]"
+
+
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "infra", "template.yaml")
     with open(path) as f:
@@ -246,12 +288,18 @@ def main():
     problems = list(findings(template))
     for p in problems:
         print(f"least privilege: {p}", file=sys.stderr)
-    if problems:
+    deploy_problems = list(deploy_findings(template))
+    for p in deploy_problems:
+        print(f"deploy: {p}", file=sys.stderr)
+    if problems or deploy_problems:
         sys.exit(1)
     readers = sorted(n.removesuffix("Function") for n, e in EXPECTED.items() if KEY.keys() <= e.keys())
     print(f"least privilege: {path}: every function has its own role, no wildcard action or resource, "
           f"each role grants exactly its function's listed actions, only the issuer key's readers "
           f"({', '.join(readers)}) may read it")
+    print(f"deploy: {path}: ARNs use ${{AWS::Partition}}; table, queues and log groups are retained; log groups keep "
+          f"LogRetentionDays; the table's deletion protection follows TableDeletionProtection; every function runs "
+          f"on Architecture")
 
 
 if __name__ == "__main__":

@@ -1,32 +1,38 @@
 #!/usr/bin/env python3
-"""Deploys infra/template.yaml with the function zips built by `cargo lambda build`.
+"""Deploys infra/template.yaml with the function bootstraps built by `cargo lambda build`.
 
 The same steps work against AWS, LocalStack and MiniStack: only the endpoint (AWS_ENDPOINT_URL,
 read by boto3 itself) and the parameters differ. Prints the stack's coordinates as KEY=value lines.
 
-With --endpoint-for-functions (an emulator) the webhook settings default to the local stack's:
-loopback endpoints allowed, retries after 2 s doubling, 6 tries; otherwise to AWS's (no loopback,
-60 s doubling, 14 tries). ALLOW_LOOPBACK_WEBHOOKS, WEBHOOK_RETRY_BASE_SECONDS and
-WEBHOOK_MAX_RECEIVES in the environment override them.
+Every template parameter is set by an option, else by its environment variable, else (with
+--endpoint-for-functions, the local stack) by the local stack's value; a parameter given none of
+these keeps its previous value when the stack exists (UsePreviousValue) and gets the template's
+default when it is created. A redeploy therefore never resets anything it was not told to change.
+An option given an empty value ('') sets the parameter to empty: that is how an optional one is
+cleared (e.g. --alarm-topic-arn ''); an empty environment variable counts as not set.
 
-Usage: deploy.py --stack NAME --bucket BUCKET [--key-parameter /ssm/name] [--architecture arm64]
-                 [--endpoint-for-functions URL] [--api-url-base URL]
+Before uploading anything it reads the ELF header of each bootstrap and refuses one built for
+another machine than the Architecture being deployed (on the local stack: this host's).
 """
 
 import argparse
 import hashlib
 import io
-import json
 import os
+import platform
 import re
 import sys
 import time
 import zipfile
+from dataclasses import dataclass
 
-import boto3
-from botocore.exceptions import ClientError
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_template import Loader  # noqa: E402  (the template's !Ref/!Sub tags)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEMPLATE = os.path.join(ROOT, "infra", "template.yaml")
 FUNCTIONS = {
     "Registration": "registration",
     "PaymentRequest": "payment-request",
@@ -35,23 +41,202 @@ FUNCTIONS = {
     "Webhooks": "webhooks",
 }
 
+# ELF e_machine (bytes 18-19 of the header) of each Lambda architecture.
+ELF_MACHINES = {0x3E: "x86_64", 0xB7: "arm64"}
 
-def zip_bootstrap(name):
-    """A Lambda zip with the function's bootstrap at its root, reproducible for equal binaries."""
-    path = os.path.join(ROOT, "target", "lambda", name, "bootstrap")
-    if not os.path.isfile(path):
-        sys.exit(f"{path} is missing: run cargo lambda build --release first")
+
+def host_architecture():
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return "x86_64"
+    if machine in ("aarch64", "arm64"):
+        return "arm64"
+    sys.exit(f"this host's CPU ({machine}) is neither x86_64 nor arm64: pass --architecture")
+
+
+@dataclass
+class Param:
+    """A template parameter deploy.py takes from an option or an environment variable."""
+
+    name: str
+    option: str
+    env: str | None
+    help: str
+    local: object = None  # its value on the local stack (a string, or a function of nothing)
+
+    @property
+    def dest(self):
+        return self.option.lstrip("-").replace("-", "_")
+
+
+# Every template parameter is either here or in DERIVED (scripts/check_deploy_params.py checks
+# it, the --help text and docs/OPERATIONS.md's table against the template).
+PARAMETERS = [
+    Param("CodeBucket", "--bucket", None,
+          "S3 bucket for the function zips (created if missing); required when the stack is created"),
+    Param("Architecture", "--architecture", "ARCHITECTURE",
+          "arm64 or x86_64, as the bootstraps were built; checked against their ELF headers",
+          local=host_architecture),
+    Param("IssuerMasterKeyParameter", "--key-parameter", "ISSUER_MASTER_KEY_PARAMETER",
+          "an existing SSM SecureString holding the issuer master key(s) (AWS). Without it and "
+          "with ISSUER_MASTER_KEY set, that key is first stored in /<stack>/issuer-master-key "
+          "(emulators); with neither, the stack's parameter is kept"),
+    Param("IssuerMasterKeyKmsKeyArn", "--key-kms-arn", "ISSUER_KEY_KMS_ARN",
+          "the customer managed KMS key encrypting that SecureString, if not aws/ssm"),
+    Param("PendingTtlSeconds", "--pending-ttl-seconds", "PENDING_TTL_SECONDS",
+          "lifetime of a pending payment, seconds"),
+    Param("EndpointUrl", "--endpoint-for-functions", None,
+          "AWS_ENDPOINT_URL given to the functions: an emulator whose functions run on this host "
+          "(MiniStack). Also selects the local stack's values of the other parameters"),
+    Param("SettlementVisibilityTimeout", "--settlement-visibility-timeout", "SETTLEMENT_VISIBILITY_TIMEOUT",
+          "settlement queue visibility timeout, seconds (AWS 60, local stack 5 via scripts/up.sh)"),
+    Param("WebhookRetryBaseSeconds", "--webhook-retry-base-seconds", "WEBHOOK_RETRY_BASE_SECONDS",
+          "seconds before the second try of a webhook event, doubling after", local="2"),
+    Param("WebhookMaxReceives", "--webhook-max-receives", "WEBHOOK_MAX_RECEIVES",
+          "tries of a webhook event before its dead-letter queue", local="6"),
+    Param("AllowLoopbackWebhooks", "--allow-loopback-webhooks", "ALLOW_LOOPBACK_WEBHOOKS",
+          "1 admits http://127.0.0.1 webhook endpoints: emulators only", local="1"),
+    Param("AlarmTopicArn", "--alarm-topic-arn", "ALARM_TOPIC_ARN",
+          "SNS topic the alarms notify; '' for none"),
+    Param("LogLevel", "--log-level", "LOG_LEVEL", "RUST_LOG filter of the functions"),
+    Param("LogRetentionDays", "--log-retention-days", "LOG_RETENTION_DAYS",
+          "days the log groups keep their lines (a CloudWatch Logs retention value)"),
+    Param("TableDeletionProtection", "--table-deletion-protection", "TABLE_DELETION_PROTECTION",
+          "true or false: DynamoDB deletion protection of the table", local="false"),
+]
+
+# Parameters deploy.py computes on every run: no option, nothing kept from the last deploy.
+DERIVED = {
+    **{f"{logical}CodeKey": f"S3 key of the uploaded {name} zip (content-addressed)" for logical, name in FUNCTIONS.items()},
+    "IssuerMasterKeyVersion": "the SSM version of IssuerMasterKeyParameter's value, read on every run",
+    "IssuerMasterKey": "always empty: deploy.py always passes the key through SSM",
+}
+
+
+def template_parameters(path=TEMPLATE):
+    with open(path) as f:
+        return yaml.load(f, Loader=Loader).get("Parameters", {})
+
+
+def parser(template_params=None):
+    template_params = template_params if template_params is not None else template_parameters()
+    rows = []
+    for p in PARAMETERS:
+        default = template_params.get(p.name, {}).get("Default")
+        default = "(none)" if default is None else str(default) or "''"
+        local = p.local if isinstance(p.local, str) else ("this host's" if p.local else "")
+        rows.append(f"  {p.name:<28} {p.option + (' / ' + p.env if p.env else ''):<62} "
+                    f"default {default:<7}{' local: ' + local if local else ''}".rstrip())
+    for name, how in DERIVED.items():
+        rows.append(f"  {name:<28} (set by deploy.py: {how})")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="template parameter, option / environment variable, template default, local stack's value:\n"
+               + "\n".join(rows))
+    ap.add_argument("--stack", help="the CloudFormation stack to create or update (required unless --check-artifacts-only)")
+    ap.add_argument("--api-url-base", default="", help="emulators: base of the path-style execute-api URL printed as API_URL")
+    ap.add_argument("--artifacts-dir", default=os.path.join(ROOT, "target", "lambda"),
+                    help="where <function>/bootstrap are (default target/lambda)")
+    ap.add_argument("--check-artifacts-only", action="store_true",
+                    help="only check the bootstraps' ELF machine against the architecture (given, else this "
+                         "host's with --endpoint-for-functions, else the template default); no AWS call")
+    for p in PARAMETERS:
+        env = f" [${p.env}]" if p.env else ""
+        ap.add_argument(p.option, dest=p.dest, default=None, help=f"{p.name}: {p.help}{env}")
+    return ap
+
+
+def given_values(args, local):
+    """{parameter: (value, where it came from)} for those given by an option, an environment
+    variable or the local stack's values."""
+    given = {}
+    for p in PARAMETERS:
+        value = getattr(args, p.dest)
+        if value is not None:
+            given[p.name] = (value, p.option)
+        elif p.env and os.environ.get(p.env):
+            given[p.name] = (os.environ[p.env], f"${p.env}")
+        elif local and p.local is not None:
+            given[p.name] = (p.local() if callable(p.local) else p.local, "the local stack's value")
+    return given
+
+
+def check_value(name, value, definition, source):
+    """The template's constraints, so that a bad value stops us before anything is uploaded."""
+    problem = None
+    allowed = definition.get("AllowedValues")
+    if allowed is not None and value not in [str(a) for a in allowed]:
+        problem = f"must be one of {', '.join(str(a) for a in allowed)}"
+    elif definition.get("Type") == "Number":
+        try:
+            number = float(value)
+        except ValueError:
+            problem = "must be a number"
+        else:
+            if "MinValue" in definition and number < float(definition["MinValue"]):
+                problem = f"must be at least {definition['MinValue']}"
+            elif "MaxValue" in definition and number > float(definition["MaxValue"]):
+                problem = f"must be at most {definition['MaxValue']}"
+    elif "AllowedPattern" in definition and not re.fullmatch(definition["AllowedPattern"], value):
+        problem = f"must match {definition['AllowedPattern']}"
+    if problem:
+        sys.exit(f"{name} ({source}) is {value!r}: it {problem}")
+
+
+def elf_architecture(data):
+    """The Lambda architecture an ELF executable was built for, or a ValueError saying why none."""
+    if data[:4] != b"\x7fELF":
+        raise ValueError("is not an ELF executable")
+    if len(data) < 20 or data[4] != 2 or data[5] != 1:
+        raise ValueError("is not a 64-bit little-endian ELF executable")
+    machine = int.from_bytes(data[18:20], "little")
+    if machine not in ELF_MACHINES:
+        raise ValueError(f"is built for ELF machine {machine:#x}, neither x86_64 (0x3e) nor aarch64 (0xb7)")
+    return ELF_MACHINES[machine]
+
+
+def read_bootstraps(artifacts_dir, architecture):
+    """{function: bootstrap bytes}, or exits naming every bootstrap missing or built for another
+    machine than `architecture`: Lambda would only fail at the first invocation."""
+    found, problems = {}, []
+    for name in FUNCTIONS.values():
+        path = os.path.join(artifacts_dir, name, "bootstrap")
+        if not os.path.isfile(path):
+            problems.append(f"{path} is missing: build first (cargo lambda build --release)")
+            continue
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            built_for = elf_architecture(data)
+        except ValueError as e:
+            problems.append(f"{path} {e}")
+            continue
+        if built_for != architecture:
+            problems.append(f"{path} is built for {built_for} (ELF e_machine "
+                            f"{int.from_bytes(data[18:20], 'little'):#x}), not {architecture}")
+        found[name] = data
+    if problems:
+        hint = ("cargo lambda build --release --arm64" if architecture == "arm64"
+                else "cargo lambda build --release (x86_64)")
+        sys.exit("refusing to deploy: Architecture is " + architecture + ", but\n  " + "\n  ".join(problems)
+                 + f"\nrebuild for {architecture} ({hint}) or deploy the architecture they were built for (--architecture)")
+    return found
+
+
+def zip_bootstrap(data):
+    """A Lambda zip with the bootstrap at its root, reproducible for equal binaries."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         info = zipfile.ZipInfo("bootstrap", date_time=(1980, 1, 1, 0, 0, 0))
         info.external_attr = 0o755 << 16
         info.compress_type = zipfile.ZIP_DEFLATED
-        with open(path, "rb") as f:
-            z.writestr(info, f.read())
+        z.writestr(info, data)
     return buf.getvalue()
 
 
-def upload_code(s3, bucket):
+def upload_code(s3, bucket, bootstraps):
+    from botocore.exceptions import ClientError
+
     try:
         s3.head_bucket(Bucket=bucket)
     except ClientError:
@@ -62,7 +247,7 @@ def upload_code(s3, bucket):
             s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
     keys = {}
     for logical, name in FUNCTIONS.items():
-        data = zip_bootstrap(name)
+        data = zip_bootstrap(bootstraps[name])
         # Content-addressed keys: a changed binary is a changed parameter, so an update redeploys it.
         key = f"functions/{name}/{hashlib.sha256(data).hexdigest()[:16]}.zip"
         s3.put_object(Bucket=bucket, Key=key, Body=data)
@@ -73,6 +258,8 @@ def upload_code(s3, bucket):
 def parameter_version(ssm, name):
     """The version SSM gave the parameter's current value (it counts every PutParameter). Read
     without decryption: the deployer needs ssm:GetParameter on it, not the key itself."""
+    from botocore.exceptions import ClientError
+
     try:
         return str(ssm.get_parameter(Name=name, WithDecryption=False)["Parameter"]["Version"])
     except ClientError as e:
@@ -82,6 +269,8 @@ def parameter_version(ssm, name):
 def store_key(ssm, name, value):
     """Emulators: writes the key(s) to the SecureString, only when they differ from what it holds,
     so that its version (see parameter_version) changes exactly when the key does. Returns it."""
+    from botocore.exceptions import ClientError
+
     try:
         current = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]
         if current["Value"] == value:
@@ -92,13 +281,22 @@ def store_key(ssm, name, value):
     return str(ssm.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)["Version"])
 
 
-def deploy(cfn, stack, template, params):
-    parameters = [{"ParameterKey": k, "ParameterValue": str(v)} for k, v in params.items()]
+def existing_stack(cfn, stack):
+    """{parameter: previous value} of the stack, or None when there is no such stack."""
+    from botocore.exceptions import ClientError
+
     try:
-        cfn.describe_stacks(StackName=stack)
-        exists = True
-    except ClientError:
-        exists = False
+        s = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    except ClientError as e:
+        if "does not exist" in str(e):
+            return None
+        raise
+    return {p["ParameterKey"]: p.get("ParameterValue", "") for p in s.get("Parameters", [])}
+
+
+def deploy(cfn, stack, template, parameters, exists):
+    from botocore.exceptions import ClientError
+
     caps = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"]
     if exists:
         try:
@@ -124,69 +322,80 @@ def deploy(cfn, stack, template, params):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--stack", required=True)
-    ap.add_argument("--bucket", required=True)
-    ap.add_argument("--endpoint-for-functions", default="", help="AWS_ENDPOINT_URL given to the functions (emulators)")
-    ap.add_argument("--api-url-base", default="", help="emulators: base of the path-style execute-api URL")
-    ap.add_argument("--architecture", default="x86_64")
-    ap.add_argument(
-        "--key-parameter",
-        default="",
-        help="an existing SSM SecureString holding the issuer master key(s) (AWS); "
-        "without it, ISSUER_MASTER_KEY is stored in /<stack>/issuer-master-key first (emulators)",
-    )
-    args = ap.parse_args()
+    template_params = template_parameters()
+    args = parser(template_params).parse_args()
+    local = bool(args.endpoint_for_functions)
+    given = given_values(args, local)
+    for name, (value, source) in given.items():
+        check_value(name, value, template_params[name], source)
+
+    if args.check_artifacts_only:
+        architecture = given.get("Architecture", (template_params["Architecture"]["Default"],))[0]
+        read_bootstraps(args.artifacts_dir, architecture)
+        print(f"{args.artifacts_dir}: the five bootstraps are {architecture} ELF executables")
+        return
+    if not args.stack:
+        sys.exit("--stack is required")
+
+    import boto3
 
     session = boto3.session.Session()
-    s3 = session.client("s3")
     cfn = session.client("cloudformation")
+    previous = existing_stack(cfn, args.stack)
+
+    def effective(name):
+        """What the stack will hold: given, else kept from the last deploy, else the default."""
+        if name in given:
+            return given[name][0]
+        if previous is not None and name in previous:
+            return previous[name]
+        return str(template_params[name].get("Default", ""))
+
+    if effective("AllowLoopbackWebhooks") == "1" and not local:
+        sys.exit("AllowLoopbackWebhooks=1 (ALLOW_LOOPBACK_WEBHOOKS) is for emulators only (with --endpoint-for-functions)")
+    bucket = effective("CodeBucket")
+    if not bucket:
+        sys.exit("--bucket is required when the stack is created")
+
+    # Nothing is written anywhere before the bootstraps are known to match the architecture.
+    architecture = effective("Architecture")
+    bootstraps = read_bootstraps(args.artifacts_dir, architecture)
 
     # The key lives in SSM Parameter Store as a SecureString and the functions read it at init; it
     # never enters the template or the functions' environment. On an emulator we put it there.
     ssm = session.client("ssm")
-    key_parameter = args.key_parameter
-    if not key_parameter:
-        master_key = os.environ.get("ISSUER_MASTER_KEY", "")
+    master_key = os.environ.get("ISSUER_MASTER_KEY", "")
+    if "IssuerMasterKeyParameter" not in given and master_key:
         if not re.fullmatch(r"[0-9a-fA-F]{64}(,[0-9a-fA-F]{64}){0,3}", master_key):
-            sys.exit("ISSUER_MASTER_KEY must be 64 hex characters (up to 4, comma-separated), or pass --key-parameter")
+            sys.exit("ISSUER_MASTER_KEY must be 64 hex characters (up to 4, comma-separated)")
         key_parameter = f"/{args.stack}/issuer-master-key"
+        if previous and previous.get("IssuerMasterKeyParameter") not in ("", None, key_parameter):
+            sys.exit(f"the stack reads its key from {previous['IssuerMasterKeyParameter']}: pass --key-parameter "
+                     f"to keep or change that, or unset ISSUER_MASTER_KEY (it would switch to {key_parameter})")
+        given["IssuerMasterKeyParameter"] = (key_parameter, "ISSUER_MASTER_KEY, stored in SSM")
         key_version = store_key(ssm, key_parameter, master_key)
     else:
+        key_parameter = effective("IssuerMasterKeyParameter")
+        if not key_parameter:
+            sys.exit("pass --key-parameter (an SSM SecureString holding the issuer master key), "
+                     "or ISSUER_MASTER_KEY on an emulator")
         key_version = parameter_version(ssm, key_parameter)
 
-    # Webhooks: the local stack retries fast and may send to 127.0.0.1; AWS keeps the template's
-    # defaults (over 24 h of tries, public endpoints only).
-    local = bool(args.endpoint_for_functions)
-    allow_loopback = os.environ.get("ALLOW_LOOPBACK_WEBHOOKS") or ("1" if local else "0")
-    if allow_loopback not in ("0", "1"):
-        sys.exit("ALLOW_LOOPBACK_WEBHOOKS must be 0 or 1")
-    if allow_loopback == "1" and not local:
-        sys.exit("ALLOW_LOOPBACK_WEBHOOKS=1 is for emulators only (with --endpoint-for-functions)")
+    values = {name: value for name, (value, _) in given.items()}
+    values.update(upload_code(session.client("s3"), bucket, bootstraps))
+    # The functions read the key's value only at init, and its name never changes: its version
+    # is what makes a new value a new configuration, so that it reaches every instance.
+    values.update(IssuerMasterKeyVersion=key_version, IssuerMasterKey="")
+    parameters = [{"ParameterKey": k, "ParameterValue": str(v)} for k, v in values.items()]
+    kept = [n for n in template_params if n not in values and previous is not None and n in previous]
+    parameters += [{"ParameterKey": n, "UsePreviousValue": True} for n in kept]
+    defaulted = [n for n in template_params if n not in values and n not in kept]
+    print(f"deploying {args.stack} ({'update' if previous is not None else 'create'}, Architecture={architecture}); "
+          f"kept: {', '.join(kept) or 'none'}; template defaults: {', '.join(defaulted) or 'none'}", file=sys.stderr)
 
-    params = upload_code(s3, args.bucket)
-    params.update(
-        CodeBucket=args.bucket,
-        Architecture=args.architecture,
-        IssuerMasterKeyParameter=key_parameter,
-        # The functions read the key's value only at init, and its name never changes: its version
-        # is what makes a new value a new configuration, so that it reaches every instance.
-        IssuerMasterKeyVersion=key_version,
-        PendingTtlSeconds=os.environ.get("PENDING_TTL_SECONDS") or "120",
-        EndpointUrl=args.endpoint_for_functions,
-        LogLevel=os.environ.get("LOG_LEVEL", "info"),
-        SettlementVisibilityTimeout=os.environ.get("SETTLEMENT_VISIBILITY_TIMEOUT") or "60",
-        AllowLoopbackWebhooks=allow_loopback,
-        WebhookRetryBaseSeconds=os.environ.get("WEBHOOK_RETRY_BASE_SECONDS") or ("2" if local else "60"),
-        WebhookMaxReceives=os.environ.get("WEBHOOK_MAX_RECEIVES") or ("6" if local else "14"),
-    )
-    # Optional parameters: given every time, or an update would put the template's defaults back.
-    for env_name, param in [("ALARM_TOPIC_ARN", "AlarmTopicArn"), ("ISSUER_KEY_KMS_ARN", "IssuerMasterKeyKmsKeyArn")]:
-        if os.environ.get(env_name):
-            params[param] = os.environ[env_name]
-    with open(os.path.join(ROOT, "infra", "template.yaml")) as f:
+    with open(TEMPLATE) as f:
         template = f.read()
-    outputs = deploy(cfn, args.stack, template, params)
+    outputs = deploy(cfn, args.stack, template, parameters, previous is not None)
 
     api_url = outputs["ApiEndpoint"]
     if args.api_url_base:

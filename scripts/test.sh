@@ -24,6 +24,24 @@ for change in "s|'GET /v1/balance'|'GET /v1/balances'|" \
     exit 1
   fi
 done
+log "deploy.py: knows every template parameter, refuses bootstraps of another architecture"
+python scripts/check_deploy_params.py
+# It must be able to fail: a parameter added to the template but not to deploy.py is caught.
+sed 's/^Parameters:$/Parameters:\n  UnknownToDeploy: {Type: String, Default: x}/' infra/template.yaml > "$bad"
+if python scripts/check_deploy_params.py --template "$bad" 2>/dev/null; then
+  echo "check_deploy_params.py missed a template parameter deploy.py does not know" >&2
+  exit 1
+fi
+log "checkov: security scan of the template (each skip in the template says why)"
+checkov -f infra/template.yaml --framework cloudformation --quiet --compact --skip-download
+# It must be able to fail (a file checkov cannot parse passes silently): the API without its
+# access log is caught. The copy must end in .yaml for checkov to read it as CloudFormation.
+sed '/AccessLogSettings:/,+2d' infra/template.yaml > "$LOCAL/checkov-selftest.yaml"
+if checkov -f "$LOCAL/checkov-selftest.yaml" --framework cloudformation --quiet --compact --skip-download >/dev/null 2>&1; then
+  echo "checkov missed an HTTP API stage without access logging" >&2
+  exit 1
+fi
+rm -f "$LOCAL/checkov-selftest.yaml"
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"

@@ -8,7 +8,7 @@ use lambda_http::{
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
-use twochan_domain::{DomainError, Result, crypto::SecretHash};
+use twochan_domain::{DomainError, Result, crypto::SecretHash, ports::StoredResponse};
 
 /// Bodies larger than this are refused before anything else looks at them.
 pub const MAX_BODY_BYTES: usize = 8 * 1024;
@@ -87,6 +87,16 @@ pub fn render_error(e: &DomainError) -> Response<Body> {
         resp.headers_mut().insert(header::RETRY_AFTER, value);
     }
     resp
+}
+
+/// The answer to `e` as kept under an idempotency key, to be given again: rendered, not logged
+/// (the request that keeps it is logged once by `routes::handle`, each replay by its own).
+pub(crate) fn stored_error(e: &DomainError) -> StoredResponse {
+    let resp = render_error(e);
+    StoredResponse {
+        status: resp.status().as_u16(),
+        body: String::from_utf8_lossy(resp.body().as_ref()).into_owned(),
+    }
 }
 
 pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {

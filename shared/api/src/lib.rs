@@ -1,11 +1,14 @@
 //! The transport side: API Gateway v2 requests (through `lambda_http`) and SQS batches in, the
 //! contract's responses out. Handlers are generic over the ports of `twochan-domain`.
 
+mod extract;
 pub mod http;
 pub mod refunds;
+mod router;
 pub mod routes;
 pub mod settlement;
 pub mod telemetry;
+mod usecase;
 pub mod view;
 pub mod webhooks;
 

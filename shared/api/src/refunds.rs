@@ -16,7 +16,7 @@ use twochan_domain::{
     refund::Refund,
 };
 
-use crate::http::{JsonBody, error_response, json_response, raw_json_response};
+use crate::http::{JsonBody, json_response, raw_json_response, stored_error};
 use crate::view::{RefundView, RefundsView};
 
 /// Concurrent refunds of one payment each change it, so a request may lose several races in a
@@ -82,13 +82,12 @@ where
         }
         if let Err(e) = Refund::check(&payment, request.amount) {
             // A final answer: the same key gets it again.
-            let resp = error_response(&e);
-            let stored = crate::routes::stored_response(&resp);
             return match store
-                .record_refund_rejection(&slot, &fingerprint, &stored, Timestamp::now())
+                .record_refund_rejection(&slot, &fingerprint, &stored_error(&e), Timestamp::now())
                 .await?
             {
-                Write::Applied => Ok(resp),
+                // Kept: this request is refused like any other, by `routes::handle`.
+                Write::Applied => Err(e),
                 Write::Conflict => match store.refund_slot(&slot).await? {
                     Some(record) => replay(record, &fingerprint),
                     None => Err(DomainError::Unavailable("refund slot changed".into())),

@@ -33,9 +33,13 @@ impl Refund {
         Ok(())
     }
 
-    /// The most the payment may have refunded already for `amount` more to fit.
-    pub fn room_needed(payment: &Payment, amount: Amount) -> u64 {
-        payment.amount.minor_units() - amount.minor_units()
+    /// The most the payment may have refunded already for `amount` more to fit; `None` if it
+    /// cannot fit at all.
+    pub fn room_needed(payment: &Payment, amount: Amount) -> Option<u64> {
+        payment
+            .amount
+            .minor_units()
+            .checked_sub(amount.minor_units())
     }
 }
 
@@ -74,7 +78,8 @@ mod tests {
             Refund::check(&settled(900, 0), a(901)),
             Err(DomainError::RefundExceedsPayment)
         );
-        assert_eq!(Refund::room_needed(&settled(900, 0), a(300)), 600);
+        assert_eq!(Refund::room_needed(&settled(900, 0), a(300)), Some(600));
+        assert_eq!(Refund::room_needed(&settled(900, 0), a(901)), None);
         for status in PaymentStatus::ALL {
             let mut p = settled(900, 0);
             p.status = status;

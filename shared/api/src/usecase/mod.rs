@@ -1,0 +1,80 @@
+//! The use cases behind each endpoint, one module per function, generic over the ports they
+//! need. They answer with a response or a [`DomainError`]; `router::handle` turns the error into
+//! the contract's answer and logs the request's outcome.
+
+pub(crate) mod confirmation;
+pub(crate) mod payment_request;
+pub(crate) mod registration;
+
+use lambda_http::{Body, Response, http::StatusCode};
+use twochan_domain::{
+    DomainError, Payment, PaymentId, Result, Timestamp, UniqueCode,
+    crypto::IssuerKeys,
+    ports::{SettlementMessage, SettlementQueue},
+};
+
+use crate::http::json_response;
+use crate::view::PaymentView;
+
+/// How often a use case re-reads and retries after losing a race on a conditional write, before
+/// answering 503 (a client retry is then safe).
+const MAX_RACE_RETRIES: usize = 4;
+
+/// Everything a handler may need, built once at init.
+pub struct App<S, Q, E> {
+    pub store: S,
+    pub queue: Q,
+    /// Where the events of payment changes go, to be sent to the merchants' webhooks.
+    pub events: E,
+    /// Whether `http://127.0.0.1:<port>/...` webhook URLs are accepted (the local stack only).
+    pub allow_loopback_webhooks: bool,
+    /// Every HTTP function verifies device codes (registration and beacon proofs, auth codes).
+    pub issuer_keys: Option<IssuerKeys>,
+    pub pending_ttl_seconds: i64,
+}
+
+impl<S, Q, E> App<S, Q, E> {
+    fn issuer_keys(&self) -> Result<&IssuerKeys> {
+        self.issuer_keys
+            .as_ref()
+            .ok_or_else(|| DomainError::Internal("no issuer master key is configured".into()))
+    }
+}
+
+/// A queue for functions that never enqueue.
+pub struct NoQueue;
+
+impl SettlementQueue for NoQueue {
+    async fn enqueue(&self, _: &SettlementMessage) -> Result<()> {
+        Err(DomainError::Internal(
+            "this function has no settlement queue".into(),
+        ))
+    }
+}
+
+/// Whether `e` is a final answer to an idempotent request, kept so that the same key gets it
+/// again. A failure on our side or a request still in flight decided nothing: a retry may
+/// still succeed.
+fn is_final(e: &DomainError) -> bool {
+    !matches!(
+        e,
+        DomainError::Internal(_) | DomainError::Unavailable(_) | DomainError::IdempotencyKeyInUse
+    )
+}
+
+/// Names the device (by its hash) and the payment on every further log line of the request.
+fn tag(code: &UniqueCode, payment: Option<&PaymentId>) {
+    let span = tracing::Span::current();
+    span.record("unique_code_hash", code.log_hash());
+    if let Some(id) = payment {
+        span.record("payment_id", tracing::field::display(id));
+    }
+}
+
+fn tag_payment(p: &Payment) {
+    tag(&p.unique_code, Some(&p.payment_id));
+}
+
+fn payment_response(status: StatusCode, p: &Payment) -> Response<Body> {
+    json_response(status, &PaymentView::new(p, Timestamp::now()))
+}

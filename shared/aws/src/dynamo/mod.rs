@@ -1,0 +1,446 @@
+//! The DynamoDB adapter: [`DynamoStore`] and the plumbing its port implementations share (one
+//! module per port). Every conditional expression of the product is in `cond`;
+//! `tests/tests/dynamo_conditions.rs` exercises each against the emulator.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::{
+    Client,
+    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
+    types::{
+        AttributeValue, ConditionCheck, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
+use twochan_domain::{
+    DomainError, Payment, PaymentId, PaymentSlot, Result,
+    ports::{SlotRecord, StoredResponse, Write},
+};
+
+use crate::items::{PaymentItem, RejectedItem, SK_PAYMENT, payment_pk};
+
+mod cond;
+mod devices;
+mod directory;
+mod ledger;
+mod payments;
+mod refunds;
+mod webhooks;
+
+/// Keys per `BatchGetItem` request (the service's limit).
+const BATCH_GET_LIMIT: usize = 100;
+
+pub type RawItem = HashMap<String, AttributeValue>;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+fn item_of<T: Serialize>(value: &T) -> Result<HashMap<String, AttributeValue>> {
+    to_item(value).map_err(|e| DomainError::Internal(format!("serialize item: {e}")))
+}
+
+fn parse_item<T: DeserializeOwned>(item: HashMap<String, AttributeValue>) -> Result<T> {
+    from_item(item).map_err(|e| DomainError::Internal(format!("deserialize item: {e}")))
+}
+
+/// Maps an SDK failure: our own malformed request is a bug (500); anything else (throttling,
+/// timeouts, the service down) is a dependency failure (503, retry is safe).
+fn sdk_error<E, R>(op: &'static str, err: SdkError<E, R>) -> DomainError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = err.code().unwrap_or("").to_owned();
+    let detail = DisplayErrorContext(&err).to_string();
+    tracing::error!(operation = op, error_code = %code, error = %detail, "dynamodb call failed");
+    if code == "ValidationException" || code == "ResourceNotFoundException" {
+        DomainError::Internal(format!("dynamodb {op}: {detail}"))
+    } else {
+        DomainError::Unavailable(format!("dynamodb {op}: {detail}"))
+    }
+}
+
+fn build_err(e: impl std::fmt::Display) -> DomainError {
+    DomainError::Internal(format!("build dynamodb request: {e}"))
+}
+
+/// One conditional update of a transaction, with its names and values.
+struct UpdateSpec {
+    key: HashMap<String, AttributeValue>,
+    update: String,
+    condition: &'static str,
+    values: Vec<(&'static str, AttributeValue)>,
+}
+
+/// The DynamoDB side of every port.
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// A cheap call made at init so the first request finds a warm connection.
+    pub async fn warm_up(&self) {
+        if let Err(e) = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+        {
+            tracing::warn!(error = %DisplayErrorContext(&e), "warm-up DescribeTable failed");
+        }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, pk: String, sk: &str) -> Result<Option<T>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem", e))?;
+        out.item.map(parse_item).transpose()
+    }
+
+    async fn get_raw(&self, pk: String, sk: &str) -> Result<Option<RawItem>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem", e))?;
+        Ok(out.item)
+    }
+
+    /// Items by key (BatchGetItem, strongly consistent), in no particular order. The hot paths
+    /// each need an item keyed by the caller and one keyed by the request: one round trip.
+    async fn get_many(&self, keys: Vec<RawItem>) -> Result<Vec<RawItem>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_GET_LIMIT) {
+            let mut wanted = chunk.to_vec();
+            // Keys left unprocessed (throttling) are asked for again after a short pause.
+            for pause_ms in [0, 25, 100] {
+                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut wanted)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(build_err)?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("BatchGetItem", e))?;
+                found.extend(
+                    out.responses
+                        .and_then(|mut r| r.remove(&self.table))
+                        .unwrap_or_default(),
+                );
+                wanted = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if wanted.is_empty() {
+                    break;
+                }
+            }
+            if !wanted.is_empty() {
+                return Err(DomainError::Unavailable(
+                    "BatchGetItem left keys unprocessed".into(),
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Two items in one request, raw.
+    async fn get_two(
+        &self,
+        a: (String, &str),
+        b: (String, &str),
+    ) -> Result<(Option<RawItem>, Option<RawItem>)> {
+        let (key_a, key_b) = (key(a.0, a.1), key(b.0, b.1));
+        let (mut found_a, mut found_b) = (None, None);
+        for item in self.get_many(vec![key_a.clone(), key_b.clone()]).await? {
+            let is = |k: &HashMap<String, AttributeValue>| {
+                item.get("pk") == k.get("pk") && item.get("sk") == k.get("sk")
+            };
+            if is(&key_a) {
+                found_a = Some(item);
+            } else if is(&key_b) {
+                found_b = Some(item);
+            }
+        }
+        Ok((found_a, found_b))
+    }
+
+    /// A single conditional write outside a transaction: a failed condition is `Conflict`.
+    fn write_if<T, E, R>(
+        &self,
+        op: &'static str,
+        result: std::result::Result<T, SdkError<E, R>>,
+    ) -> Result<Write>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        match result {
+            Ok(_) => Ok(Write::Applied),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                tracing::info!(operation = op, "condition failed");
+                Ok(Write::Conflict)
+            }
+            Err(e) => Err(sdk_error(op, e)),
+        }
+    }
+
+    /// A conditional `UpdateItem` on its own (not in a transaction): the same request a
+    /// transaction's update would carry.
+    async fn update_if(&self, op: &'static str, spec: UpdateSpec) -> Result<Write> {
+        let u = self.update(spec)?;
+        let result = self
+            .client
+            .update_item()
+            .table_name(u.table_name)
+            .set_key(Some(u.key))
+            .update_expression(u.update_expression)
+            .set_condition_expression(u.condition_expression)
+            .set_expression_attribute_names(u.expression_attribute_names)
+            .set_expression_attribute_values(u.expression_attribute_values)
+            .send()
+            .await;
+        self.write_if(op, result)
+    }
+
+    /// A `PutItem` of an item whose key must be new.
+    async fn put_if_new(
+        &self,
+        op: &'static str,
+        item: HashMap<String, AttributeValue>,
+    ) -> Result<Write> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(cond::NEW_ITEM)
+            .send()
+            .await;
+        self.write_if(op, result)
+    }
+
+    fn update_item(&self, spec: UpdateSpec) -> Result<TransactWriteItem> {
+        Ok(TransactWriteItem::builder()
+            .update(self.update(spec)?)
+            .build())
+    }
+
+    /// A conditional update of one item, with its names and values.
+    fn update(&self, spec: UpdateSpec) -> Result<Update> {
+        // DynamoDB refuses a name placeholder that no expression uses, and fails one that is used
+        // but unbound: `#status` is bound exactly when the update or the condition names it.
+        let names_status = spec.update.contains("#status") || spec.condition.contains("#status");
+        let mut b = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(spec.key))
+            .update_expression(spec.update)
+            .set_condition_expression(
+                (spec.condition != cond::ALWAYS).then(|| spec.condition.to_owned()),
+            );
+        for (name, value) in spec.values {
+            b = b.expression_attribute_values(name, value);
+        }
+        if names_status {
+            b = b.expression_attribute_names("#status", "status");
+        }
+        b.build().map_err(build_err)
+    }
+
+    /// A transaction's check that an item still exists, without writing it.
+    fn check_exists(&self, key: HashMap<String, AttributeValue>) -> Result<TransactWriteItem> {
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .condition_expression(cond::EXISTS)
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
+    }
+
+    fn put_new(&self, item: HashMap<String, AttributeValue>) -> Result<TransactWriteItem> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(cond::NEW_ITEM)
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    fn delete(&self, key: HashMap<String, AttributeValue>) -> Result<TransactWriteItem> {
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().delete(delete).build())
+    }
+
+    /// Runs a transaction; a failed condition (or a conflicting transaction) is `Write::Conflict`.
+    async fn transact(&self, op: &'static str, items: Vec<TransactWriteItem>) -> Result<Write> {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Write::Applied),
+            Err(err) => {
+                let reasons: Vec<String> = err
+                    .as_service_error()
+                    .and_then(|se| match se {
+                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => Some(c),
+                        _ => None,
+                    })
+                    .map(|c| {
+                        c.cancellation_reasons()
+                            .iter()
+                            .map(|r| r.code().unwrap_or("None").to_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let conflict = !reasons.is_empty()
+                    && reasons.iter().all(|r| {
+                        matches!(
+                            r.as_str(),
+                            "None" | "ConditionalCheckFailed" | "TransactionConflict"
+                        )
+                    });
+                if conflict {
+                    tracing::info!(operation = op, reasons = ?reasons, "transaction condition failed");
+                    Ok(Write::Conflict)
+                } else {
+                    Err(sdk_error(op, err))
+                }
+            }
+        }
+    }
+}
+
+/// Test and operator access to raw items (journal legs), kept out of the ports on purpose.
+impl DynamoStore {
+    /// The journal entry of one settled payment: `(direction, account, amount, currency)` per leg.
+    pub async fn ledger_entries(
+        &self,
+        payment: &PaymentId,
+    ) -> Result<Vec<(String, String, u64, String)>> {
+        let Some(item) = self.get_raw(payment_pk(payment), SK_PAYMENT).await? else {
+            return Ok(Vec::new());
+        };
+        let p: PaymentItem = parse_item(item)?;
+        if p.payment_id != payment.as_str() {
+            return Ok(Vec::new());
+        }
+        let leg = |direction: &str, account: Option<String>| {
+            account.map(|a| (direction.to_owned(), a, p.amount, p.currency.clone()))
+        };
+        Ok([
+            leg("credit", p.credit_account.clone()),
+            leg("debit", p.debit_account.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect())
+    }
+}
+
+/// The slots of some payment ids, each once: two locks may name one slot (a lock left behind by
+/// a replay, under another device of the terminal), and `BatchGetItem` refuses a repeated key.
+pub fn slot_keys(ids: &[PaymentId]) -> Vec<PaymentSlot> {
+    let mut slots: Vec<PaymentSlot> = Vec::with_capacity(ids.len());
+    for slot in ids.iter().map(PaymentId::slot) {
+        if !slots.contains(&slot) {
+            slots.push(slot);
+        }
+    }
+    slots
+}
+
+/// A payment as its stored item (serde_dynamo), as every payment write makes it. Public for the
+/// CPU benchmarks (`make bench-cpu`), like [`payment_from_item`].
+pub fn payment_to_item(p: &Payment, fingerprint: &str) -> Result<RawItem> {
+    item_of(&PaymentItem::new(p, fingerprint))
+}
+
+/// A stored payment item back into a payment, as every payment read does.
+pub fn payment_from_item(item: RawItem) -> Result<Payment> {
+    match slot_record(item)? {
+        SlotRecord::Payment { payment, .. } => Ok(*payment),
+        SlotRecord::Rejected { .. } => Err(DomainError::Internal("not a payment item".into())),
+    }
+}
+
+/// What a payment slot's item is: a payment, or a kept final error.
+fn slot_record(item: HashMap<String, AttributeValue>) -> Result<SlotRecord> {
+    if item.contains_key("rejected_status") {
+        let r: RejectedItem = parse_item(item)?;
+        Ok(SlotRecord::Rejected {
+            fingerprint: r.request_fingerprint,
+            response: StoredResponse {
+                status: r.rejected_status,
+                body: r.rejected_body,
+            },
+        })
+    } else {
+        let p: PaymentItem = parse_item(item)?;
+        let fingerprint = p.request_fingerprint.clone();
+        Ok(SlotRecord::Payment {
+            payment: Box::new(Payment::try_from(p)?),
+            fingerprint,
+        })
+    }
+}
+
+/// The payment `id`, if the slot item is that payment (not a kept error, and not another
+/// payment whose id merely shares the random part).
+fn payment_in(
+    item: Option<HashMap<String, AttributeValue>>,
+    id: &PaymentId,
+) -> Result<Option<Payment>> {
+    Ok(match item.map(slot_record).transpose()? {
+        Some(SlotRecord::Payment { payment, .. }) if payment.payment_id == *id => Some(*payment),
+        _ => None,
+    })
+}
