@@ -99,6 +99,24 @@ pub(crate) fn stored_error(e: &DomainError) -> StoredResponse {
     }
 }
 
+/// An answer kept under an idempotency key, as it was given.
+pub fn kept_answer(kept: twochan_domain::ports::StoredResponse) -> Result<Response<Body>> {
+    let status = StatusCode::from_u16(kept.status)
+        .map_err(|_| DomainError::Internal("stored status".into()))?;
+    Ok(raw_json_response(status, kept.body))
+}
+
+/// An answer given again for the same key and body: marked `Idempotent-Replayed: true`.
+pub fn replayed(mut resp: Response<Body>) -> Response<Body> {
+    tracing::info!(
+        outcome = "idempotent_replay",
+        status = resp.status().as_u16()
+    );
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp
+}
+
 pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     match serde_json::to_string(body) {
         Ok(text) => raw_json_response(status, text),

@@ -1,10 +1,7 @@
 //! `POST /v1/payments/{id}/refunds` and `GET /v1/payments/{id}/refunds`: money given back on a
 //! settled payment, at most its amount in all, exactly once per idempotency key.
 
-use lambda_http::{
-    Body, Response,
-    http::{HeaderValue, StatusCode},
-};
+use lambda_http::{Body, Response, http::StatusCode};
 use serde_json::json;
 use twochan_domain::{
     Amount, DomainError, IdempotencyKey, MerchantId, PaymentId, PaymentSlot, Reason, RefundId,
@@ -16,7 +13,7 @@ use twochan_domain::{
     refund::Refund,
 };
 
-use crate::http::{JsonBody, json_response, raw_json_response, stored_error};
+use crate::http::{JsonBody, json_response, kept_answer, replayed, stored_error};
 use crate::view::{RefundView, RefundsView};
 
 /// Concurrent refunds of one payment each change it, so a request may lose several races in a
@@ -128,7 +125,7 @@ where
 /// The answer kept under a refund key: the refund as created, or the kept error; another body
 /// under the key is `422 idempotency_key_reused`.
 fn replay(record: RefundSlotRecord, fingerprint: &str) -> Result<Response<Body>> {
-    let mut resp = match record {
+    let resp = match record {
         RefundSlotRecord::Refund {
             refund,
             fingerprint: kept,
@@ -136,20 +133,10 @@ fn replay(record: RefundSlotRecord, fingerprint: &str) -> Result<Response<Body>>
         RefundSlotRecord::Rejected {
             fingerprint: kept,
             response,
-        } if kept == fingerprint => {
-            let status = StatusCode::from_u16(response.status)
-                .map_err(|_| DomainError::Internal("stored status".into()))?;
-            raw_json_response(status, response.body)
-        }
+        } if kept == fingerprint => kept_answer(response)?,
         _ => return Err(DomainError::IdempotencyKeyReused),
     };
-    tracing::info!(
-        outcome = "idempotent_replay",
-        status = resp.status().as_u16()
-    );
-    resp.headers_mut()
-        .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    Ok(resp)
+    Ok(replayed(resp))
 }
 
 /// The refunds of a payment its caller may see (`owns` says whether it may), oldest first.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use twochan_domain::{
     Counter, DomainError, Payment, PaymentId, PaymentSlot, PaymentStatus, Timestamp, UniqueCode,
     crypto::SecretHash,
-    ports::{Device, Registration, TerminalSession},
+    ports::{Device, Registration, StoredResponse, TerminalSession},
     refund::Refund,
 };
 
@@ -264,6 +264,25 @@ pub struct RejectedItem {
     pub rejected_status: u16,
     pub rejected_body: String,
     pub rejected_at: i64,
+}
+
+impl RejectedItem {
+    pub fn new(
+        pk: String,
+        sk: &str,
+        fingerprint: &str,
+        response: &StoredResponse,
+        at: Timestamp,
+    ) -> Self {
+        Self {
+            pk,
+            sk: sk.into(),
+            request_fingerprint: fingerprint.into(),
+            rejected_status: response.status,
+            rejected_body: response.body.clone(),
+            rejected_at: at.millis(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

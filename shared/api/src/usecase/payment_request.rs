@@ -2,10 +2,7 @@
 //! exactly once per idempotency key; reading and canceling it; the merchant's balance; and the
 //! thin routes of refunds ([`crate::refunds`]) and the webhook endpoint ([`crate::webhooks`]).
 
-use lambda_http::{
-    Body, Request, Response,
-    http::{HeaderValue, StatusCode},
-};
+use lambda_http::{Body, Request, Response, http::StatusCode};
 use serde_json::json;
 use twochan_domain::{
     Amount, BeaconProof, Currency, DomainError, IdempotencyKey, MerchantId, Payment, PaymentId,
@@ -21,7 +18,9 @@ use twochan_domain::{
 use super::confirmation::finish_by_caller;
 use super::{App, MAX_RACE_RETRIES, is_final, payment_response, tag, tag_payment};
 use crate::extract::{Owner, caller, idempotency_key, json_body, merchant, path_payment_id};
-use crate::http::{BearerKind, JsonBody, bearer, json_response, raw_json_response, stored_error};
+use crate::http::{
+    BearerKind, JsonBody, bearer, json_response, kept_answer, replayed, stored_error,
+};
 use crate::view::{BalanceView, PaymentView};
 
 /// How long a payment request may hold its device's lock before storing its payment. A retry of
@@ -177,7 +176,7 @@ enum Created {
 /// The answer kept under an idempotency key, again: the same status and body for the same
 /// request, `422 idempotency_key_reused` for a different one.
 fn replay(record: SlotRecord, fingerprint: &str) -> Result<Response<Body>> {
-    let mut resp = match record {
+    let resp = match record {
         SlotRecord::Payment {
             payment,
             fingerprint: kept,
@@ -192,20 +191,10 @@ fn replay(record: SlotRecord, fingerprint: &str) -> Result<Response<Body>> {
         SlotRecord::Rejected {
             fingerprint: kept,
             response,
-        } if kept == fingerprint || kept == ANY_REQUEST => {
-            let status = StatusCode::from_u16(response.status)
-                .map_err(|_| DomainError::Internal("stored status".into()))?;
-            raw_json_response(status, response.body)
-        }
+        } if kept == fingerprint || kept == ANY_REQUEST => kept_answer(response)?,
         _ => return Err(DomainError::IdempotencyKeyReused),
     };
-    tracing::info!(
-        outcome = "idempotent_replay",
-        status = resp.status().as_u16()
-    );
-    resp.headers_mut()
-        .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    Ok(resp)
+    Ok(replayed(resp))
 }
 
 /// Two writes, no transaction: the device's lock (one pending payment per code), then the

@@ -115,14 +115,7 @@ impl Payments for DynamoStore {
         response: &StoredResponse,
         at: Timestamp,
     ) -> Result<Write> {
-        let item = RejectedItem {
-            pk: slot_pk(slot),
-            sk: SK_PAYMENT.into(),
-            request_fingerprint: fingerprint.into(),
-            rejected_status: response.status,
-            rejected_body: response.body.clone(),
-            rejected_at: at.millis(),
-        };
+        let item = RejectedItem::new(slot_pk(slot), SK_PAYMENT, fingerprint, response, at);
         self.put_if_new("PutItem(rejection)", item_of(&item)?).await
     }
 

@@ -85,14 +85,7 @@ impl Refunds for DynamoStore {
         response: &StoredResponse,
         at: Timestamp,
     ) -> Result<Write> {
-        let item = RejectedItem {
-            pk: refund_slot_pk(slot),
-            sk: SK_REFUND.into(),
-            request_fingerprint: fingerprint.into(),
-            rejected_status: response.status,
-            rejected_body: response.body.clone(),
-            rejected_at: at.millis(),
-        };
+        let item = RejectedItem::new(refund_slot_pk(slot), SK_REFUND, fingerprint, response, at);
         self.put_if_new("PutItem(refund rejection)", item_of(&item)?)
             .await
     }
