@@ -11,7 +11,7 @@ source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 profile="${BUILD_PROFILE:-dev}"
-bins=(registration payment-request confirmation settlement webhooks demo merchant loadgen)
+bins=(registration payment-request confirmation settlement webhooks sweeper demo merchant loadgen conflict-proxy)
 case "$profile" in
   dev)
     log "cargo build (dev profile: the local loop)"
@@ -26,7 +26,7 @@ case "$profile" in
     # --compiler cargo: a native build, about twice as fast as the zig cross-linker; the host's
     # glibc is old enough for provided.al2023.
     cargo lambda build --release --compiler cargo --target "$TARGET_TRIPLE" \
-      -p registration -p payment-request -p confirmation -p settlement -p webhooks -p twochan-tools
+      -p registration -p payment-request -p confirmation -p settlement -p webhooks -p sweeper -p twochan-tools
     ;;
   *)
     echo "BUILD_PROFILE must be dev or release, not $profile" >&2

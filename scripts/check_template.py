@@ -139,6 +139,13 @@ EXPECTED = {
         "Table": dynamodb("GetItem", "BatchGetItem", "DescribeTable"),
         "WebhookQueue": CONSUME,
     },
+    "SweeperFunction": {
+        "SweeperLogs": LOGS,
+        # A Scan for payments stuck `confirmed` (no index knows payments by status), and their
+        # settlement messages sent again. No warm-up DescribeTable: it runs on a schedule.
+        "Table": dynamodb("Scan"),
+        "SettlementQueue": SEND,
+    },
 }
 
 

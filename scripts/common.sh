@@ -5,6 +5,13 @@ VENV="$LOCAL/venv"
 PORT="${MINISTACK_PORT:-4566}"
 ENDPOINT="http://127.0.0.1:$PORT"
 STACK_NAME="${STACK_NAME:-twochan}"
+# The conflict-faithful DynamoDB proxy (tools/src/conflict_proxy.rs) between the functions (and
+# the tests) and MiniStack: CONFLICTS=off deploys without it. CONFLICT_HOLD_MS: how long a
+# transaction holds its items before it is forwarded (DynamoDB takes 10-30 ms, MiniStack ~1 ms).
+PROXY_PORT="${PROXY_PORT:-$((PORT + 4))}"
+PROXY_ENDPOINT="http://127.0.0.1:$PROXY_PORT"
+CONFLICTS="${CONFLICTS:-on}"
+CONFLICT_HOLD_MS="${CONFLICT_HOLD_MS:-10}"
 CODE_BUCKET="${CODE_BUCKET:-twochan-code}"
 # Development only: anyone who reads this file knows it. Real deployments pass their own key.
 DEV_ISSUER_MASTER_KEY="6465762d6f6e6c792d6b65792d646f2d6e6f742d7573652d696e2d70726f6421"

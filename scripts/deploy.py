@@ -39,6 +39,7 @@ FUNCTIONS = {
     "Confirmation": "confirmation",
     "Settlement": "settlement",
     "Webhooks": "webhooks",
+    "Sweeper": "sweeper",
 }
 
 # ELF e_machine (bytes 18-19 of the header) of each Lambda architecture.
@@ -90,12 +91,20 @@ PARAMETERS = [
           "(MiniStack). Also selects the local stack's values of the other parameters"),
     Param("SettlementVisibilityTimeout", "--settlement-visibility-timeout", "SETTLEMENT_VISIBILITY_TIMEOUT",
           "settlement queue visibility timeout, seconds (AWS 60, local stack 5 via scripts/up.sh)"),
+    Param("SettlementMaxConcurrency", "--settlement-max-concurrency", "SETTLEMENT_MAX_CONCURRENCY",
+          "most concurrent settlement batches (the event source's maximum concurrency, 2-1000)"),
+    Param("SettlementBacklogAlarmSeconds", "--settlement-backlog-alarm-seconds", "SETTLEMENT_BACKLOG_ALARM_SECONDS",
+          "age of the oldest settlement message above which SettlementQueueAgeAlarm fires, seconds"),
     Param("WebhookRetryBaseSeconds", "--webhook-retry-base-seconds", "WEBHOOK_RETRY_BASE_SECONDS",
           "seconds before the second try of a webhook event, doubling after", local="2"),
     Param("WebhookMaxReceives", "--webhook-max-receives", "WEBHOOK_MAX_RECEIVES",
           "tries of a webhook event before its dead-letter queue", local="6"),
     Param("AllowLoopbackWebhooks", "--allow-loopback-webhooks", "ALLOW_LOOPBACK_WEBHOOKS",
           "1 admits http://127.0.0.1 webhook endpoints: emulators only", local="1"),
+    Param("StuckAfterSeconds", "--stuck-after-seconds", "STUCK_AFTER_SECONDS",
+          "seconds a payment may stay confirmed before the sweeper sends its settlement message again"),
+    Param("SweepSchedule", "--sweep-schedule", "SWEEP_SCHEDULE",
+          "EventBridge schedule expression of the sweeper (AWS rate(5 minutes))", local="rate(1 minute)"),
     Param("AlarmTopicArn", "--alarm-topic-arn", "ALARM_TOPIC_ARN",
           "SNS topic the alarms notify; '' for none"),
     Param("LogLevel", "--log-level", "LOG_LEVEL", "RUST_LOG filter of the functions"),
@@ -332,7 +341,7 @@ def main():
     if args.check_artifacts_only:
         architecture = given.get("Architecture", (template_params["Architecture"]["Default"],))[0]
         read_bootstraps(args.artifacts_dir, architecture)
-        print(f"{args.artifacts_dir}: the five bootstraps are {architecture} ELF executables")
+        print(f"{args.artifacts_dir}: the {len(FUNCTIONS)} bootstraps are {architecture} ELF executables")
         return
     if not args.stack:
         sys.exit("--stack is required")

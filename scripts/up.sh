@@ -44,9 +44,57 @@ else
   healthy || { echo "MiniStack did not become healthy; see $LOCAL/ministack.log" >&2; exit 1; }
 fi
 
-log "deploying stack $STACK_NAME"
+# The conflict-faithful DynamoDB proxy (tools/src/conflict_proxy.rs): MiniStack never refuses a
+# write because a transaction is in flight on its item, DynamoDB does. Every SDK call of the
+# functions (and of the integration tests, through CONFLICT_PROXY_URL) goes through it; the
+# emulator's own API Gateway and event-source polling do not need to. CONFLICTS=off: none.
+proxy_pid="$LOCAL/conflict-proxy.pid"
+proxy_args="$LOCAL/conflict-proxy.args"
+proxy_bin="$ROOT/target/lambda/conflict-proxy/bootstrap"
+proxy_healthy() { curl -fsS -o /dev/null "$PROXY_ENDPOINT/_conflicts/stats" 2>/dev/null; }
+proxy_running() { [[ -f "$proxy_pid" ]] && kill -0 "$(cat "$proxy_pid")" 2>/dev/null; }
+stop_proxy() {
+  if proxy_running; then
+    kill -TERM "$(cat "$proxy_pid")"
+    for _ in $(seq 1 50); do proxy_running || break; sleep 0.1; done
+  fi
+  rm -f "$proxy_pid" "$proxy_args"
+}
+if [[ "$CONFLICTS" == "off" ]]; then
+  stop_proxy
+  functions_endpoint="$ENDPOINT"
+  conflict_proxy_url=""
+  log "conflict proxy off: the functions talk to MiniStack directly"
+else
+  want="$PORT $PROXY_PORT $CONFLICT_HOLD_MS $(sha256sum "$proxy_bin" | cut -d' ' -f1)"
+  if proxy_running && proxy_healthy && [[ "$(cat "$proxy_args" 2>/dev/null)" == "$want" ]]; then
+    log "conflict proxy already running on $PROXY_ENDPOINT (pid $(cat "$proxy_pid"))"
+  else
+    # Another build, hold or upstream, or a dead one: start afresh.
+    stop_proxy
+    if proxy_healthy; then
+      echo "something else already answers on $PROXY_ENDPOINT; stop it or set PROXY_PORT" >&2
+      exit 1
+    fi
+    log "starting the conflict proxy on $PROXY_ENDPOINT (transactions held $CONFLICT_HOLD_MS ms)"
+    setsid "$proxy_bin" --listen "127.0.0.1:$PROXY_PORT" --upstream "$ENDPOINT" \
+      --hold-ms "$CONFLICT_HOLD_MS" >>"$LOCAL/conflict-proxy.log" 2>&1 < /dev/null &
+    echo $! > "$proxy_pid"
+    echo "$want" > "$proxy_args"
+    for _ in $(seq 1 50); do
+      proxy_healthy && break
+      proxy_running || { cat "$LOCAL/conflict-proxy.log" >&2; exit 1; }
+      sleep 0.1
+    done
+    proxy_healthy || { echo "the conflict proxy did not start; see $LOCAL/conflict-proxy.log" >&2; exit 1; }
+  fi
+  functions_endpoint="$PROXY_ENDPOINT"
+  conflict_proxy_url="$PROXY_ENDPOINT"
+fi
+
+log "deploying stack $STACK_NAME (functions' AWS endpoint $functions_endpoint)"
 "$VENV/bin/python" "$ROOT/scripts/deploy.py" --stack "$STACK_NAME" --bucket "$CODE_BUCKET" \
-  --endpoint-for-functions "$ENDPOINT" --api-url-base "$ENDPOINT" > "$LOCAL/deploy.env"
+  --endpoint-for-functions "$functions_endpoint" --api-url-base "$ENDPOINT" > "$LOCAL/deploy.env"
 set -a; source "$LOCAL/deploy.env"; set +a
 
 log "seeding the demo merchant"
@@ -55,6 +103,7 @@ tool merchant "${MERCHANT_ID:-demo-merchant}" > "$LOCAL/merchant.env"
 {
   cat "$LOCAL/deploy.env"
   echo "AWS_ENDPOINT_URL=$ENDPOINT"
+  echo "CONFLICT_PROXY_URL=$conflict_proxy_url"
   cat "$LOCAL/merchant.env"
   echo "ISSUER_MASTER_KEY=$ISSUER_MASTER_KEY"
   echo "PENDING_TTL_SECONDS=$PENDING_TTL_SECONDS"
@@ -62,4 +111,4 @@ tool merchant "${MERCHANT_ID:-demo-merchant}" > "$LOCAL/merchant.env"
   echo "WEBHOOK_MAX_RECEIVES=$WEBHOOK_MAX_RECEIVES"
 } > "$LOCAL/stack.env"
 chmod 600 "$LOCAL/stack.env"
-grep -E '^(API_URL|AWS_ENDPOINT_URL|MERCHANT_ID|MERCHANT_API_KEY)=' "$LOCAL/stack.env"
+grep -E '^(API_URL|AWS_ENDPOINT_URL|CONFLICT_PROXY_URL|MERCHANT_ID|MERCHANT_API_KEY)=' "$LOCAL/stack.env"

@@ -776,3 +776,91 @@ async fn slot_without_payment_keeps_the_lock_of_a_stored_payment() {
             .is_none()
     );
 }
+
+/// A confirmed payment of `merchant` on a device of its own, as the handlers leave it.
+async fn confirmed_payment(ctx: &Ctx, merchant: &MerchantId, amount: u64, confirm: bool) -> Payment {
+    let (code, terminal, device) = registered(ctx).await;
+    let p = Payment {
+        merchant_id: merchant.clone(),
+        amount: Amount::try_from(amount).unwrap(),
+        ..payment_for(&code, &terminal, 120)
+    };
+    assert_eq!(create(ctx, &p, &device).await, Write::Applied);
+    if confirm {
+        let c = Confirmation {
+            payment: &p,
+            device_failures: 0,
+            previous_counter: Counter::new(0),
+            counter: Counter::new(1),
+            fingerprint: "fp".into(),
+            at: Timestamp::now(),
+        };
+        assert_eq!(ctx.store.confirm(&c).await.unwrap(), Write::Applied);
+    }
+    p
+}
+
+#[tokio::test]
+async fn a_settlement_group_settles_each_confirmed_payment_once_with_one_balance_update() {
+    let ctx = Ctx::new().await;
+    let merchant = MerchantId::try_from(unique_id("m-group-")).unwrap();
+    let a = confirmed_payment(&ctx, &merchant, 100, true).await;
+    let b = confirmed_payment(&ctx, &merchant, 250, true).await;
+    let pending = confirmed_payment(&ctx, &merchant, 1000, false).await;
+    let earlier = confirmed_payment(&ctx, &merchant, 7, true).await;
+    let now = Timestamp::now();
+    let message = |p: &Payment| SettlementMessage::for_payment(p, now);
+    assert_eq!(
+        ctx.store.settle(&message(&earlier), now).await.unwrap(),
+        Settlement::Settled
+    );
+    let forged = SettlementMessage {
+        amount: Amount::try_from(1).unwrap(),
+        ..message(&b)
+    };
+    // PAYMENT_SETTLEABLE per payment inside one transaction: the pending, the settled and the
+    // forged ones are taken out and told apart; the repeat follows its first; the rest settle.
+    let group = [
+        message(&a),
+        message(&pending),
+        message(&b),
+        message(&a),
+        message(&earlier),
+        forged,
+    ];
+    let outcomes = ctx.store.settle_group(&group, now).await.unwrap();
+    assert_eq!(outcomes[0], Ok(Settlement::Settled));
+    assert_eq!(
+        outcomes[1],
+        Ok(Settlement::NotConfirmed(PaymentStatus::Pending))
+    );
+    assert_eq!(outcomes[2], Ok(Settlement::Settled));
+    assert_eq!(outcomes[3], Ok(Settlement::AlreadySettled));
+    assert_eq!(outcomes[4], Ok(Settlement::AlreadySettled));
+    assert!(
+        matches!(outcomes[5], Err(twochan_domain::DomainError::InvalidRequest(_))),
+        "{:?}",
+        outcomes[5]
+    );
+    let balance = ctx.store.balances(&merchant).await.unwrap();
+    assert_eq!(balance.len(), 1, "{balance:?}");
+    assert_eq!(
+        (balance[0].settled_amount, balance[0].settled_count),
+        (100 + 250 + 7, 3)
+    );
+    // Delivered again, the whole group writes nothing.
+    let again = ctx.store.settle_group(&group[..3], now).await.unwrap();
+    assert_eq!(
+        again,
+        [
+            Ok(Settlement::AlreadySettled),
+            Ok(Settlement::NotConfirmed(PaymentStatus::Pending)),
+            Ok(Settlement::AlreadySettled)
+        ]
+    );
+    let balance = ctx.store.balances(&merchant).await.unwrap();
+    assert_eq!(
+        (balance[0].settled_amount, balance[0].settled_count),
+        (357, 3)
+    );
+}

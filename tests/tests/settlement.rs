@@ -36,10 +36,13 @@ async fn the_same_settlement_message_delivered_again_writes_one_ledger_entry_pai
     .to_string();
     let queue = ctx.var("SETTLEMENT_QUEUE_URL");
     for _ in 0..2 {
+        // Its own deduplication id each time: the queue would drop a resend within 5 minutes.
         ctx.sqs
             .send_message()
             .queue_url(&queue)
             .message_body(&message)
+            .message_group_id(format!("{}/KRW", pos.merchant_id))
+            .message_deduplication_id(twochan_tools::unique_id("resend-"))
             .send()
             .await
             .unwrap();
@@ -92,6 +95,8 @@ async fn a_poison_message_lands_in_the_dead_letter_queue_after_five_receives() {
         .send_message()
         .queue_url(&queue)
         .message_body(format!("{{\"not\": \"{marker}\"}}"))
+        .message_group_id(&marker)
+        .message_deduplication_id(&marker)
         .send()
         .await
         .unwrap();

@@ -3,6 +3,7 @@
 //! merchant's [`Pos`] and the user's [`Phone`]. The demo, the integration tests and POS/phone
 //! integrators use them alike.
 
+pub mod conflict_proxy;
 pub mod receiver;
 pub mod stack;
 

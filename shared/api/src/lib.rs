@@ -7,6 +7,7 @@ pub mod refunds;
 mod router;
 pub mod routes;
 pub mod settlement;
+pub mod sweeper;
 pub mod telemetry;
 mod usecase;
 pub mod view;

@@ -448,8 +448,12 @@ impl twochan_domain::ports::EventQueue for SettlesAll {
 }
 
 impl Ledger for SettlesAll {
-    async fn settle(&self, _: &SettlementMessage, _: Timestamp) -> Result<Settlement> {
-        Ok(Settlement::Settled)
+    async fn settle_group(
+        &self,
+        messages: &[SettlementMessage],
+        _: Timestamp,
+    ) -> Result<Vec<Result<Settlement>>> {
+        Ok(messages.iter().map(|_| Ok(Settlement::Settled)).collect())
     }
 
     async fn balances(&self, _: &MerchantId) -> Result<Vec<Balance>> {

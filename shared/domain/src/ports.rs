@@ -99,6 +99,12 @@ impl SettlementMessage {
             && self.currency == p.currency
     }
 
+    /// The merchant and currency whose balance it changes: messages of one group settle in one
+    /// transaction, and the queue hands a group to one consumer at a time (its FIFO message group).
+    pub fn group(&self) -> String {
+        format!("{}/{}", self.merchant_id, self.currency.code())
+    }
+
     /// How long ago its confirmation sent it.
     pub fn age_ms(&self, now: Timestamp) -> i64 {
         now.millis() - self.sent_at_ms
@@ -313,14 +319,34 @@ pub trait Payments: Send + Sync {
     ) -> impl Future<Output = Result<Write>> + Send;
 }
 
+/// The most messages [`Ledger::settle_group`] takes: a DynamoDB transaction holds 100 items, one of
+/// which is the balance.
+pub const MAX_SETTLEMENT_GROUP: usize = 99;
+
 pub trait Ledger: Send + Sync {
-    /// `confirmed → settled` with the merchant credit and the payer debit (kept on the settled
-    /// payment) and the balance, atomically.
+    /// Settles messages of one merchant and currency together: every `confirmed` payment among
+    /// them goes `confirmed → settled` with its merchant credit and payer debit (kept on the
+    /// payment), and the balance gains their sum, atomically. One outcome per message, in order;
+    /// a message repeated in `messages` settles once. `Err` only for the whole group (the store
+    /// unavailable, or conflicts that outlasted the retries).
+    fn settle_group(
+        &self,
+        messages: &[SettlementMessage],
+        at: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Result<Settlement>>>> + Send;
+    /// One message on its own: [`Ledger::settle_group`] of one.
     fn settle(
         &self,
         message: &SettlementMessage,
         at: Timestamp,
-    ) -> impl Future<Output = Result<Settlement>> + Send;
+    ) -> impl Future<Output = Result<Settlement>> + Send {
+        async move {
+            self.settle_group(std::slice::from_ref(message), at)
+                .await?
+                .pop()
+                .unwrap_or_else(|| Err(crate::DomainError::Internal("no settlement outcome".into())))
+        }
+    }
     fn balances(&self, merchant: &MerchantId) -> impl Future<Output = Result<Vec<Balance>>> + Send;
 }
 
@@ -422,6 +448,15 @@ impl EventMessage {
 /// The events of a payment's changes, to be sent to its merchant's webhook endpoint.
 pub trait EventQueue: Send + Sync {
     fn enqueue_event(&self, message: &EventMessage) -> impl Future<Output = Result<()>> + Send;
+    /// Several events; an adapter may send them in fewer requests.
+    fn enqueue_events(&self, messages: &[EventMessage]) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            for message in messages {
+                self.enqueue_event(message).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A merchant's webhook endpoint; the secret is kept sealed (see `webhook::SecretSeal`).
@@ -479,4 +514,74 @@ pub trait WebhookTransport: Send + Sync {
 
 pub trait SettlementQueue: Send + Sync {
     fn enqueue(&self, message: &SettlementMessage) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A payment found `confirmed` since before a cutoff (see [`StuckPayments`]): what its settlement
+/// message needs, and when it was confirmed. Nothing else of the payment is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StuckPayment {
+    pub payment_id: PaymentId,
+    pub merchant_id: MerchantId,
+    pub unique_code: UniqueCode,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub confirmed_at: Timestamp,
+}
+
+impl StuckPayment {
+    /// Its settlement message, the one [`SettlementMessage::for_payment`] makes of the payment,
+    /// sent again at `sent_at`.
+    pub fn settlement_message(&self, sent_at: Timestamp) -> SettlementMessage {
+        SettlementMessage {
+            payment_id: self.payment_id.clone(),
+            merchant_id: self.merchant_id.clone(),
+            unique_code: self.unique_code.clone(),
+            amount: self.amount,
+            currency: self.currency,
+            sent_at_ms: sent_at.millis(),
+        }
+    }
+
+    /// How long it has been confirmed at `now`, in whole seconds.
+    pub fn confirmed_for_seconds(&self, now: Timestamp) -> i64 {
+        (now.millis() - self.confirmed_at.millis()).div_euclid(1000)
+    }
+}
+
+/// Where a scan stopped, to go on from there: opaque to everyone but the adapter that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanCursor(String);
+
+impl ScanCursor {
+    pub fn new(position: impl Into<String>) -> Self {
+        Self(position.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One page of a scan for stuck payments: those it found, and where the next page starts (none
+/// when the scan reached the end).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StuckPage {
+    pub payments: Vec<StuckPayment>,
+    pub next: Option<ScanCursor>,
+    /// The read capacity units the page cost, when the store says (0 otherwise).
+    pub read_units: f64,
+}
+
+/// Payments that stay `confirmed`: their settlement never took (its message was lost, or sits in
+/// the dead-letter queue). No index knows payments by status, so this reads the whole table a
+/// page at a time; a caller bounds how many pages it reads.
+pub trait StuckPayments: Send + Sync {
+    /// One page of the payments `confirmed` at a time before `cutoff` (and still `confirmed`),
+    /// starting at `after` (the start of the table when `None`). A page may find none and still
+    /// have a next one.
+    fn confirmed_before(
+        &self,
+        cutoff: Timestamp,
+        after: Option<&ScanCursor>,
+    ) -> impl Future<Output = Result<StuckPage>> + Send;
 }

@@ -41,10 +41,17 @@ fn require(stack: &Stack, key: &str) -> String {
 impl Ctx {
     pub async fn new() -> Ctx {
         let stack = Stack::load();
-        // The harness always targets an emulator: its endpoint and throwaway credentials.
+        // The harness always targets an emulator: its endpoint and throwaway credentials. With
+        // the conflict proxy up (`make up`, CONFLICT_PROXY_URL), through it, as the functions:
+        // the in-process handlers then meet DynamoDB's transaction conflicts too (the proxy
+        // forwards every other service unchanged).
+        let endpoint = stack
+            .get("CONFLICT_PROXY_URL")
+            .map(str::to_owned)
+            .unwrap_or_else(|| require(&stack, "AWS_ENDPOINT_URL"));
         let config = aws_config::defaults(BehaviorVersion::latest())
             .http_client(twochan_aws::http_client())
-            .endpoint_url(require(&stack, "AWS_ENDPOINT_URL"))
+            .endpoint_url(endpoint)
             .region(Region::new("us-east-1"))
             .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
                 "test", "test", None, None, "tests",

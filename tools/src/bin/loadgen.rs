@@ -25,9 +25,9 @@ use reqwest::Method;
 use serde_json::json;
 use twochan_aws::{AwsClients, DynamoStore};
 use twochan_domain::{
-    MerchantId, Timestamp,
+    MerchantId, PaymentId, Timestamp,
     crypto::{IssuedSecret, MasterKey},
-    ports::Directory,
+    ports::{Directory, Payments},
 };
 use twochan_tools::{Api, Call, Device, Phone, Pos, stack::Stack, unique_id};
 
@@ -53,6 +53,44 @@ impl Samples {
     fn summary(&mut self) -> serde_json::Value {
         json!({"n": self.0.len(), "p50_ms": round(self.percentile(50.0)), "p99_ms": round(self.percentile(99.0))})
     }
+}
+
+/// Every load payment's amount, minor units: each balance must be a multiple of it.
+const PAYMENT_AMOUNT: u64 = 1250;
+
+/// Messages waiting or in flight in a queue.
+async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let Ok(out) = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+    else {
+        return 0;
+    };
+    let attrs = out.attributes.unwrap_or_default();
+    [A::ApproximateNumberOfMessages, A::ApproximateNumberOfMessagesNotVisible]
+        .iter()
+        .filter_map(|k| attrs.get(k)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The conflict proxy's refusals so far (transactions, single writes), when it runs.
+async fn conflict_stats(stack: &Stack) -> Option<(u64, u64)> {
+    let url = stack.get("CONFLICT_PROXY_URL").filter(|u| !u.is_empty())?;
+    let stats: serde_json::Value = reqwest::get(format!("{url}/_conflicts/stats"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some((
+        stats["transactions_refused"].as_u64().unwrap_or(0),
+        stats["writes_refused"].as_u64().unwrap_or(0),
+    ))
 }
 
 fn round(x: f64) -> f64 {
@@ -172,18 +210,8 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
     let api = Api::new(&var("API_URL"));
     let master = MasterKey::from_hex(var("ISSUER_MASTER_KEY").split(',').next().unwrap_or(""))
         .unwrap_or_else(|e| fail(e));
-    // A merchant of its own, so its balance counts exactly this run's payments.
-    let merchant = unique_id("bench-m-");
-    let key = IssuedSecret::generate("mk_");
     let clients = AwsClients::load().await;
-    DynamoStore::new(clients.dynamodb, var("TABLE_NAME"))
-        .put_merchant(
-            &MerchantId::try_from(merchant.as_str()).unwrap(),
-            &key.hash,
-            Timestamp::now(),
-        )
-        .await
-        .unwrap_or_else(|e| fail(format!("merchant: {e}")));
+    let store = DynamoStore::new(clients.dynamodb.clone(), var("TABLE_NAME"));
     let watch = std::env::var("LOADGEN_WATCH_URL")
         .ok()
         .filter(|u| !u.is_empty());
@@ -194,12 +222,38 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
         )),
         None => api.clone(),
     };
-    let pos = Pos::new(
-        function_api("payment-request"),
-        &merchant,
-        &key.secret,
-        "bench-pos",
-    );
+    // Merchants of their own, so their balances count exactly this run's payments. One by
+    // default (the busy merchant); LOADGEN_MERCHANTS=k spreads the POS over k merchants.
+    let merchants: usize = std::env::var("LOADGEN_MERCHANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .clamp(1, n.max(1));
+    let mut shops = Vec::new();
+    for _ in 0..merchants {
+        let merchant = unique_id("bench-m-");
+        let key = IssuedSecret::generate("mk_");
+        store
+            .put_merchant(
+                &MerchantId::try_from(merchant.as_str()).unwrap(),
+                &key.hash,
+                Timestamp::now(),
+            )
+            .await
+            .unwrap_or_else(|e| fail(format!("merchant: {e}")));
+        shops.push(Pos::new(
+            function_api("payment-request"),
+            &merchant,
+            &key.secret,
+            "bench-pos",
+        ));
+    }
+    let dlq = stack.get("SETTLEMENT_DLQ_URL").map(str::to_owned);
+    let dlq_before = match &dlq {
+        Some(url) => queue_depth(&clients.sqs, url).await,
+        None => 0,
+    };
+    let conflicts_before = conflict_stats(stack).await;
     let mut pairs = Vec::new();
     for _ in 0..n {
         let device = Device::manufacture(&master, &unique_id("bench-dev-"));
@@ -212,16 +266,23 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
         pairs.push((device, phone));
     }
     let start = Instant::now();
-    let workers = pairs.into_iter().map(|(mut device, phone)| {
-        let pos = pos.clone();
+    let workers = pairs.into_iter().enumerate().map(|(i, (mut device, phone))| {
+        let pos = shops[i % shops.len()].clone();
         async move {
+            let mut ids = Vec::new();
             let (mut create, mut confirm, mut whole) =
                 (Samples::default(), Samples::default(), Samples::default());
             let mut errors = Vec::new();
             while start.elapsed() < run_for {
                 let t = Instant::now();
                 let r = pos
-                    .request_payment(&device.beacon(), 1250, "EUR", None, &unique_id("k-"))
+                    .request_payment(
+                        &device.beacon(),
+                        PAYMENT_AMOUNT,
+                        "EUR",
+                        None,
+                        &unique_id("k-"),
+                    )
                     .await;
                 let payment = match r {
                     Ok(r) if r.status == 201 => r.json,
@@ -242,45 +303,80 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
                     Ok(r) if r.status == 200 => {
                         confirm.push(t2);
                         whole.push(t);
+                        ids.push(id.to_owned());
                     }
                     Ok(r) => errors.push(format!("confirm {} {}", r.status, r.json)),
                     Err(e) => errors.push(format!("confirm: {e}")),
                 }
             }
-            (create, confirm, whole, errors)
+            (create, confirm, whole, errors, ids)
         }
     });
     let (mut create, mut confirm, mut whole) =
         (Samples::default(), Samples::default(), Samples::default());
     let mut errors = Vec::new();
-    for (a, b, c, e) in futures_util::future::join_all(workers).await {
+    let mut ids = Vec::new();
+    for (a, b, c, e, i) in futures_util::future::join_all(workers).await {
         create.extend(a);
         confirm.extend(b);
         whole.extend(c);
         errors.extend(e);
+        ids.extend(i);
     }
     let elapsed = start.elapsed().as_secs_f64();
     let confirmed = whole.0.len() as u64;
     // Nothing lost: every confirmed payment settles (through SQS and the settlement function).
     let settle_start = Instant::now();
-    let mut settled = 0;
+    let (mut settled, mut settled_amount) = (0, 0);
     while settle_start.elapsed() < Duration::from_secs(120) {
-        settled = pos
-            .settled("EUR")
-            .await
-            .map(|(_, count)| count)
-            .unwrap_or(0);
+        (settled, settled_amount) = (0, 0);
+        for pos in &shops {
+            let (amount, count) = pos.settled("EUR").await.unwrap_or((0, 0));
+            settled += count;
+            settled_amount += amount;
+        }
         if settled >= confirmed {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let settle_wait = settle_start.elapsed().as_secs_f64();
+    // Each confirmed payment, read back: settled, or still `confirmed` (stuck).
+    let mut by_status = std::collections::BTreeMap::<String, u64>::new();
+    for id in &ids {
+        let status = match PaymentId::try_from(id.as_str()) {
+            Ok(pid) => match store.payment(&pid).await {
+                Ok(Some(p)) => p.status.as_str().to_owned(),
+                Ok(None) => "missing".to_owned(),
+                Err(e) => format!("unreadable: {e}"),
+            },
+            Err(_) => "bad id".to_owned(),
+        };
+        *by_status.entry(status).or_default() += 1;
+    }
+    let dlq_messages = match &dlq {
+        Some(url) => queue_depth(&clients.sqs, url).await.saturating_sub(dlq_before),
+        None => 0,
+    };
+    let conflicts = match (conflicts_before, conflict_stats(stack).await) {
+        (Some(before), Some(after)) => json!({
+            "transactions_refused": after.0.saturating_sub(before.0),
+            "writes_refused": after.1.saturating_sub(before.1),
+        }),
+        _ => serde_json::Value::Null,
+    };
     json!({
         "via": if watch.is_some() { "cargo lambda watch" } else { "emulator API Gateway + Lambda" },
+        "merchants": shops.len(),
         "payments_per_s": round(confirmed as f64 / elapsed),
         "confirmed": confirmed,
         "settled": settled,
-        "all_settled_after_s": round(settle_start.elapsed().as_secs_f64()),
+        "statuses_after": by_status,
+        "stuck_confirmed": by_status.get("confirmed").copied().unwrap_or(0),
+        "settlement_dlq_messages": dlq_messages,
+        "balance_matches": settled_amount == settled * PAYMENT_AMOUNT,
+        "conflict_layer": conflicts,
+        "all_settled_after_s": round(settle_wait),
         "errors": errors.len(),
         "first_errors": errors.iter().take(3).collect::<Vec<_>>(),
         "create": create.summary(),

@@ -331,9 +331,13 @@ impl Payments for World {
 }
 
 impl Ledger for World {
-    async fn settle(&self, _: &SettlementMessage, _: Timestamp) -> Result<Settlement> {
+    async fn settle_group(
+        &self,
+        messages: &[SettlementMessage],
+        _: Timestamp,
+    ) -> Result<Vec<Result<Settlement>>> {
         self.wrote();
-        Ok(Settlement::Settled)
+        Ok(messages.iter().map(|_| Ok(Settlement::Settled)).collect())
     }
     async fn balances(&self, _: &MerchantId) -> Result<Vec<Balance>> {
         Ok(Vec::new())

@@ -57,3 +57,6 @@ pub const PAYMENT_REFUNDABLE: &str = "#status = :settled AND payment_id = :payme
 pub const PAYMENT_SETTLEABLE: &str = "#status = :confirmed AND payment_id = :payment \
      AND merchant_id = :merchant AND amount = :amount AND currency = :currency \
      AND unique_code = :code";
+/// The sweeper's scan filter (not a write condition): a payment still `confirmed` that was
+/// confirmed before the cutoff, so its settlement never took.
+pub const STUCK_CONFIRMED: &str = "#status = :confirmed AND confirmed_at < :cutoff";

@@ -26,6 +26,7 @@ mod directory;
 mod ledger;
 mod payments;
 mod refunds;
+mod sweep;
 mod webhooks;
 
 /// Keys per `BatchGetItem` request (the service's limit).
@@ -62,6 +63,11 @@ where
 {
     let code = err.code().unwrap_or("").to_owned();
     let detail = DisplayErrorContext(&err).to_string();
+    if code == "TransactionConflictException" {
+        // A write that met another request's transaction on its item: the client retries.
+        tracing::warn!(operation = op, error_code = %code, "dynamodb write met a transaction");
+        return DomainError::Unavailable(format!("dynamodb {op}: transaction conflict"));
+    }
     tracing::error!(operation = op, error_code = %code, error = %detail, "dynamodb call failed");
     if code == "ValidationException" || code == "ResourceNotFoundException" {
         DomainError::Internal(format!("dynamodb {op}: {detail}"))
@@ -317,8 +323,32 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().delete(delete).build())
     }
 
-    /// Runs a transaction; a failed condition (or a conflicting transaction) is `Write::Conflict`.
+    /// A transaction whose conditions decide the answer. Cancelled by a failed condition:
+    /// `Conflict` (the caller re-reads to tell why). Cancelled only because another transaction
+    /// held one of its items (DynamoDB does not queue them): unavailable, so the client retries.
     async fn transact(&self, op: &'static str, items: Vec<TransactWriteItem>) -> Result<Write> {
+        match self.transact_reasons(op, items).await? {
+            Ok(()) => Ok(Write::Applied),
+            Err(reasons) if reasons.iter().any(|r| r == CONDITION_FAILED) => {
+                tracing::info!(operation = op, reasons = ?reasons, "transaction condition failed");
+                Ok(Write::Conflict)
+            }
+            Err(reasons) => {
+                tracing::warn!(operation = op, reasons = ?reasons, "transaction conflicted with another");
+                Err(DomainError::Unavailable(format!(
+                    "dynamodb {op}: transaction conflict"
+                )))
+            }
+        }
+    }
+
+    /// A transaction, and when DynamoDB cancelled it for a condition or a conflict, the reason
+    /// of each item in order (`None` for an item that was not the cause).
+    async fn transact_reasons(
+        &self,
+        op: &'static str,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<std::result::Result<(), Vec<String>>> {
         match self
             .client
             .transact_write_items()
@@ -326,7 +356,7 @@ impl DynamoStore {
             .send()
             .await
         {
-            Ok(_) => Ok(Write::Applied),
+            Ok(_) => Ok(Ok(())),
             Err(err) => {
                 let reasons: Vec<String> = err
                     .as_service_error()
@@ -337,20 +367,19 @@ impl DynamoStore {
                     .map(|c| {
                         c.cancellation_reasons()
                             .iter()
-                            .map(|r| r.code().unwrap_or("None").to_owned())
+                            .map(|r| r.code().unwrap_or(NO_REASON).to_owned())
                             .collect()
                     })
                     .unwrap_or_default();
-                let conflict = !reasons.is_empty()
+                let cancelled = !reasons.is_empty()
                     && reasons.iter().all(|r| {
                         matches!(
                             r.as_str(),
-                            "None" | "ConditionalCheckFailed" | "TransactionConflict"
+                            NO_REASON | CONDITION_FAILED | TRANSACTION_CONFLICT
                         )
                     });
-                if conflict {
-                    tracing::info!(operation = op, reasons = ?reasons, "transaction condition failed");
-                    Ok(Write::Conflict)
+                if cancelled {
+                    Ok(Err(reasons))
                 } else {
                     Err(sdk_error(op, err))
                 }
@@ -358,6 +387,11 @@ impl DynamoStore {
         }
     }
 }
+
+/// Cancellation reasons of a transaction's items, as DynamoDB names them.
+const NO_REASON: &str = "None";
+const CONDITION_FAILED: &str = "ConditionalCheckFailed";
+const TRANSACTION_CONFLICT: &str = "TransactionConflict";
 
 /// Test and operator access to raw items (journal legs), kept out of the ports on purpose.
 impl DynamoStore {
