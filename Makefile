@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help setup build up down demo test unit integration test-sim bench lint fmt merchant watch clean-state schemathesis fuzz sweep
+.PHONY: help setup build up down demo test unit integration test-sim bench lint fmt merchant watch clean-state schemathesis fuzz sweep test-rest
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ demo: up ## One complete two-channel payment on the local cloud
 
 test: up ## Everything: format, clippy, unit tests, integration tests against the local cloud
 	@scripts/test.sh
+
+test-rest: up ## The API as a REST API (ApiKind rest): stack twochan-rest, the black-box client against it
+	@scripts/test_rest.sh
 
 unit: ## Unit tests only (no stack needed)
 	cargo test --workspace --exclude integration-tests

@@ -6,6 +6,8 @@ Needs the stack up (make up) and the release build (make build). Steps:
   2. AWS requests and write units per payment (the `cost` integration test, with its interceptor);
   3. throughput: N = 1, 8, 32 POS+phone pairs driving full payments through the local cloud's HTTP
      API, beside the stack's own ceilings measured in the same run (loadgen noop / putitem);
+     then the busy merchant: N = 32 POS of one merchant beside 32 merchants, with the conflict
+     proxy's DynamoDB transaction-conflict rule on and off;
   4. handler CPU (criterion, callgrind), if scripts/bench_cpu.sh exists.
 BENCH_SECONDS (default 20) is the length of each load phase."""
 
@@ -21,7 +23,7 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stack import ROOT  # noqa: E402
+from stack import ROOT, stack_env  # noqa: E402
 
 SECONDS = os.environ.get("BENCH_SECONDS", "20")
 LOADGEN = os.path.join(ROOT, "target", "lambda", "loadgen", "bootstrap")
@@ -39,8 +41,32 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, **kw).stdout
 
 
-def loadgen(phase, n):
-    return json.loads(run([LOADGEN, phase, str(n), SECONDS]).strip().splitlines()[-1])["result"]
+def loadgen(phase, n, env=None):
+    env = dict(os.environ, **(env or {}))
+    return json.loads(run([LOADGEN, phase, str(n), SECONDS], env=env).strip().splitlines()[-1])["result"]
+
+
+def conflict_layer(proxy, on):
+    """Turns the conflict proxy's refusals on or off (it forwards everything either way)."""
+    req = urllib.request.Request(f"{proxy}/_conflicts/enforce?on={1 if on else 0}", method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        r.read()
+
+
+def busy_merchant(n):
+    """One merchant against many, with DynamoDB's transaction-conflict rule on and off: the same
+    payments load, N POS, 1 merchant or N merchants. Each row states what settled and what did not."""
+    proxy = stack_env().get("CONFLICT_PROXY_URL", "")
+    out = []
+    for on in ((True, False) if proxy else (False,)):
+        if proxy:
+            conflict_layer(proxy, on)
+        for merchants in (1, n):
+            r = loadgen("payments", n, {"LOADGEN_MERCHANTS": str(merchants)})
+            out.append((on, merchants, r))
+    if proxy:
+        conflict_layer(proxy, True)
+    return out
 
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -162,6 +188,15 @@ def main():
             f"cores used: emulator {p['cores']['emulator']}, functions {p['cores']['functions']}, "
             f"load generator {p['cores']['load_generator']} (of {os.cpu_count()})",
             f"target/lambda/loadgen/bootstrap payments {n} {SECONDS}")
+    for on, merchants, r in busy_merchant(32):
+        layer = r.get("conflict_layer") or {}
+        row(f"settlement, N = 32, {merchants} merchant{'s' if merchants > 1 else ''}, conflict layer {'on' if on else 'off'}",
+            "every confirmed payment settled, 0 in the DLQ, 0 stuck",
+            f"{r['payments_per_s']} payments/s; settled {r['settled']}/{r['confirmed']} "
+            f"(all {r['all_settled_after_s']} s after the load); stuck confirmed {r['stuck_confirmed']}; "
+            f"settlement DLQ {r['settlement_dlq_messages']}; balance = sum of settled: {r['balance_matches']}; "
+            f"transactions refused by the layer {layer.get('transactions_refused', '-')}, writes {layer.get('writes_refused', '-')}",
+            f"LOADGEN_MERCHANTS={merchants} target/lambda/loadgen/bootstrap payments 32 {SECONDS}")
     # Webhooks: change (a cancel's 200) → its event at a loopback receiver, beside the cancel's own latency.
     wh = json.loads(run([py, "scripts/webhook_latency.py"]).strip().splitlines()[-1])
     for p in wh["phases"]:

@@ -10,15 +10,23 @@
 3. deploy.py refuses bootstraps built for another machine than the architecture it deploys
    (`--check-artifacts-only` on fake ELF headers): x86_64 ones as arm64 and the reverse, a file
    that is not ELF, and with --endpoint-for-functions (the local stack) any but this host's.
+4. deploy.py stops after a deploy that completed without all the template declares, as
+   LocalStack's free edition completes one (a stub CloudFormation client): the HTTP API's
+   resources skipped and its outputs `unknown`, a resource failed or unsupported, an output
+   missing; and passes a stack that has everything (ApiKind http and rest).
 
 Usage: check_deploy_params.py [--template PATH] [--docs PATH]. Exits non-zero on any finding."""
 
 import argparse
+import contextlib
+import io
 import os
 import re
 import subprocess
 import sys
 import tempfile
+
+import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import deploy  # noqa: E402
@@ -111,6 +119,79 @@ def architecture_findings():
             yield f"deploy.py failed on {what} without saying why: {r.stderr.strip()}"
 
 
+class StubCloudFormation:
+    """The CloudFormation calls deploy.deployed_findings makes, answering for one stack."""
+
+    def __init__(self, params, resources, outputs, events=()):
+        self.params, self.resources, self.outputs, self.events = params, resources, outputs, list(events)
+
+    def describe_stacks(self, StackName):
+        return {"Stacks": [{"StackName": StackName,
+                            "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in self.params.items()],
+                            "Outputs": [{"OutputKey": k, "OutputValue": v} for k, v in self.outputs.items()]}]}
+
+    def get_paginator(self, operation):
+        pages = {"list_stack_resources": [{"StackResourceSummaries": self.resources}],
+                 "describe_stack_events": [{"StackEvents": self.events}]}[operation]
+        return type("Paginator", (), {"paginate": lambda _self, **_: iter(pages)})()
+
+
+def deployed_findings(template_path):
+    with open(template_path) as f:
+        template = yaml.load(f, Loader=deploy.Loader)
+    conditions = template.get("Conditions", {})
+
+    def stack(api_kind, skip=(), outputs=None, status=None, events=()):
+        params = {n: str(d.get("Default", "")) for n, d in template["Parameters"].items()}
+        params.update(ApiKind=api_kind, IssuerMasterKeyParameter="/stub/issuer-master-key")
+        resources = [{"LogicalResourceId": n, "ResourceType": r["Type"], "PhysicalResourceId": f"{n}-stub",
+                      "ResourceStatus": (status or {}).get(n, ("CREATE_COMPLETE", ""))[0],
+                      "ResourceStatusReason": (status or {}).get(n, ("", ""))[1]}
+                     for n, r in template["Resources"].items()
+                     if r["Type"] not in skip and (r.get("Condition") is None or deploy.condition_holds(
+                         conditions, params, conditions[r["Condition"]]))]
+        values = {n: f"stub-{n}" for n in template.get("Outputs", {})}
+        values.update(outputs or {})
+        values = {k: v for k, v in values.items() if v is not None}
+        return StubCloudFormation(params, resources, values, events), values
+
+    start = {"LogicalResourceId": "stub", "ResourceType": "AWS::CloudFormation::Stack",
+             "ResourceStatus": "CREATE_IN_PROGRESS", "ResourceStatusReason": "User Initiated"}
+    cases = [
+        # (what, the stack, what a finding must name; None: no finding)
+        ("an HTTP API stack with everything", stack("http"), None),
+        ("a REST API stack with everything", stack("rest"), None),
+        ("LocalStack's free edition: the HTTP API skipped, its outputs unknown",
+         stack("http", skip={"AWS::ApiGatewayV2::Api", "AWS::ApiGatewayV2::Stage", "AWS::ApiGatewayV2::Route",
+                             "AWS::ApiGatewayV2::Integration"},
+               outputs={"ApiId": "unknown", "ApiEndpoint": "unknown", "ApiUrl": "unknown"}),
+         "HttpApi (AWS::ApiGatewayV2::Api) is not in the stack"),
+        ("an output missing", stack("rest", outputs={"ApiUrl": None}), "output ApiUrl is missing"),
+        ("a resource failed", stack("rest", status={"RestStage": ("CREATE_FAILED", "boom")}), "RestStage"),
+        ("a resource deployed as a mock",
+         stack("rest", status={"RestApi": ("CREATE_COMPLETE", "Resource type not supported, mocked")}), "RestApi"),
+        ("an event of a skipped resource",
+         stack("rest", events=[{"LogicalResourceId": "RestStage", "ResourceType": "AWS::ApiGateway::Stage",
+                                "ResourceStatus": "CREATE_SKIPPED", "ResourceStatusReason": ""}, start]),
+         "CREATE_SKIPPED"),
+    ]
+    for what, (cfn, outputs), named in cases:
+        found = list(deploy.deployed_findings(cfn, "stub", template, outputs))
+        if named is None and found:
+            yield f"deploy.py finds fault with {what}: {found}"
+        elif named is not None and not any(named in f for f in found):
+            yield f"deploy.py misses {what} (no finding names {named!r}): {found}"
+    # And it stops, saying what to do: the HTTP API needs a licence on LocalStack.
+    cfn, outputs = cases[2][1]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            deploy.check_deployed(cfn, "stub", outputs, "http")
+        yield "deploy.py goes on after a stack without its HTTP API"
+    except SystemExit as e:
+        if "--api-kind rest" not in str(e.code):
+            yield f"deploy.py stops without naming --api-kind rest: {e.code}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--template", default=deploy.TEMPLATE)
@@ -119,14 +200,15 @@ def main():
     template_params = deploy.template_parameters(args.template)
     with open(args.docs) as f:
         docs_text = f.read()
-    problems = list(parameter_findings(template_params, docs_text)) + list(architecture_findings())
+    problems = list(parameter_findings(template_params, docs_text)) + list(architecture_findings()) \
+        + list(deployed_findings(args.template))
     for p in problems:
         print(f"deploy.py: {p}", file=sys.stderr)
     if problems:
         sys.exit(1)
     print(f"deploy.py: knows all {len(template_params)} template parameters ({len(deploy.PARAMETERS)} settable, "
-          f"{len(deploy.DERIVED)} derived), names them in --help and docs/OPERATIONS.md, and refuses bootstraps "
-          f"of another architecture")
+          f"{len(deploy.DERIVED)} derived), names them in --help and docs/OPERATIONS.md, refuses bootstraps "
+          f"of another architecture, and stops after a deploy that skipped a resource or left an output unresolved")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ actions on exactly the resources its function is listed with in EXPECTED (see gr
 every queue a function is given the URL of is one its role may use, and only the functions given
 the issuer key's parameter may read it (see key_findings). Also that the template deploys for
 real (see deploy_findings): partition-free ARNs, retained data and logs, log retention, deletion
-protection and architecture from parameters. Exits non-zero on any finding."""
+protection and architecture from parameters. And that the REST API (ApiKind rest) routes exactly as
+the HTTP API does, each route to the same function (see route_findings). Exits non-zero on any
+finding."""
 
 import os
 import re
@@ -288,6 +290,127 @@ def deploy_findings(template):
                 yield f"{name}: Architectures is {archs!r}, not [!Ref Architecture]"
 
 
+# The API comes in two kinds (the ApiKind parameter): an HTTP API (API Gateway v2) and a REST API
+# (v1). Both must send every request to the same function.
+FALLBACK = ("$default", "")
+
+
+def _target(value):
+    """The resource a !Ref, !GetAtt X.Y, !GetAtt [X, Y] or a !Sub's first ${X...} names."""
+    if not isinstance(value, Tagged):
+        return None
+    v = value.value
+    if value.tag == "!Sub" and isinstance(v, str):
+        m = re.search(r"\$\{([A-Za-z0-9]+)", v)
+        return m.group(1) if m else None
+    if isinstance(v, list):
+        return v[0]
+    return v.split(".")[0] if isinstance(v, str) else None
+
+
+def http_routes(resources):
+    """{(METHOD, path): function} of the HTTP API's routes, `$default` as FALLBACK; and findings."""
+    routes, problems = {}, []
+    for name, r in resources.items():
+        if r["Type"] != "AWS::ApiGatewayV2::Route":
+            continue
+        props = r["Properties"]
+        integration = resources.get(_target(props.get("Target")) or "", {})
+        function = _target(integration.get("Properties", {}).get("IntegrationUri"))
+        if integration.get("Type") != "AWS::ApiGatewayV2::Integration" or \
+                resources.get(function or "", {}).get("Type") != "AWS::Lambda::Function":
+            problems.append(f"route {name} does not target a Lambda integration")
+            continue
+        key = props["RouteKey"]
+        routes[FALLBACK if key == "$default" else tuple(key.split(" ", 1))] = function
+    return routes, problems
+
+
+def rest_path(resources, ref, seen=()):
+    """The path of a REST API resource (`/` for the API's RootResourceId), or None."""
+    if isinstance(ref, Tagged) and ref.tag == "!GetAtt" and "RootResourceId" in repr(ref.value):
+        return "/"
+    name = _target(ref)
+    r = resources.get(name or "", {})
+    if r.get("Type") != "AWS::ApiGateway::Resource" or name in seen:
+        return None
+    parent = rest_path(resources, r["Properties"].get("ParentId"), seen + (name,))
+    return None if parent is None else parent.rstrip("/") + "/" + r["Properties"]["PathPart"]
+
+
+def rest_routes(resources):
+    """{(METHOD, path): function} of the REST API's methods, ANY on `/` and on `/{proxy+}` (the
+    HTTP API's `$default`) as FALLBACK; and findings: a method that is no AWS_PROXY to a function,
+    ANY or a greedy path anywhere else (either would take requests from another route's function),
+    or a fallback the two methods do not agree on."""
+    routes, problems, fallback = {}, [], {}
+    for name, r in resources.items():
+        if r["Type"] != "AWS::ApiGateway::Method":
+            continue
+        props = r["Properties"]
+        integration = props.get("Integration") or {}
+        m = re.search(r"\$\{([A-Za-z0-9]+)\.Arn\}/invocations$", str(getattr(integration.get("Uri"), "value", "")))
+        function = m.group(1) if m else None
+        path = rest_path(resources, props.get("ResourceId"))
+        method = props.get("HttpMethod")
+        if integration.get("Type") != "AWS_PROXY" or \
+                resources.get(function or "", {}).get("Type") != "AWS::Lambda::Function":
+            problems.append(f"REST method {name} is not an AWS_PROXY integration of a Lambda function")
+        elif path is None:
+            problems.append(f"REST method {name} is not on a resource of the API")
+        elif method == "ANY" or "+}" in path:
+            if (method, path) in (("ANY", "/"), ("ANY", "/{proxy+}")):
+                fallback[path] = function
+            else:
+                problems.append(f"REST method {name} ({method} {path}): ANY and greedy paths only as the fallback "
+                                f"(ANY / and ANY /{{proxy+}}), or they answer for another route's function")
+        else:
+            routes[(method, path)] = function
+    if set(fallback) != {"/", "/{proxy+}"} or len(set(fallback.values())) != 1:
+        problems.append(f"the REST API's fallback must be ANY / and ANY /{{proxy+}} to one function, not {fallback}")
+    elif fallback:
+        routes[FALLBACK] = fallback["/"]
+    return routes, problems
+
+
+def route_findings(template):
+    """The REST API (ApiKind rest) serves exactly the HTTP API's routes, each with the same
+    function; every API resource belongs to its kind (Condition IsHttpApi or IsRestApi); the REST
+    deployment comes after every method (it snapshots them); and each function a route reaches
+    lets API Gateway invoke it, from the API of either kind."""
+    resources = template["Resources"]
+    http, problems = http_routes(resources)
+    rest, rest_problems = rest_routes(resources)
+    yield from problems + rest_problems
+    show = lambda key: "$default" if key == FALLBACK else " ".join(key)  # noqa: E731
+    for key in sorted(http.keys() - rest.keys()):
+        yield f"{show(key)} is a route of the HTTP API but not of the REST API"
+    for key in sorted(rest.keys() - http.keys()):
+        yield f"{show(key)} is a route of the REST API but not of the HTTP API"
+    for key in sorted(http.keys() & rest.keys()):
+        if http[key] != rest[key]:
+            yield f"{show(key)}: the HTTP API sends it to {http[key]}, the REST API to {rest[key]}"
+    for name, r in resources.items():
+        kind = r["Type"].split("::")[1] if r["Type"].startswith("AWS::ApiGateway") else None
+        want = {"ApiGatewayV2": "IsHttpApi", "ApiGateway": "IsRestApi"}.get(kind)
+        if want and r.get("Condition") != want:
+            yield f"{name} ({r['Type']}) lacks Condition: {want}"
+    methods = {n for n, r in resources.items() if r["Type"] == "AWS::ApiGateway::Method"}
+    for name, r in resources.items():
+        if r["Type"] == "AWS::ApiGateway::Deployment":
+            depends = r.get("DependsOn", [])
+            for m in sorted(methods - set([depends] if isinstance(depends, str) else depends)):
+                yield f"{name} does not depend on {m}: the deployment could be taken without it"
+    for api, condition in (("HttpApi", "IsHttpApi"), ("RestApi", "IsRestApi")):
+        allowed = {r["Properties"]["FunctionName"].value for r in resources.values()
+                   if r["Type"] == "AWS::Lambda::Permission" and r.get("Condition") == condition
+                   and r["Properties"].get("Principal") == "apigateway.amazonaws.com"
+                   and isinstance(r["Properties"].get("FunctionName"), Tagged)
+                   and f"${{{api}}}/" in str(getattr(r["Properties"].get("SourceArn"), "value", ""))}
+        for function in sorted(set((http if api == "HttpApi" else rest).values()) - allowed):
+            yield f"{function} is reached through {api} but no permission ({condition}) lets API Gateway invoke it"
+
+
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "infra", "template.yaml")
     with open(path) as f:
@@ -298,7 +421,10 @@ def main():
     deploy_problems = list(deploy_findings(template))
     for p in deploy_problems:
         print(f"deploy: {p}", file=sys.stderr)
-    if problems or deploy_problems:
+    route_problems = list(route_findings(template))
+    for p in route_problems:
+        print(f"routes: {p}", file=sys.stderr)
+    if problems or deploy_problems or route_problems:
         sys.exit(1)
     readers = sorted(n.removesuffix("Function") for n, e in EXPECTED.items() if KEY.keys() <= e.keys())
     print(f"least privilege: {path}: every function has its own role, no wildcard action or resource, "
@@ -307,6 +433,9 @@ def main():
     print(f"deploy: {path}: ARNs use ${{AWS::Partition}}; table, queues and log groups are retained; log groups keep "
           f"LogRetentionDays; the table's deletion protection follows TableDeletionProtection; every function runs "
           f"on Architecture")
+    routes, _ = http_routes(template["Resources"])
+    print(f"routes: {path}: the REST API (ApiKind rest) serves the HTTP API's {len(routes) - 1} routes and its "
+          f"$default (as ANY / and ANY /{{proxy+}}), each with the same function")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_template import Loader  # noqa: E402  (the template's !Ref/!Sub tags)
+from check_template import Loader, Tagged  # noqa: E402  (the template's !Ref/!Sub tags)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = os.path.join(ROOT, "infra", "template.yaml")
@@ -112,6 +112,9 @@ PARAMETERS = [
           "days the log groups keep their lines (a CloudWatch Logs retention value)"),
     Param("TableDeletionProtection", "--table-deletion-protection", "TABLE_DELETION_PROTECTION",
           "true or false: DynamoDB deletion protection of the table", local="false"),
+    Param("ApiKind", "--api-kind", "API_KIND",
+          "http (an HTTP API, API Gateway v2) or rest (a REST API, v1, the same routes: for LocalStack's "
+          "free edition, which has no HTTP APIs); changing it replaces the API and its URL"),
 ]
 
 # Parameters deploy.py computes on every run: no option, nothing kept from the last deploy.
@@ -303,18 +306,28 @@ def existing_stack(cfn, stack):
     return {p["ParameterKey"]: p.get("ParameterValue", "") for p in s.get("Parameters", [])}
 
 
-def deploy(cfn, stack, template, parameters, exists):
+def upload_template(s3, bucket, template):
+    """The template as an object of the code bucket (content-addressed), and its URL: a request's
+    TemplateBody holds at most 51,200 bytes, a TemplateURL's object 1 MB. Path-style on the S3
+    client's own endpoint, which AWS and the emulators both serve."""
+    data = template.encode()
+    key = f"templates/{hashlib.sha256(data).hexdigest()[:16]}.yaml"
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    return f"{s3.meta.endpoint_url.rstrip('/')}/{bucket}/{key}"
+
+
+def deploy(cfn, stack, template_url, parameters, exists):
     from botocore.exceptions import ClientError
 
     caps = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"]
     if exists:
         try:
-            cfn.update_stack(StackName=stack, TemplateBody=template, Parameters=parameters, Capabilities=caps)
+            cfn.update_stack(StackName=stack, TemplateURL=template_url, Parameters=parameters, Capabilities=caps)
         except ClientError as e:
             if "No updates are to be performed" not in str(e):
                 raise
     else:
-        cfn.create_stack(StackName=stack, TemplateBody=template, Parameters=parameters, Capabilities=caps)
+        cfn.create_stack(StackName=stack, TemplateURL=template_url, Parameters=parameters, Capabilities=caps)
     deadline = time.time() + 600
     while time.time() < deadline:
         s = cfn.describe_stacks(StackName=stack)["Stacks"][0]
@@ -328,6 +341,102 @@ def deploy(cfn, stack, template, parameters, exists):
             sys.exit(f"stack {stack} ended in {status}")
         time.sleep(1)
     sys.exit(f"stack {stack} did not finish in 10 minutes")
+
+
+# An output an emulator could not resolve: LocalStack answers `unknown` for an attribute of a
+# resource it skipped (a type its edition lacks) instead of failing the stack.
+UNRESOLVED = {"", "unknown", "none", "null", "undefined"}
+DONE = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE"}
+NOT_DEPLOYED = re.compile(r"not supported|unsupported|not implemented|skipp|mock", re.IGNORECASE)
+
+
+def condition_holds(conditions, params, expr):
+    """A template condition (Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition, a parameter's Ref)
+    evaluated for the stack's parameter values."""
+    if isinstance(expr, dict) and len(expr) == 1:
+        (key, value), = expr.items()
+        expr = Tagged("!" + key.removeprefix("Fn::"), value)
+    if not isinstance(expr, Tagged):
+        return expr
+    tag, value = expr.tag, expr.value
+    if tag == "!Ref":
+        return params.get(value, "")
+    if tag == "!Condition":
+        return condition_holds(conditions, params, conditions[value])
+    args = [condition_holds(conditions, params, v) for v in value]
+    if tag == "!Equals":
+        return str(args[0]) == str(args[1])
+    if tag == "!Not":
+        return not args[0]
+    if tag == "!And":
+        return all(args)
+    if tag == "!Or":
+        return any(args)
+    raise ValueError(f"condition function {tag} is not understood by deploy.py")
+
+
+def deployed_findings(cfn, stack, template, outputs):
+    """What the template declares but the stack did not get: a resource whose condition holds but
+    that is not in the stack, or not in a completed state, or that the engine reports as skipped
+    or unsupported (in its status reason or in an event of the last operation), and an output that
+    is missing or unresolved. LocalStack's CloudFormation skips the resource types its edition
+    lacks (HTTP APIs without a licence) and still completes the stack."""
+    s = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    params = {p["ParameterKey"]: p.get("ParameterValue", "") for p in s.get("Parameters", [])}
+    conditions = template.get("Conditions", {})
+
+    def holds(name):
+        return name is None or bool(condition_holds(conditions, params, conditions[name]))
+
+    declared = {n: r["Type"] for n, r in template["Resources"].items() if holds(r.get("Condition"))}
+    got = {}
+    for page in cfn.get_paginator("list_stack_resources").paginate(StackName=stack):
+        for r in page["StackResourceSummaries"]:
+            got[r["LogicalResourceId"]] = r
+    for name in sorted(declared.keys() - got.keys()):
+        yield f"{name} ({declared[name]}) is not in the stack: skipped"
+    for name in sorted(declared.keys() & got.keys()):
+        r = got[name]
+        status, reason = r.get("ResourceStatus", ""), r.get("ResourceStatusReason") or ""
+        if status not in DONE or NOT_DEPLOYED.search(reason) or not r.get("PhysicalResourceId"):
+            yield f"{name} ({declared[name]}) is {status}{': ' + reason if reason else ''}" + \
+                  ("" if r.get("PhysicalResourceId") else " (no physical id)")
+    # The events of the last operation, newest first, down to the stack's own start event.
+    for page in cfn.get_paginator("describe_stack_events").paginate(StackName=stack):
+        for ev in page["StackEvents"]:
+            status, reason = ev.get("ResourceStatus", ""), ev.get("ResourceStatusReason") or ""
+            if ev.get("LogicalResourceId") == stack and status.endswith("_IN_PROGRESS") \
+                    and ev.get("ResourceType") == "AWS::CloudFormation::Stack" and "CLEANUP" not in status:
+                break
+            if (status.endswith("_SKIPPED") and status != "DELETE_SKIPPED") or NOT_DEPLOYED.search(reason):
+                yield f"event: {ev.get('LogicalResourceId')} ({ev.get('ResourceType')}) {status}: {reason}"
+        else:
+            continue
+        break
+    for name, output in template.get("Outputs", {}).items():
+        if not holds(output.get("Condition")):
+            continue
+        if name not in outputs:
+            yield f"output {name} is missing"
+        elif str(outputs[name]).strip().lower() in UNRESOLVED:
+            yield f"output {name} is {outputs[name]!r}: unresolved"
+
+
+def check_deployed(cfn, stack, outputs, api_kind):
+    """Stops (exit 1) naming every finding of deployed_findings."""
+    with open(TEMPLATE) as f:
+        template = yaml.load(f, Loader=Loader)
+    problems = list(deployed_findings(cfn, stack, template, outputs))
+    if not problems:
+        return
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+    hint = ""
+    if api_kind == "http" and any("ApiGatewayV2" in p or p.startswith("output Api") for p in problems):
+        hint = ("\nHTTP APIs (API Gateway v2) need a LocalStack licence: without one, deploy with --api-kind rest "
+                "(docs/OPERATIONS.md, LocalStack)")
+    sys.exit(f"stack {stack} completed, but without all the template declares ({len(problems)} "
+             f"finding{'s' if len(problems) > 1 else ''} above): not deployed{hint}")
 
 
 def main():
@@ -391,7 +500,8 @@ def main():
         key_version = parameter_version(ssm, key_parameter)
 
     values = {name: value for name, (value, _) in given.items()}
-    values.update(upload_code(session.client("s3"), bucket, bootstraps))
+    s3 = session.client("s3")
+    values.update(upload_code(s3, bucket, bootstraps))
     # The functions read the key's value only at init, and its name never changes: its version
     # is what makes a new value a new configuration, so that it reaches every instance.
     values.update(IssuerMasterKeyVersion=key_version, IssuerMasterKey="")
@@ -403,13 +513,17 @@ def main():
           f"kept: {', '.join(kept) or 'none'}; template defaults: {', '.join(defaulted) or 'none'}", file=sys.stderr)
 
     with open(TEMPLATE) as f:
-        template = f.read()
-    outputs = deploy(cfn, args.stack, template, parameters, previous is not None)
+        template_url = upload_template(s3, bucket, f.read())
+    outputs = deploy(cfn, args.stack, template_url, parameters, previous is not None)
+    check_deployed(cfn, args.stack, outputs, effective("ApiKind"))
 
-    api_url = outputs["ApiEndpoint"]
+    api_url = outputs["ApiUrl"]
     if args.api_url_base:
-        # Emulators serve an HTTP API at <endpoint>/_aws/execute-api/<api id>, with no DNS needed.
+        # Emulators serve an API at <endpoint>/_aws/execute-api/<api id>/<stage>, with no DNS
+        # needed; an HTTP API's $default stage has no path segment.
         api_url = f"{args.api_url_base.rstrip('/')}/_aws/execute-api/{outputs['ApiId']}"
+        if outputs["ApiStage"] != "$default":
+            api_url += f"/{outputs['ApiStage']}"
     print(f"API_URL={api_url}")
     print(f"TABLE_NAME={outputs['TableName']}")
     print(f"SETTLEMENT_QUEUE_URL={outputs['SettlementQueueUrl']}")

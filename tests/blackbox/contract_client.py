@@ -2,7 +2,8 @@
 """A black-box client written from the contract (revision 2) alone: Python standard library, its own
 HMACs, nothing of the Rust crates. It first reproduces the contract's test vectors
 (contract-v2-vectors.json, a verbatim copy of the contract's vectors.json), then drives the stack
-`make up` deployed (coordinates from .local/stack.env): registration challenges, a terminal's
+`make up` deployed (coordinates from .local/stack.env, or from the file `--env-file` names, such as
+.local/stack-rest.env of the REST API stack `make test-rest` deploys): registration challenges, a terminal's
 ownership, beacon proofs, idempotent replays, refused currencies and text, and a payment through
 to settlement and the balance, then refunds and webhooks (a signed-event receiver of its own on
 127.0.0.1; `--no-part2` leaves them out). One line per check; the first failing check ends the run, with the answer it
@@ -120,14 +121,17 @@ def self_test():
 # ---------------------------------------------------------------- the API
 
 
-def load_stack():
+def load_stack(env_file=None):
+    """API_URL, the issuer master key and the merchant key: from .local/stack.env, where the
+    environment's variables of those names win, or from `env_file` alone (it names its stack)."""
     env = {}
-    with open(os.path.join(ROOT, ".local", "stack.env")) as f:
+    with open(env_file or os.path.join(ROOT, ".local", "stack.env")) as f:
         for line in f:
             if "=" in line:
                 k, v = line.strip().split("=", 1)
                 env[k] = v
-    env.update({k: v for k, v in os.environ.items() if k in ("API_URL", "MERCHANT_API_KEY", "ISSUER_MASTER_KEY")})
+    if env_file is None:
+        env.update({k: v for k, v in os.environ.items() if k in ("API_URL", "MERCHANT_API_KEY", "ISSUER_MASTER_KEY")})
     return env["API_URL"], bytes.fromhex(env["ISSUER_MASTER_KEY"]), env["MERCHANT_API_KEY"]
 
 
@@ -497,12 +501,15 @@ def part2(run_id, other_token):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--self-test", action="store_true", help="the contract's vectors only, no stack")
+    ap.add_argument("--env-file", help="the stack's coordinates (API_URL, ISSUER_MASTER_KEY, MERCHANT_API_KEY) from "
+                                       "this file only, not .local/stack.env and the environment")
     ap.add_argument("--part2", action=argparse.BooleanOptionalAction, default=PART2,
                     help=f"refunds and webhooks too (default {'on' if PART2 else 'off'})")
     args = ap.parse_args()
     self_test()
     if not args.self_test:
-        API, MASTER, MERCHANT_KEY = load_stack()
+        API, MASTER, MERCHANT_KEY = load_stack(args.env_file)
+        print(f"black-box client: against {API}")
         run_id, other_token = run()
         if args.part2:
             part2(run_id, other_token)

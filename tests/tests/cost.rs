@@ -279,6 +279,115 @@ async fn one_payment_costs_at_most_ten_aws_requests() {
     );
 }
 
+/// A busy merchant's batch: ten confirmed payments of one merchant and currency, delivered in one
+/// batch as the FIFO queue groups them, settle in two AWS requests in all (one `SendMessageBatch`
+/// of their `payment.settled` events, one `TransactWriteItems` of ten payments and the balance
+/// once): 22 write units for ten payments, 2.2 each, where one message alone costs 4.
+#[tokio::test]
+async fn a_batch_of_one_merchant_settles_in_two_requests() {
+    const K: usize = 10;
+    let ctx = Ctx::new().await;
+    let queue_url = ctx
+        .sqs
+        .create_queue()
+        .queue_name(unique_id("twochan-cost-batch-"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let app = App {
+        store: ctx.store.clone(),
+        queue: SqsSettlementQueue::new(ctx.sqs.clone(), queue_url.clone()),
+        issuer_keys: Some(ctx.master.clone().into()),
+        pending_ttl_seconds: 120,
+        events: ctx.events(),
+        allow_loopback_webhooks: true,
+    };
+    let pos = ctx.pos().await;
+    let mut ids = Vec::new();
+    for i in 0..K {
+        let (mut device, phone) = ctx.paired().await;
+        let create = request(
+            "POST",
+            "/v1/payments",
+            &pos.api_key,
+            &[("idempotency-key", &format!("k-batch-{i}"))],
+            Some(
+                &json!({"unique_code": device.code(), "beacon_proof": device.beacon().proof,
+                         "amount": 100 + i, "currency": "EUR", "pos_id": "pos-1"}),
+            ),
+        );
+        let (status, payment) = answer(&handle(&app, Function::PaymentRequest, create).await);
+        assert_eq!(status, 201, "{payment}");
+        let (code, counter) = device.authorize(&payment);
+        let id = payment["payment_id"].as_str().unwrap();
+        let confirm = request(
+            "POST",
+            &format!("/v1/payments/{id}/confirm"),
+            phone.token.as_deref().unwrap(),
+            &[],
+            Some(&json!({"auth_code": code, "counter": counter})),
+        );
+        let (status, body) = answer(&handle(&app, Function::Confirmation, confirm).await);
+        assert_eq!(status, 200, "{body}");
+        ids.push(twochan_domain::PaymentId::try_from(id).unwrap());
+    }
+    let mut event = SqsEvent::default();
+    while event.records.len() < K {
+        let got = ctx
+            .sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(2)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        assert!(!got.is_empty(), "only {} messages", event.records.len());
+        for message in got {
+            let mut record = SqsMessage::default();
+            record.message_id = message.message_id;
+            record.body = message.body;
+            event.records.push(record);
+        }
+    }
+    let _ = ctx.sqs.delete_queue().queue_url(&queue_url).send().await;
+    let probe = Probe::new();
+    let c = probe.clients(&ctx.config);
+    let store = DynamoStore::new(c.dynamodb, ctx.table.clone());
+    let events = SqsEventQueue::new(c.sqs, ctx.var("WEBHOOK_QUEUE_URL"));
+    let out = settle_batch(&store, &events, event).await;
+    assert!(out.batch_item_failures.is_empty(), "{out:?}");
+    assert_eq!(
+        probe.calls(),
+        ["SQS.SendMessageBatch", "DynamoDB.TransactWriteItems"],
+        "one group, one transaction"
+    );
+    let (amount, count) = pos.settled("EUR").await.unwrap();
+    assert_eq!((amount, count), ((100..100 + K as u64).sum(), K as u64));
+    let balance_item = item_size(
+        &item(
+            &ctx,
+            &format!("MERCHANT#{}", pos.merchant_id),
+            "BALANCE#EUR",
+        )
+        .await,
+    );
+    let mut wcu = write_units(balance_item, true);
+    for id in &ids {
+        let stored = item(&ctx, &format!("PAYMENT#{}", id.slot().key()), "PAYMENT").await;
+        wcu += write_units(item_size(&stored), true);
+    }
+    assert_eq!(wcu, 2 * (K + 1), "a payment or the balance grew past 1 KB");
+    println!(
+        "a batch of {K}: 2 AWS requests, {wcu} write units ({:.1} per payment)",
+        wcu as f64 / K as f64
+    );
+}
+
 /// What revision 2 adds to a registration: the challenge (one `PutItem`, used up by one
 /// `DeleteItem`), the terminal's holding read with the device (`BatchGetItem`, was `GetItem`) and
 /// written in the registration's transaction; and one `GetItem` of the bearer when a phone adds a

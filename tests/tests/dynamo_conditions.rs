@@ -778,7 +778,12 @@ async fn slot_without_payment_keeps_the_lock_of_a_stored_payment() {
 }
 
 /// A confirmed payment of `merchant` on a device of its own, as the handlers leave it.
-async fn confirmed_payment(ctx: &Ctx, merchant: &MerchantId, amount: u64, confirm: bool) -> Payment {
+async fn confirmed_payment(
+    ctx: &Ctx,
+    merchant: &MerchantId,
+    amount: u64,
+    confirm: bool,
+) -> Payment {
     let (code, terminal, device) = registered(ctx).await;
     let p = Payment {
         merchant_id: merchant.clone(),
@@ -838,7 +843,10 @@ async fn a_settlement_group_settles_each_confirmed_payment_once_with_one_balance
     assert_eq!(outcomes[3], Ok(Settlement::AlreadySettled));
     assert_eq!(outcomes[4], Ok(Settlement::AlreadySettled));
     assert!(
-        matches!(outcomes[5], Err(twochan_domain::DomainError::InvalidRequest(_))),
+        matches!(
+            outcomes[5],
+            Err(twochan_domain::DomainError::InvalidRequest(_))
+        ),
         "{:?}",
         outcomes[5]
     );

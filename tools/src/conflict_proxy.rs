@@ -74,6 +74,9 @@ use tokio::net::TcpListener;
 pub const DYNAMODB_TARGET_PREFIX: &str = "DynamoDB_20120810.";
 /// Where the proxy answers with its counters instead of forwarding.
 pub const STATS_PATH: &str = "/_conflicts/stats";
+/// `POST /_conflicts/enforce?on=0` makes the proxy a plain pass-through (no refusal, no hold),
+/// `on=1` applies the rule again: a benchmark compares both without redeploying.
+pub const ENFORCE_PATH: &str = "/_conflicts/enforce";
 /// DynamoDB's message for an item of an ongoing transaction.
 pub const ONGOING: &str = "Transaction is ongoing for the item";
 const ERROR_NAMESPACE: &str = "com.amazonaws.dynamodb.v20120810#";
@@ -392,6 +395,9 @@ fn bump(c: &AtomicU64) {
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub hold_ms: u64,
+    /// Whether the conflict rule is applied (see [`ENFORCE_PATH`]).
+    #[serde(default)]
+    pub enforcing: bool,
     /// Every request received (the stats endpoint excepted).
     pub requests: u64,
     /// Those with a DynamoDB `X-Amz-Target`.
@@ -418,6 +424,7 @@ struct Shared {
     counters: Counters,
     locks: Mutex<LockTable>,
     hold: Duration,
+    enforcing: std::sync::atomic::AtomicBool,
 }
 
 /// The counters of a running proxy.
@@ -444,6 +451,7 @@ impl StatsHandle {
         .collect();
         StatsSnapshot {
             hold_ms: self.0.hold.as_millis() as u64,
+            enforcing: self.0.enforcing.load(Ordering::Relaxed),
             requests: get(&c.requests),
             dynamodb_requests: get(&c.dynamodb_requests),
             transactions: get(&c.transactions),
@@ -541,6 +549,7 @@ pub async fn start(listen: SocketAddr, config: Config) -> std::io::Result<Runnin
         counters: Counters::default(),
         locks: Mutex::new(LockTable::default()),
         hold: config.hold,
+        enforcing: std::sync::atomic::AtomicBool::new(true),
     });
     let proxy = Arc::new(Proxy {
         shared: shared.clone(),
@@ -657,6 +666,14 @@ impl Proxy {
             );
             return Ok(resp);
         }
+        if req.method() == Method::POST && req.uri().path() == ENFORCE_PATH {
+            let on = req.uri().query() != Some("on=0");
+            self.shared.enforcing.store(on, Ordering::Relaxed);
+            return Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "enforcing": on }),
+            ));
+        }
         let counters = &self.shared.counters;
         bump(&counters.requests);
         let (parts, body) = req.into_parts();
@@ -690,6 +707,9 @@ impl Proxy {
         let (Some(op), Some(json)) = (WriteOp::of_target(&target), parsed) else {
             return self.forward(&parts, body).await;
         };
+        if !self.shared.enforcing.load(Ordering::Relaxed) {
+            return self.forward(&parts, body).await;
+        }
         let targets = targets(op, &json);
         for table in tables_of_puts(&targets) {
             if !self.lock_schemas().contains_key(&table) {

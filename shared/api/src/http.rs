@@ -200,12 +200,16 @@ pub fn bearer(headers: &HeaderMap) -> Result<(BearerKind, SecretHash)> {
 pub fn route_segments(req: &Request) -> Option<Vec<String>> {
     // The path as API Gateway received it: `uri().path()` was re-parsed as a URL, where an
     // escaped `?` or `#` in an id would end the path early.
-    let raw = match req.raw_http_path() {
-        "" => req.uri().path(),
-        raw => raw,
+    let (raw, from_uri) = match req.raw_http_path() {
+        "" => (req.uri().path(), true),
+        raw => (raw, false),
     };
     let stage = match req.request_context_ref() {
+        // An HTTP API puts a named stage in front of `rawPath` (not `$default`).
         Some(RequestContext::ApiGatewayV2(ctx)) => ctx.stage.as_deref(),
+        // A REST API's `path` never holds the stage; lambda_http puts it in front of `uri()`'s
+        // (unless AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH is set), so only that one may start with it.
+        Some(RequestContext::ApiGatewayV1(ctx)) if from_uri => ctx.stage.as_deref(),
         _ => None,
     };
     segments_of(raw, stage, lambda_url_prefix_allowed())
@@ -317,7 +321,7 @@ fn truncate(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -485,5 +489,58 @@ mod tests {
             segments_of("/prod/v1/devices", Some("$default"), false),
             None
         );
+    }
+
+    /// A REST API's event (payload 1.0, ApiKind rest), as API Gateway sends it to a proxy
+    /// integration: `path` without the stage, `requestContext.path` with it.
+    pub(crate) fn rest_event(path: &str, host: &str) -> Value {
+        serde_json::json!({
+            "resource": "/v1/payments/{payment_id}/cancel",
+            "path": path,
+            "httpMethod": "POST",
+            "headers": {"host": host, "authorization": "Bearer mk_x"},
+            "multiValueHeaders": {"host": [host], "authorization": ["Bearer mk_x"]},
+            "queryStringParameters": {"a": "<"},
+            "multiValueQueryStringParameters": {"a": ["<"]},
+            "pathParameters": {"payment_id": "pay_1"},
+            "stageVariables": null,
+            "requestContext": {
+                "accountId": "000000000000",
+                "apiId": "abc123",
+                "resourceId": "r1",
+                "stage": "api",
+                "requestId": "req-1",
+                "path": format!("/api{path}"),
+                "resourcePath": "/v1/payments/{payment_id}/cancel",
+                "httpMethod": "POST",
+                "identity": {"sourceIp": "203.0.113.24"}
+            },
+            "body": null,
+            "isBase64Encoded": false
+        })
+    }
+
+    #[test]
+    fn rest_api_events_route_without_their_stage() {
+        let event = rest_event("/v1/payments/pay_1/cancel", "abc123.execute-api.localhost");
+        let req = lambda_http::request::from_str(&event.to_string()).unwrap();
+        assert!(matches!(
+            req.request_context_ref(),
+            Some(RequestContext::ApiGatewayV1(_))
+        ));
+        assert_eq!(req.method(), lambda_http::http::Method::POST);
+        assert_eq!(req.raw_http_path(), "/v1/payments/pay_1/cancel");
+        let want = Some(vec![
+            "payments".to_owned(),
+            "pay_1".to_owned(),
+            "cancel".to_owned(),
+        ]);
+        assert_eq!(route_segments(&req), want);
+        // lambda_http puts the stage in front of `uri()`'s path only (not of the raw path the
+        // router reads), unless AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH is set.
+        if std::env::var_os("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH").is_none() {
+            assert_eq!(req.uri().path(), "/api/v1/payments/pay_1/cancel");
+            assert_eq!(segments_of(req.uri().path(), Some("api"), false), want);
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! The transport side: API Gateway v2 requests (through `lambda_http`) and SQS batches in, the
-//! contract's responses out. Handlers are generic over the ports of `twochan-domain`.
+//! The transport side: API Gateway requests (an HTTP API's or a REST API's, through `lambda_http`)
+//! and SQS batches in, the contract's responses out. Handlers are generic over the ports of `twochan-domain`.
 
 mod extract;
 pub mod http;
@@ -17,7 +17,8 @@ pub use routes::App;
 
 use futures_util::FutureExt;
 use lambda_http::{
-    LambdaEvent, Service, aws_lambda_events::apigw::ApiGatewayV2httpResponse,
+    LambdaEvent, Service,
+    aws_lambda_events::apigw::{ApiGatewayProxyResponse, ApiGatewayV2httpResponse},
     request::LambdaRequest,
 };
 use twochan_domain::DomainError;
@@ -46,7 +47,8 @@ where
             });
             let mut adapter = lambda_http::Adapter::from(handler);
             let event = without_unread_parts(event);
-            // Both answers serialize to API Gateway's response format.
+            let rest = matches!(event.payload, LambdaRequest::ApiGatewayV1(_));
+            // Both answers serialize to the response format of the API that sent the event.
             let response = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 adapter.call(event)
             })) {
@@ -58,7 +60,7 @@ where
                         status = 400,
                         "lambda_http could not convert the event"
                     );
-                    serde_json::to_value(unreadable_request())
+                    unreadable_request(rest)
                 }
             };
             response.map_err(lambda_http::Error::from)
@@ -87,29 +89,95 @@ where
 
 /// The event without the parts no route reads and `lambda_http` may choke on: the query string
 /// (the contract has none), `Host` and the API's domain name (only used to build an absolute
-/// URL), and a path that does not start with `/` (API Gateway always sends one).
+/// URL), and a path that does not start with `/` (API Gateway always sends one). The same for
+/// an HTTP API's event (payload 2.0) and a REST API's (1.0, whose headers come twice).
 pub fn without_unread_parts(mut event: LambdaEvent<LambdaRequest>) -> LambdaEvent<LambdaRequest> {
-    if let LambdaRequest::ApiGatewayV2(ag) = &mut event.payload {
-        ag.raw_query_string = None;
-        ag.query_string_parameters = Default::default();
-        ag.headers.remove(lambda_http::http::header::HOST);
-        ag.request_context.domain_name = None;
-        if let Some(path) = ag.raw_path.as_mut().filter(|p| !p.starts_with('/')) {
-            path.insert(0, '/');
+    let host = lambda_http::http::header::HOST;
+    let path = match &mut event.payload {
+        LambdaRequest::ApiGatewayV2(ag) => {
+            ag.raw_query_string = None;
+            ag.query_string_parameters = Default::default();
+            ag.headers.remove(&host);
+            ag.request_context.domain_name = None;
+            ag.raw_path.as_mut()
         }
+        LambdaRequest::ApiGatewayV1(ag) => {
+            ag.query_string_parameters = Default::default();
+            ag.multi_value_query_string_parameters = Default::default();
+            ag.headers.remove(&host);
+            ag.multi_value_headers.remove(&host);
+            ag.request_context.domain_name = None;
+            ag.path.as_mut()
+        }
+        _ => None,
+    };
+    if let Some(path) = path.filter(|p| !p.starts_with('/')) {
+        path.insert(0, '/');
     }
     event
 }
 
-/// The contract's 400 for an event `lambda_http` could not turn into a request.
-fn unreadable_request() -> ApiGatewayV2httpResponse {
+/// The contract's 400 for an event `lambda_http` could not turn into a request, in the response
+/// format of a REST API (`rest`) or an HTTP API.
+fn unreadable_request(rest: bool) -> serde_json::Result<serde_json::Value> {
     let resp = http::error_response(&DomainError::InvalidRequest(
         "the request could not be read".into(),
     ));
     let (parts, body) = resp.into_parts();
+    if rest {
+        let mut out = ApiGatewayProxyResponse::default();
+        out.status_code = i64::from(parts.status.as_u16());
+        out.multi_value_headers = parts.headers;
+        out.body = Some(body);
+        return serde_json::to_value(out);
+    }
     let mut out = ApiGatewayV2httpResponse::default();
     out.status_code = i64::from(parts.status.as_u16());
     out.headers = parts.headers;
     out.body = Some(body);
-    out
+    serde_json::to_value(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lambda_http::{Context, RequestExt};
+
+    fn converted(event: serde_json::Value) -> lambda_http::Request {
+        let payload: LambdaRequest = serde_json::from_value(event).unwrap();
+        let event = without_unread_parts(LambdaEvent::new(payload, Context::default()));
+        lambda_http::Request::from(event.payload)
+    }
+
+    /// A REST API's event loses its query string and `Host` as an HTTP API's does: a `Host`
+    /// that is no host name would make lambda_http's conversion panic.
+    #[test]
+    fn rest_api_events_lose_the_unread_parts() {
+        let req = converted(http::tests::rest_event(
+            "/v1/payments/pay_1/cancel",
+            "not a host",
+        ));
+        assert!(req.headers().get("host").is_none());
+        assert!(req.uri().query().is_none());
+        assert!(req.query_string_parameters_ref().is_none());
+        assert_eq!(req.raw_http_path(), "/v1/payments/pay_1/cancel");
+        let req = converted(http::tests::rest_event("v1/balance", "h"));
+        assert_eq!(req.raw_http_path(), "/v1/balance");
+    }
+
+    #[test]
+    fn the_unreadable_answer_fits_the_api_kind() {
+        // A REST API takes the headers from `multiValueHeaders`; `cookies` is the HTTP API's.
+        let rest = unreadable_request(true).unwrap();
+        assert_eq!(rest["statusCode"], 400);
+        assert_eq!(
+            rest["multiValueHeaders"]["content-type"][0],
+            "application/json"
+        );
+        assert!(rest.get("cookies").is_none());
+        let http = unreadable_request(false).unwrap();
+        assert_eq!(http["statusCode"], 400);
+        assert_eq!(http["headers"]["content-type"], "application/json");
+        assert!(http.get("cookies").is_some());
+    }
 }

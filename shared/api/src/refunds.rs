@@ -17,8 +17,9 @@ use crate::http::{JsonBody, json_response, kept_answer, replayed, stored_error};
 use crate::view::{RefundView, RefundsView};
 
 /// Concurrent refunds of one payment each change it, so a request may lose several races in a
-/// row before it wins or is refused; every loss means another refund succeeded, so the cap
-/// decides within as many rounds as there are refunds racing.
+/// row before it wins or is refused; a loss means another refund succeeded, or another
+/// transaction (a twin, a refund, a settlement on the balance) held its items for a moment (the
+/// store pauses before reporting that), so the cap decides within a few rounds per racing refund.
 const MAX_REFUND_ROUNDS: usize = 24;
 
 struct RefundRequest {

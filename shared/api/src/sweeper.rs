@@ -7,8 +7,11 @@
 //! line per payment and one Embedded Metric Format line per run, on which an alarm fires.
 //!
 //! Bounded per run: at most [`SweepLimits::max_pages`] pages of the scan, [`SweepLimits::max_payments`]
-//! payments, and nothing started after [`SweepLimits::stop_at`]; a run that stops early says why,
-//! and the next run starts over (what it could not reach, it reaches once the earlier ones settle).
+//! payments, and nothing started after [`SweepLimits::stop_at`]; a run that stops early says so
+//! (a warning, and `SweepIncomplete` in its metric line) and the next run starts over from the
+//! start of the table. Payments past the payment limit are reached once the earlier ones have
+//! settled; a table larger than the page limit has a tail that no run reaches, which
+//! `SweepIncomplete` shows on every run.
 
 use serde::Serialize;
 use twochan_domain::{
@@ -65,7 +68,8 @@ pub enum Stop {
 /// What a run did: the function's answer, and the source of its metric line.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SweepSummary {
-    /// Payments found `confirmed` for longer than the threshold.
+    /// Payments found `confirmed` for longer than the threshold and handled (a page's payments
+    /// past `max_payments` are left to the next run, uncounted).
     pub found: usize,
     /// Of those, the ones whose message was sent again.
     pub reenqueued: usize,

@@ -77,7 +77,12 @@ impl Queue {
                     DomainError::Unavailable(format!("sqs SendMessageBatch: {e}"))
                 })?;
             if let Some(failed) = out.failed.first() {
-                tracing::error!(queue = what, code = failed.code(), refused = out.failed.len(), "sqs SendMessageBatch refused messages");
+                tracing::error!(
+                    queue = what,
+                    code = failed.code(),
+                    refused = out.failed.len(),
+                    "sqs SendMessageBatch refused messages"
+                );
                 return Err(DomainError::Unavailable(format!(
                     "sqs SendMessageBatch refused {} of {} messages ({})",
                     out.failed.len(),

@@ -344,7 +344,9 @@ pub trait Ledger: Send + Sync {
             self.settle_group(std::slice::from_ref(message), at)
                 .await?
                 .pop()
-                .unwrap_or_else(|| Err(crate::DomainError::Internal("no settlement outcome".into())))
+                .unwrap_or_else(|| {
+                    Err(crate::DomainError::Internal("no settlement outcome".into()))
+                })
         }
     }
     fn balances(&self, merchant: &MerchantId) -> impl Future<Output = Result<Vec<Balance>>> + Send;

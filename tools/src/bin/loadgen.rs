@@ -72,10 +72,13 @@ async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
         return 0;
     };
     let attrs = out.attributes.unwrap_or_default();
-    [A::ApproximateNumberOfMessages, A::ApproximateNumberOfMessagesNotVisible]
-        .iter()
-        .filter_map(|k| attrs.get(k)?.parse::<u64>().ok())
-        .sum()
+    [
+        A::ApproximateNumberOfMessages,
+        A::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .filter_map(|k| attrs.get(k)?.parse::<u64>().ok())
+    .sum()
 }
 
 /// The conflict proxy's refusals so far (transactions, single writes), when it runs.
@@ -266,52 +269,55 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
         pairs.push((device, phone));
     }
     let start = Instant::now();
-    let workers = pairs.into_iter().enumerate().map(|(i, (mut device, phone))| {
-        let pos = shops[i % shops.len()].clone();
-        async move {
-            let mut ids = Vec::new();
-            let (mut create, mut confirm, mut whole) =
-                (Samples::default(), Samples::default(), Samples::default());
-            let mut errors = Vec::new();
-            while start.elapsed() < run_for {
-                let t = Instant::now();
-                let r = pos
-                    .request_payment(
-                        &device.beacon(),
-                        PAYMENT_AMOUNT,
-                        "EUR",
-                        None,
-                        &unique_id("k-"),
-                    )
-                    .await;
-                let payment = match r {
-                    Ok(r) if r.status == 201 => r.json,
-                    Ok(r) => {
-                        errors.push(format!("create {} {}", r.status, r.json));
-                        continue;
+    let workers = pairs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut device, phone))| {
+            let pos = shops[i % shops.len()].clone();
+            async move {
+                let mut ids = Vec::new();
+                let (mut create, mut confirm, mut whole) =
+                    (Samples::default(), Samples::default(), Samples::default());
+                let mut errors = Vec::new();
+                while start.elapsed() < run_for {
+                    let t = Instant::now();
+                    let r = pos
+                        .request_payment(
+                            &device.beacon(),
+                            PAYMENT_AMOUNT,
+                            "EUR",
+                            None,
+                            &unique_id("k-"),
+                        )
+                        .await;
+                    let payment = match r {
+                        Ok(r) if r.status == 201 => r.json,
+                        Ok(r) => {
+                            errors.push(format!("create {} {}", r.status, r.json));
+                            continue;
+                        }
+                        Err(e) => {
+                            errors.push(format!("create: {e}"));
+                            continue;
+                        }
+                    };
+                    create.push(t);
+                    let t2 = Instant::now();
+                    let (code, counter) = device.authorize(&payment);
+                    let id = payment["payment_id"].as_str().unwrap_or_default();
+                    match phone.confirm(id, &code, &counter).await {
+                        Ok(r) if r.status == 200 => {
+                            confirm.push(t2);
+                            whole.push(t);
+                            ids.push(id.to_owned());
+                        }
+                        Ok(r) => errors.push(format!("confirm {} {}", r.status, r.json)),
+                        Err(e) => errors.push(format!("confirm: {e}")),
                     }
-                    Err(e) => {
-                        errors.push(format!("create: {e}"));
-                        continue;
-                    }
-                };
-                create.push(t);
-                let t2 = Instant::now();
-                let (code, counter) = device.authorize(&payment);
-                let id = payment["payment_id"].as_str().unwrap_or_default();
-                match phone.confirm(id, &code, &counter).await {
-                    Ok(r) if r.status == 200 => {
-                        confirm.push(t2);
-                        whole.push(t);
-                        ids.push(id.to_owned());
-                    }
-                    Ok(r) => errors.push(format!("confirm {} {}", r.status, r.json)),
-                    Err(e) => errors.push(format!("confirm: {e}")),
                 }
+                (create, confirm, whole, errors, ids)
             }
-            (create, confirm, whole, errors, ids)
-        }
-    });
+        });
     let (mut create, mut confirm, mut whole) =
         (Samples::default(), Samples::default(), Samples::default());
     let mut errors = Vec::new();
@@ -355,7 +361,9 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
         *by_status.entry(status).or_default() += 1;
     }
     let dlq_messages = match &dlq {
-        Some(url) => queue_depth(&clients.sqs, url).await.saturating_sub(dlq_before),
+        Some(url) => queue_depth(&clients.sqs, url)
+            .await
+            .saturating_sub(dlq_before),
         None => 0,
     };
     let conflicts = match (conflicts_before, conflict_stats(stack).await) {

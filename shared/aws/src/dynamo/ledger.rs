@@ -6,9 +6,7 @@ use twochan_domain::{
     ports::{Balance, Ledger, MAX_SETTLEMENT_GROUP, Payments, Settlement, SettlementMessage},
 };
 
-use super::{
-    CONDITION_FAILED, DynamoStore, UpdateSpec, cond, key, n, parse_item, s, sdk_error,
-};
+use super::{CONDITION_FAILED, DynamoStore, UpdateSpec, cond, key, n, parse_item, s, sdk_error};
 use crate::items::{BALANCE_PREFIX, BalanceItem, SK_PAYMENT, balance_sk, merchant_pk, payment_pk};
 
 /// Tries of one group's transaction while other transactions hold its items (DynamoDB cancels
@@ -105,7 +103,9 @@ impl Ledger for DynamoStore {
                 .unwrap_or(i);
             let answer = match outcomes[first].clone() {
                 // A repeat of a message that settled its payment just now.
-                Some(Ok(Settlement::Settled)) if first != i && same_content(m, &messages[first]) => {
+                Some(Ok(Settlement::Settled))
+                    if first != i && same_content(m, &messages[first]) =>
+                {
                     Ok(Settlement::AlreadySettled)
                 }
                 Some(outcome) if first == i || same_content(m, &messages[first]) => outcome,
@@ -176,33 +176,35 @@ impl DynamoStore {
             sum = sum
                 .checked_add(m.amount.minor_units())
                 .ok_or_else(|| DomainError::Internal("settlement group sum overflows".into()))?;
-            items.push(self.update_item(UpdateSpec {
-                key: key(payment_pk(&m.payment_id), SK_PAYMENT),
-                update: "SET #status = :settled, settled_at = :at, credit_account = :credit, \
+            items.push(
+                self.update_item(UpdateSpec {
+                    key: key(payment_pk(&m.payment_id), SK_PAYMENT),
+                    update: "SET #status = :settled, settled_at = :at, credit_account = :credit, \
                          debit_account = :debit"
-                    .into(),
-                condition: cond::PAYMENT_SETTLEABLE,
-                values: vec![
-                    (":confirmed", s(PaymentStatus::Confirmed.as_str())),
-                    (":settled", s(PaymentStatus::Settled.as_str())),
-                    (":at", n(at.truncated_to_second().millis())),
-                    (":payment", s(m.payment_id.as_str())),
-                    (":merchant", s(m.merchant_id.as_str())),
-                    (":amount", n(m.amount.minor_units())),
-                    (":currency", s(m.currency.code())),
-                    (":code", s(m.unique_code.as_str())),
-                    (":credit", s(format!("merchant:{}", m.merchant_id))),
-                    (":debit", s(format!("device:{}", m.unique_code))),
-                ],
-            })?);
+                        .into(),
+                    condition: cond::PAYMENT_SETTLEABLE,
+                    values: vec![
+                        (":confirmed", s(PaymentStatus::Confirmed.as_str())),
+                        (":settled", s(PaymentStatus::Settled.as_str())),
+                        (":at", n(at.truncated_to_second().millis())),
+                        (":payment", s(m.payment_id.as_str())),
+                        (":merchant", s(m.merchant_id.as_str())),
+                        (":amount", n(m.amount.minor_units())),
+                        (":currency", s(m.currency.code())),
+                        (":code", s(m.unique_code.as_str())),
+                        (":credit", s(format!("merchant:{}", m.merchant_id))),
+                        (":debit", s(format!("device:{}", m.unique_code))),
+                    ],
+                })?,
+            );
         }
         items.push(self.update_item(UpdateSpec {
             key: key(
                 merchant_pk(first.merchant_id.as_str()),
                 &balance_sk(first.currency.code()),
             ),
-            update: "SET currency = :currency ADD settled_amount :amount, settled_count :count"
-                .into(),
+            update:
+                "SET currency = :currency ADD settled_amount :amount, settled_count :count".into(),
             condition: cond::ALWAYS,
             values: vec![
                 (":currency", s(first.currency.code())),
