@@ -282,6 +282,16 @@ impl World {
 
     /// `POST /v1/devices` over a fresh challenge (the phone asks for one, pairs, sends the proof).
     async fn register(&self, device: &Device, terminal: &str, bearer: &str) -> Reply {
+        self.register_on(&self.app, device, terminal, bearer).await
+    }
+
+    async fn register_on(
+        &self,
+        app: &App<DynamoStore, SqsSettlementQueue, SqsEventQueue>,
+        device: &Device,
+        terminal: &str,
+        bearer: &str,
+    ) -> Reply {
         let challenge = RegistrationChallenge::issue(
             UniqueCode::try_from(device.code()).unwrap(),
             Timestamp::now(),
@@ -294,7 +304,8 @@ impl World {
         let c = challenge.challenge.as_str();
         let body = json!({"unique_code": device.code(), "terminal_id": terminal, "challenge": c,
                           "registration_proof": device.registration_proof(terminal, c)});
-        self.call(
+        call_on(
+            app,
             Function::Registration,
             "POST",
             "/v1/devices",
@@ -695,12 +706,33 @@ async fn payment_requests_meet_a_re_registration_of_their_code() {
         round += 1;
         let keys: Vec<String> = (0..4).map(|_| unique_id("k-")).collect();
         let old_token = p.token.clone();
+        // Every other round the requests go the moment the registration sends its transaction
+        // (its 4th call: token, challenge, device and terminal, then the transaction), so that
+        // they meet it in flight; the other rounds they go at staggered times.
+        let go = Arc::new(tokio::sync::Semaphore::new(0));
+        let probe = if round % 2 == 0 {
+            let go = go.clone();
+            Probe::with_hook(3, move || go.add_permits(16))
+        } else {
+            go.add_permits(16);
+            Probe::new()
+        };
+        let app = w.app_with(&probe);
         let (reg, pays) = tokio::join!(
-            w.register(&p.device, &p.terminal, &old_token),
+            async {
+                let r = w
+                    .register_on(&app, &p.device, &p.terminal, &old_token)
+                    .await;
+                go.add_permits(16);
+                r
+            },
             join_all(keys.iter().enumerate().map(|(i, key)| {
-                let (w, m, device) = (&w, &m, &p.device);
+                let (w, m, device, go) = (&w, &m, &p.device, &go);
                 async move {
-                    stagger(round, i + 2).await;
+                    drop(go.acquire().await.expect("open"));
+                    if round % 2 == 1 {
+                        stagger(round, i + 2).await;
+                    }
                     w.pay(m, device, 1_000 + i as u64, key).await
                 }
             })),

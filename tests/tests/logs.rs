@@ -191,6 +191,8 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
         .expect("creation line");
     assert_eq!(created["span"]["payment_id"], id.as_str());
     assert_eq!(created["span"]["request_id"], "req-create");
+    // API Gateway's id of the request (its access log's `requestId`), as the event carried it.
+    assert_eq!(created["span"]["api_request_id"], "sim");
 }
 
 /// A successful deregistration logs its outcome and nothing that looks like a refusal: the

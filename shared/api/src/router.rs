@@ -145,10 +145,19 @@ where
         .lambda_context_ref()
         .map(|c| c.request_id.clone())
         .unwrap_or_default();
+    // API Gateway's own id of the request, the one its access log carries: one request can be
+    // followed from the edge into the function's lines.
+    let api_request_id = match req.request_context_ref() {
+        Some(lambda_http::request::RequestContext::ApiGatewayV2(c)) => c.request_id.clone(),
+        Some(lambda_http::request::RequestContext::ApiGatewayV1(c)) => c.request_id.clone(),
+        _ => None,
+    }
+    .unwrap_or_default();
     let span = tracing::info_span!(
         "request",
         route = route.name(),
         request_id = %request_id,
+        api_request_id = %api_request_id,
         payment_id = tracing::field::Empty,
         unique_code_hash = tracing::field::Empty,
     );

@@ -153,10 +153,15 @@ async fn settle_group<L: Ledger, E: EventQueue>(
             }
         };
         let mut waiting = Vec::new();
+        // Confirm → settle latency: the message is sent just before the confirmation commits.
+        let mut latencies_ms: Vec<i64> = Vec::new();
         for (r, outcome) in todo.into_iter().zip(outcomes) {
             let _in_span = r.span.enter();
             match outcome {
-                Ok(Settlement::Settled) => tracing::info!(outcome = "settled"),
+                Ok(Settlement::Settled) => {
+                    latencies_ms.push(r.message.age_ms(now).max(0));
+                    tracing::info!(outcome = "settled")
+                }
                 Ok(Settlement::AlreadySettled) => tracing::info!(outcome = "duplicate_delivery"),
                 // Its confirmation may still be committing: look again shortly, then let the
                 // queue deliver it again.
@@ -177,6 +182,12 @@ async fn settle_group<L: Ledger, E: EventQueue>(
                     fail(r, &e);
                 }
             }
+        }
+        if !latencies_ms.is_empty() {
+            crate::telemetry::emit(&[
+                ("PaymentsSettled", "Count", latencies_ms.len().into()),
+                ("ConfirmToSettleLatency", "Milliseconds", latencies_ms.into()),
+            ]);
         }
         if waiting.is_empty() {
             break;

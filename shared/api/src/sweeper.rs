@@ -24,7 +24,7 @@ use twochan_domain::{
 pub const DEFAULT_STUCK_AFTER_SECONDS: i64 = 300;
 
 /// The EMF namespace and metric the alarm watches.
-pub const METRIC_NAMESPACE: &str = "Twochan";
+pub use crate::telemetry::METRIC_NAMESPACE;
 pub const STUCK_METRIC: &str = "StuckConfirmedFound";
 
 /// Messages sent at once: a page may find many, and the queue is shared with the payment path.
@@ -223,25 +223,15 @@ impl SweepSummary {
     /// `StuckConfirmedFound` is what the alarm watches; the others tell a run that could not send
     /// (`StuckConfirmedNotReenqueued`) or did not reach the end of the table (`SweepIncomplete`).
     pub fn emf(&self, function: &str, at: Timestamp) -> serde_json::Value {
-        let count = |name: &str| serde_json::json!({"Name": name, "Unit": "Count"});
-        serde_json::json!({
-            "_aws": {
-                "Timestamp": at.millis(),
-                "CloudWatchMetrics": [{
-                    "Namespace": METRIC_NAMESPACE,
-                    "Dimensions": [["FunctionName"]],
-                    "Metrics": [
-                        count(STUCK_METRIC),
-                        count("StuckConfirmedNotReenqueued"),
-                        count("SweepIncomplete"),
-                    ],
-                }],
-            },
-            "FunctionName": function,
-            STUCK_METRIC: self.found,
-            "StuckConfirmedNotReenqueued": self.failed,
-            "SweepIncomplete": u8::from(!self.complete),
-        })
+        crate::telemetry::emf_line(
+            function,
+            at.millis(),
+            &[
+                (STUCK_METRIC, "Count", self.found.into()),
+                ("StuckConfirmedNotReenqueued", "Count", self.failed.into()),
+                ("SweepIncomplete", "Count", u8::from(!self.complete).into()),
+            ],
+        )
     }
 
     /// The run's failure, if its scan failed: the invocation then fails too (the function's

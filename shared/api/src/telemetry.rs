@@ -37,11 +37,79 @@ fn filter(rust_log: Option<&str>) -> Targets {
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO))
 }
 
+/// The CloudWatch namespace of the functions' own metrics.
+pub const METRIC_NAMESPACE: &str = "Twochan";
+
+/// One metric of an EMF line: its name, its CloudWatch unit, and a value (a number, or an array
+/// of up to 100 numbers for several samples).
+pub type Metric<'a> = (&'a str, &'a str, serde_json::Value);
+
+/// A CloudWatch Embedded Metric Format line (namespace [`METRIC_NAMESPACE`], dimension
+/// `FunctionName`): CloudWatch Logs turns it into metrics, so no API call is made, nothing can
+/// fail, and the alarms and the dashboard read them like any metric.
+pub fn emf_line(function: &str, at_ms: i64, metrics: &[Metric<'_>]) -> serde_json::Value {
+    let mut line = serde_json::json!({
+        "_aws": {
+            "Timestamp": at_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": METRIC_NAMESPACE,
+                "Dimensions": [["FunctionName"]],
+                "Metrics": metrics
+                    .iter()
+                    .map(|(name, unit, _)| serde_json::json!({"Name": name, "Unit": unit}))
+                    .collect::<Vec<_>>(),
+            }],
+        },
+        "FunctionName": function,
+    });
+    for (name, _, value) in metrics {
+        line[*name] = value.clone();
+    }
+    line
+}
+
+/// Writes an EMF line for this function (`AWS_LAMBDA_FUNCTION_NAME`) to stdout, beside the logs.
+pub fn emit(metrics: &[Metric<'_>]) {
+    if metrics.is_empty() {
+        return;
+    }
+    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default();
+    let now = twochan_domain::Timestamp::now().millis();
+    println!("{}", emf_line(&function, now, metrics));
+}
+
+/// One more of a payment event: `PaymentsRequested`, `PaymentsConfirmed`, `PaymentsFailed`,
+/// `PaymentsDeclined`, `PaymentsCanceled` (settlement writes `PaymentsSettled` with its latencies).
+pub fn count(metric: &str) {
+    emit(&[(metric, "Count", 1.into())]);
+}
+
 #[cfg(test)]
 mod tests {
     use tracing::Level;
 
-    use super::filter;
+    use super::{emf_line, filter};
+
+    #[test]
+    fn an_emf_line_declares_each_metric_and_carries_its_value() {
+        let line = emf_line(
+            "twochan-settlement",
+            1_700_000_000_000,
+            &[
+                ("PaymentsSettled", "Count", 3.into()),
+                ("ConfirmToSettleLatency", "Milliseconds", serde_json::json!([12, 40, 7])),
+            ],
+        );
+        let directive = &line["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "Twochan");
+        assert_eq!(directive["Dimensions"][0][0], "FunctionName");
+        assert_eq!(directive["Metrics"][1]["Name"], "ConfirmToSettleLatency");
+        assert_eq!(directive["Metrics"][1]["Unit"], "Milliseconds");
+        assert_eq!(line["_aws"]["Timestamp"], 1_700_000_000_000_i64);
+        assert_eq!(line["FunctionName"], "twochan-settlement");
+        assert_eq!(line["PaymentsSettled"], 3);
+        assert_eq!(line["ConfirmToSettleLatency"][1], 40);
+    }
 
     #[test]
     fn rust_log_sets_the_levels() {

@@ -91,6 +91,10 @@ where
             .await?;
         if app.store.finish_pending(&payment, to, now).await? == Write::Applied {
             tracing::info!(outcome = to.as_str());
+            crate::telemetry::count(match to {
+                PaymentStatus::Canceled => "PaymentsCanceled",
+                _ => "PaymentsDeclined",
+            });
             payment.status = to;
             return Ok(payment_response(StatusCode::OK, &payment));
         }
@@ -337,6 +341,9 @@ where
     if app.store.record_wrong_code(&wrong).await? == Write::Conflict {
         return Ok(None);
     }
+    if wrong.fails_payment {
+        crate::telemetry::count("PaymentsFailed");
+    }
     tracing::warn!(
         security_event = "wrong_auth_code",
         attempts = payment.failed_attempts + 1,
@@ -400,6 +407,7 @@ where
     confirmed.confirmed_at = Some(now.truncated_to_second());
     confirmed.confirmation = Some(call.fingerprint.clone());
     tracing::info!(outcome = "confirmed");
+    crate::telemetry::count("PaymentsConfirmed");
     Ok(Some(payment_response(StatusCode::OK, &confirmed)))
 }
 

@@ -258,6 +258,7 @@ where
         let put = app.store.put_payment(&payment, &new.fingerprint).await;
         if matches!(put, Ok(Write::Applied)) {
             tracing::info!(outcome = "payment_created");
+            crate::telemetry::count("PaymentsRequested");
             return Ok(Created::New(Box::new(payment)));
         }
         // The slot holds an answer already (a retry after the first request's lock was gone), or
@@ -277,6 +278,7 @@ where
             && record_is(record, &payment.payment_id)
         {
             tracing::info!(outcome = "payment_created");
+            crate::telemetry::count("PaymentsRequested");
             return Ok(Created::New(Box::new(payment)));
         }
         if locked_here {
