@@ -81,6 +81,13 @@ def resource_name(value):
     if not isinstance(value, Tagged):
         return value if isinstance(value, str) else repr(value)
     v = value.value
+    # The stack's own table, or the one named by TableName (a restored table): both branches must
+    # name the same resource of one of the two tables, which is then checked as `Table...`.
+    if value.tag == "!If" and isinstance(v, list) and len(v) == 3 and v[0] == "CreateTable":
+        own, named = resource_name(v[1]), resource_name(v[2])
+        if own.startswith("Table") and named == "TableName" + own[len("Table"):]:
+            return own
+        return repr(value)
     if value.tag == "!GetAtt":
         return v[0] if isinstance(v, list) else v.split(".")[0]
     if value.tag == "!Ref" and isinstance(v, str):

@@ -91,6 +91,8 @@ PARAMETERS = [
           "(MiniStack). Also selects the local stack's values of the other parameters"),
     Param("SettlementVisibilityTimeout", "--settlement-visibility-timeout", "SETTLEMENT_VISIBILITY_TIMEOUT",
           "settlement queue visibility timeout, seconds (AWS 60, local stack 5 via scripts/up.sh)"),
+    Param("TableName", "--table-name", "EXISTING_TABLE_NAME",
+          "an existing table to use instead of the stack's own (a point-in-time restore); '' for the stack's own"),
     Param("SettlementMaxConcurrency", "--settlement-max-concurrency", "SETTLEMENT_MAX_CONCURRENCY",
           "most concurrent settlement batches (the event source's maximum concurrency, 2-1000)"),
     Param("SettlementBacklogAlarmSeconds", "--settlement-backlog-alarm-seconds", "SETTLEMENT_BACKLOG_ALARM_SECONDS",

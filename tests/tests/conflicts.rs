@@ -25,7 +25,13 @@
 //! Each test repeats its race until the proxy has refused at least one write or transaction during
 //! it. The proxy's counters are global (another test binary running alongside adds to them), so
 //! the tests of this file take turns and compare the counters before and after. Each prints a
-//! `conflicts:` line with its rounds, what the proxy refused and how many answers were 503.
+//! `conflicts:` line with its rounds, what the proxy refused and how many answers were 503. Where
+//! the window is a few milliseconds wide, a failpoint hook (`Probe::with_hook`) times one side on
+//! the other: the payment's `PutItem` after the lock, the re-registration's transaction.
+//!
+//! Covered elsewhere: twins of one payment key (`concurrency.rs`: single writes only, which the
+//! layer never refuses against each other), copies of one confirmation (`concurrency.rs`), copies
+//! of one settlement message and settlement groups (`sim.rs`, `settlement.rs`).
 
 mod common;
 
