@@ -872,3 +872,35 @@ async fn a_settlement_group_settles_each_confirmed_payment_once_with_one_balance
         (357, 3)
     );
 }
+
+#[tokio::test]
+async fn recording_an_expiry_frees_the_code_of_that_payment_only() {
+    let ctx = Ctx::new().await;
+    let (code, terminal, device) = registered(&ctx).await;
+    let p = payment_for(&code, &terminal, 120);
+    assert_eq!(create(&ctx, &p, &device).await, Write::Applied);
+    let lapsed = p.expires_at.plus_seconds(1);
+    // PAYMENT_PENDING_LAPSED, then LOCK_HELD_BY on the device: the stored, now expired, payment
+    // gives its lock back (the release of an unstored payment's lock could not apply here).
+    assert_eq!(
+        ctx.store
+            .finish_pending(&p, PaymentStatus::Expired, lapsed)
+            .await
+            .unwrap(),
+        Write::Applied
+    );
+    let after = ctx.store.device(&code).await.unwrap().unwrap();
+    assert_eq!(
+        after.pending, None,
+        "the expired payment still holds the code"
+    );
+    assert_eq!(
+        ctx.store
+            .payment(&p.payment_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        PaymentStatus::Expired
+    );
+}

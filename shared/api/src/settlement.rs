@@ -186,7 +186,11 @@ async fn settle_group<L: Ledger, E: EventQueue>(
         if !latencies_ms.is_empty() {
             crate::telemetry::emit(&[
                 ("PaymentsSettled", "Count", latencies_ms.len().into()),
-                ("ConfirmToSettleLatency", "Milliseconds", latencies_ms.into()),
+                (
+                    "ConfirmToSettleLatency",
+                    "Milliseconds",
+                    latencies_ms.into(),
+                ),
             ]);
         }
         if waiting.is_empty() {

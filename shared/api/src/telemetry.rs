@@ -97,7 +97,11 @@ mod tests {
             1_700_000_000_000,
             &[
                 ("PaymentsSettled", "Count", 3.into()),
-                ("ConfirmToSettleLatency", "Milliseconds", serde_json::json!([12, 40, 7])),
+                (
+                    "ConfirmToSettleLatency",
+                    "Milliseconds",
+                    serde_json::json!([12, 40, 7]),
+                ),
             ],
         );
         let directive = &line["_aws"]["CloudWatchMetrics"][0];

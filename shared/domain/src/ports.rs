@@ -357,8 +357,8 @@ pub trait Refunds: Send + Sync {
         &self,
         slot: &PaymentSlot,
     ) -> impl Future<Output = Result<Option<RefundSlotRecord>>> + Send;
-    /// `Conflict` if the slot is taken, the payment is no longer settled, or its refunds leave
-    /// no room for this one (re-read to tell which).
+    /// `Conflict` if the slot is taken, the payment is no longer settled, its refunds leave no
+    /// room for this one, or another transaction held one of its items (re-read to tell which).
     fn refund(&self, refund: &NewRefund<'_>) -> impl Future<Output = Result<Write>> + Send;
     /// Keeps a final error under a refund slot; `Conflict` if the slot holds something.
     fn record_refund_rejection(

@@ -222,8 +222,18 @@ impl Payments for DynamoStore {
                 .update_if("UpdateItem(record_expiry)", payment_update)
                 .await?;
             if written == Write::Applied {
-                self.release_lock(&payment.unique_code, &payment.payment_id)
-                    .await?;
+                // Not `release_lock`: that keeps the lock of a stored payment, and this one is
+                // stored (now expired), so it would never apply.
+                self.update_if(
+                    "UpdateItem(release_expired_lock)",
+                    UpdateSpec {
+                        key: key(device_pk(payment.unique_code.as_str()), SK_DEVICE),
+                        update: "REMOVE pending_payment_id, pending_expires_at".into(),
+                        condition: cond::LOCK_HELD_BY,
+                        values: vec![(":held", s(payment.payment_id.as_str()))],
+                    },
+                )
+                .await?;
             }
             return Ok(written);
         }
