@@ -16,7 +16,7 @@
 //! | payment requests vs deregistration | device (lock `UpdateItem` vs the deregistration's transaction) | `payment_requests_race_the_deregistration_of_their_code` |
 //! | a payment's `PutItem` vs the deregistration that keeps a 404 in its slot | the request's payment slot (idempotency slot) + device | `a_payment_is_stored_while_its_code_is_deregistered` |
 //! | confirm vs deregistration | device + payment (confirmation vs deregistration transactions) | `confirm_races_the_deregistration_of_its_code` |
-//! | taking over a lapsed lock vs recording the expiry | device (lock `UpdateItem` vs the expiry's lock release), payment | `a_lapsed_lock_is_taken_over_while_its_expiry_is_recorded` |
+//! | taking over a lapsed lock vs recording the expiry | device (lock `UpdateItem` vs the expiry's lock release, both single writes), payment | `a_lapsed_lock_is_taken_over_while_its_expiry_is_recorded` (no refusal expected) |
 //! | refunds with several keys and twins of one key | refund slot + payment + balance (refund transactions) | `refunds_of_one_payment_race_each_other_and_their_twins` |
 //! | refunds vs settlements of the same merchant and currency | balance (+ payments) | `refunds_and_settlements_meet_on_the_balance` |
 //! | deregistration vs registering another device vs registering the same again, one terminal | device + terminal + tokens | `registrations_and_a_deregistration_on_one_terminal_race` |
@@ -251,6 +251,24 @@ impl World {
             "{}: the layer refused nothing in {rounds} rounds: the race proved nothing",
             self.name
         );
+    }
+
+    /// For a race of single writes only, which DynamoDB never refuses against each other: the
+    /// outcome checks are the test, and a refusal is not expected.
+    async fn finish_single_writes(self, rounds: usize) {
+        let (t, w, by_op) = self.refused().await;
+        println!(
+            "conflicts: {}: {rounds} rounds of single writes; the layer refused {t} transactions \
+             and {w} single writes meanwhile ({by_op:?}: none need be this test's)",
+            self.name
+        );
+        let _ = self
+            .ctx
+            .sqs
+            .delete_queue()
+            .queue_url(&self.queue_url)
+            .send()
+            .await;
     }
 
     /// The handlers' view of the world through clients carrying `probe` (a hook in a handler).
@@ -1056,7 +1074,9 @@ async fn a_lapsed_lock_is_taken_over_while_its_expiry_is_recorded() {
     let mut p = w.paired().await;
     let asked = [(201, ""), (409, "device_busy")];
     let mut round = 0;
-    while !w.enough(round).await {
+    // Recording the expiry and freeing its lock are two single writes, as is the takeover: no
+    // transaction is involved, so the layer has nothing to refuse; the race is run all the same.
+    while round < 8 {
         round += 1;
         let old = w
             .pay(&m, &p.device, 3_000 + round as u64, &unique_id("k-"))
@@ -1129,7 +1149,7 @@ async fn a_lapsed_lock_is_taken_over_while_its_expiry_is_recorded() {
         let freed = retried("cancel", || w.cancel(&m, &id)).await;
         assert_eq!(freed.status, 200, "{freed:?}");
     }
-    w.finish(round).await;
+    w.finish_single_writes(round).await;
 }
 
 /// Six refunds of 300 with their own keys and three twins of one key for 100, at once, on a

@@ -342,6 +342,29 @@ impl DynamoStore {
         }
     }
 
+    /// A transaction whose loss to another in-flight transaction is a lost race like any other:
+    /// after a short random pause it is `Conflict` too, so the caller reads again and decides
+    /// again (a replay, a refusal, or one more try) instead of answering 503.
+    async fn transact_or_reread(
+        &self,
+        op: &'static str,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Write> {
+        match self.transact_reasons(op, items).await? {
+            Ok(()) => Ok(Write::Applied),
+            Err(reasons) => {
+                if reasons.iter().any(|r| r == CONDITION_FAILED) {
+                    tracing::info!(operation = op, reasons = ?reasons, "transaction condition failed");
+                } else {
+                    tracing::info!(operation = op, reasons = ?reasons, "transaction met another");
+                    let pause = fastrand::u64(1..=REREAD_PAUSE_MS);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                Ok(Write::Conflict)
+            }
+        }
+    }
+
     /// A transaction, and when DynamoDB cancelled it for a condition or a conflict, the reason
     /// of each item in order (`None` for an item that was not the cause).
     async fn transact_reasons(
@@ -387,6 +410,10 @@ impl DynamoStore {
         }
     }
 }
+
+/// The longest pause before a transaction that met another is read again: about the other's
+/// duration on DynamoDB (10-30 ms).
+const REREAD_PAUSE_MS: u64 = 40;
 
 /// Cancellation reasons of a transaction's items, as DynamoDB names them.
 const NO_REASON: &str = "None";

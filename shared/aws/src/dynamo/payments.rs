@@ -334,6 +334,8 @@ impl Payments for DynamoStore {
                 ],
             })?,
         ];
-        self.transact("TransactWriteItems(confirm)", items).await
+        // A copy of this confirmation may hold the same items: read again, and replay its answer.
+        self.transact_or_reread("TransactWriteItems(confirm)", items)
+            .await
     }
 }

@@ -7,15 +7,11 @@ use twochan_domain::{
     refund::Refund,
 };
 
-use super::{CONDITION_FAILED, DynamoStore, UpdateSpec, cond, item_of, key, n, parse_item, s};
+use super::{DynamoStore, UpdateSpec, cond, item_of, key, n, parse_item, s};
 use crate::items::{
     PaymentItem, RefundItem, RejectedItem, SK_PAYMENT, SK_REFUND, balance_sk, merchant_pk,
     payment_pk, refund_slot_pk,
 };
-
-/// The longest pause after a refund met another transaction on its items, before its caller reads
-/// again (a random part of it, so that racing refunds do not meet again in step).
-const CONFLICT_PAUSE_MS: u64 = 40;
 
 impl Refunds for DynamoStore {
     async fn refund_slot(&self, slot: &PaymentSlot) -> Result<Option<RefundSlotRecord>> {
@@ -79,25 +75,10 @@ impl Refunds for DynamoStore {
                 ],
             })?,
         ];
-        match self
-            .transact_reasons("TransactWriteItems(refund)", items)
-            .await?
-        {
-            Ok(()) => Ok(Write::Applied),
-            Err(reasons) => {
-                if !reasons.iter().any(|r| r == CONDITION_FAILED) {
-                    // Only another transaction on the slot, payment or balance (a twin, another
-                    // refund, a settlement) stopped it; nothing was written. Why: the contract
-                    // has a refund that loses a race read again and decide again, not answer 503.
-                    tracing::info!(reasons = ?reasons, "refund met another transaction");
-                    let pause = fastrand::u64(1..=CONFLICT_PAUSE_MS);
-                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                } else {
-                    tracing::info!(reasons = ?reasons, "refund condition failed");
-                }
-                Ok(Write::Conflict)
-            }
-        }
+        // Another transaction on the slot, the payment or the balance (a twin, another refund, a
+        // settlement): the contract has a refund that loses a race read again and decide again.
+        self.transact_or_reread("TransactWriteItems(refund)", items)
+            .await
     }
 
     async fn record_refund_rejection(
