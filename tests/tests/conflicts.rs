@@ -358,6 +358,33 @@ impl World {
             .await
     }
 
+    /// Each first answer of a race of payment requests, or for a 503 the answer of its retry
+    /// with the same key (the first amount plus the request's index, as the race sent it).
+    async fn retried_payments(
+        &self,
+        m: &Merchant,
+        device: &Device,
+        first_amount: u64,
+        keys: &[String],
+        firsts: &[Reply],
+        asked: &[(u16, &str)],
+    ) -> Vec<Reply> {
+        let mut finals = Vec::new();
+        for (i, (key, r)) in keys.iter().zip(firsts).enumerate() {
+            let r = if r.status == 503 {
+                retried("payment request", || {
+                    self.pay(m, device, first_amount + i as u64, key)
+                })
+                .await
+            } else {
+                r.clone()
+            };
+            within("payment request, retried", &r, asked);
+            finals.push(r);
+        }
+        finals
+    }
+
     async fn pay(&self, m: &Merchant, device: &Device, amount: u64, key: &str) -> Reply {
         let body = payment_body(device, amount);
         self.call(
@@ -780,19 +807,9 @@ async fn payment_requests_meet_a_re_registration_of_their_code() {
         };
         assert_eq!(reg.status, 200, "{reg:?}");
         p.token = reg.str("terminal_token");
-        let mut finals = Vec::new();
-        for (i, (key, r)) in keys.iter().zip(&pays).enumerate() {
-            let r = if r.status == 503 {
-                retried("payment request", || {
-                    w.pay(&m, &p.device, 1_000 + i as u64, key)
-                })
-                .await
-            } else {
-                r.clone()
-            };
-            within("payment request, retried", &r, &asked);
-            finals.push(r);
-        }
+        let finals = w
+            .retried_payments(&m, &p.device, 1_000, &keys, &pays, &asked)
+            .await;
         let made: BTreeSet<String> = finals
             .iter()
             .filter(|r| r.status == 201)
@@ -867,19 +884,9 @@ async fn payment_requests_race_the_deregistration_of_their_code() {
             let r = retried("deregistration", || w.deregister(&p.token, &p.device)).await;
             assert_eq!(r.status, 204, "{r:?}");
         }
-        let mut finals = Vec::new();
-        for (i, (key, r)) in keys.iter().zip(&pays).enumerate() {
-            let r = if r.status == 503 {
-                retried("payment request", || {
-                    w.pay(&m, &p.device, 2_000 + i as u64, key)
-                })
-                .await
-            } else {
-                r.clone()
-            };
-            within("payment request, retried", &r, &asked);
-            finals.push(r);
-        }
+        let finals = w
+            .retried_payments(&m, &p.device, 2_000, &keys, &pays, &asked)
+            .await;
         let device = w.device(&p.device).await;
         assert!(device.registration.is_none(), "deregistered: {device:?}");
         assert_eq!(device.pending, None, "no lock left: {device:?}");
@@ -1113,19 +1120,9 @@ async fn a_lapsed_lock_is_taken_over_while_its_expiry_is_recorded() {
         let mut firsts: Vec<&Reply> = pays.iter().collect();
         firsts.extend([&c, &x]);
         w.count_503(&firsts);
-        let mut finals = Vec::new();
-        for (i, (key, r)) in keys.iter().zip(&pays).enumerate() {
-            let r = if r.status == 503 {
-                retried("payment request", || {
-                    w.pay(&m, &p.device, 4_000 + i as u64, key)
-                })
-                .await
-            } else {
-                r.clone()
-            };
-            within("payment request, retried", &r, &asked);
-            finals.push(r);
-        }
+        let finals = w
+            .retried_payments(&m, &p.device, 4_000, &keys, &pays, &asked)
+            .await;
         let made: BTreeSet<String> = finals
             .iter()
             .filter(|r| r.status == 201)
