@@ -104,7 +104,8 @@ LOGS = {"logs:CreateLogStream", "logs:PutLogEvents"}
 # The issuer key: the SSM parameter, and the customer-managed KMS key that may encrypt it.
 KEY = {"IssuerMasterKeyParameter": {"ssm:GetParameter"}, "IssuerMasterKeyKmsKeyArn": {"kms:Decrypt"}}
 SEND = {"sqs:SendMessage"}
-CONSUME = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"}
+# What an SQS event source mapping needs of its function's role (the Lambda service polls with it).
+CONSUME = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
 
 
 def dynamodb(*actions):
@@ -113,25 +114,34 @@ def dynamodb(*actions):
 
 # What each function's role grants, exactly: {resource: actions}. A change of the code that needs
 # another action is a change here too, reviewed as such. DescribeTable is the init warm-up.
+# scripts/check_iam_used.py checks the role against the calls the handlers make in the tests, so
+# this list, the template and the code agree: ConditionCheckItem is a transaction's
+# ConditionCheck, BatchGetItem and Query are listed on exactly what they read.
 EXPECTED = {
     "RegistrationFunction": {
         **KEY,
         "RegistrationLogs": LOGS,
-        "Table": dynamodb("GetItem", "UpdateItem", "PutItem", "DeleteItem", "DescribeTable"),
+        # BatchGetItem: device and terminal in one read; ConditionCheckItem: the terminal's token
+        # checked in the transaction that adds a device with it.
+        "Table": dynamodb("GetItem", "BatchGetItem", "UpdateItem", "PutItem", "DeleteItem", "ConditionCheckItem",
+                          "DescribeTable"),
         "WebhookQueue": SEND,
     },
     "PaymentRequestFunction": {
         **KEY,
         "PaymentRequestLogs": LOGS,
-        # DeleteItem: DELETE /v1/webhook-endpoint.
-        "Table": dynamodb("GetItem", "BatchGetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "DescribeTable"),
+        # DeleteItem: DELETE /v1/webhook-endpoint. ConditionCheckItem: a device lock given back
+        # after a failed payment write, if the payment is not stored after all.
+        "Table": dynamodb("GetItem", "BatchGetItem", "PutItem", "UpdateItem", "DeleteItem", "ConditionCheckItem",
+                          "Query", "DescribeTable"),
         "WebhookQueue": SEND,
     },
     "ConfirmationFunction": {
         **KEY,
         "ConfirmationLogs": LOGS,
-        "Table": dynamodb("GetItem", "BatchGetItem", "UpdateItem", "Query", "DescribeTable"),
-        "Table/index/gsi1": dynamodb("GetItem", "BatchGetItem", "UpdateItem", "Query", "DescribeTable"),
+        "Table": dynamodb("GetItem", "BatchGetItem", "UpdateItem", "DescribeTable"),
+        # Only queried: a terminal's devices, for its pending payments.
+        "Table/index/gsi1": dynamodb("Query"),
         "SettlementQueue": SEND,
         "WebhookQueue": SEND,
     },
@@ -146,7 +156,8 @@ EXPECTED = {
         **KEY,
         "WebhooksLogs": LOGS,
         "Table": dynamodb("GetItem", "BatchGetItem", "DescribeTable"),
-        "WebhookQueue": CONSUME,
+        # ChangeMessageVisibility: a failed try is made visible again after a growing delay.
+        "WebhookQueue": CONSUME | {"sqs:ChangeMessageVisibility"},
     },
     "SweeperFunction": {
         "SweeperLogs": LOGS,

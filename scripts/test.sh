@@ -63,7 +63,23 @@ cargo test --workspace --exclude integration-tests
 log "make up applies a changed ISSUER_MASTER_KEY to the running stack"
 python scripts/check_key_change.py
 log "integration tests against $(grep '^API_URL=' "$LOCAL/stack.env")"
+# tests/tests/iam.rs (one of them) writes the AWS actions each function's handlers made; no
+# earlier run's record may stand in for it.
+observed="${CARGO_TARGET_DIR:-target}/iam-observed.json"
+rm -f "$observed"
 cargo test -p integration-tests -- --test-threads=8
+log "IAM both ways: each role grants exactly what its function's handlers called in the tests"
+python scripts/check_iam_used.py --observed "$observed"
+# It must be able to fail both ways: a role without an action its code uses (registration's
+# ConditionCheckItem), and a role with one its code never uses (a Scan for settlement).
+for change in "/^  RegistrationRole:/,/^  RegistrationLogs:/ s/, 'dynamodb:ConditionCheckItem'//" \
+  "/^  SettlementRole:/,/^  SettlementLogs:/ s/'dynamodb:GetItem', /'dynamodb:GetItem', 'dynamodb:Scan', /"; do
+  sed "$change" infra/template.yaml > "$bad"
+  if cmp -s infra/template.yaml "$bad" || python scripts/check_iam_used.py "$bad" --observed "$observed" --quiet 2>/dev/null; then
+    echo "check_iam_used.py missed: $change" >&2
+    exit 1
+  fi
+done
 log "hostile-input sweep: 10000 malformed requests (scripts/sweep.py; docs/RELIABILITY.md)"
 python scripts/sweep.py --count 10000
 log "black-box client (Python, contract only)"
