@@ -185,7 +185,7 @@ impl World {
             queue: SqsSettlementQueue::new(ctx.sqs.clone(), queue_url.clone()),
             events: ctx.events(),
             allow_loopback_webhooks: true,
-            issuer_keys: Some(ctx.master.clone().into()),
+            issuer_keys: ctx.master.clone().into(),
             pending_ttl_seconds: 120,
         };
         let before = stats(&proxy).await;
@@ -279,7 +279,7 @@ impl World {
             queue: SqsSettlementQueue::new(clients.sqs.clone(), self.queue_url.clone()),
             events: SqsEventQueue::new(clients.sqs, self.ctx.var("WEBHOOK_QUEUE_URL")),
             allow_loopback_webhooks: true,
-            issuer_keys: Some(self.ctx.master.clone().into()),
+            issuer_keys: self.ctx.master.clone().into(),
             pending_ttl_seconds: 120,
         }
     }

@@ -84,7 +84,7 @@ async fn one_payment_costs_at_most_ten_aws_requests() {
         App {
             store: DynamoStore::new(c.dynamodb, ctx.table.clone()),
             queue: SqsSettlementQueue::new(c.sqs.clone(), queue_url.clone()),
-            issuer_keys: Some(ctx.master.clone().into()),
+            issuer_keys: ctx.master.clone().into(),
             pending_ttl_seconds: 120,
             events: SqsEventQueue::new(c.sqs.clone(), ctx.var("WEBHOOK_QUEUE_URL")),
             allow_loopback_webhooks: true,
@@ -93,7 +93,7 @@ async fn one_payment_costs_at_most_ten_aws_requests() {
     let plain = App {
         store: ctx.store.clone(),
         queue: NoQueue,
-        issuer_keys: Some(ctx.master.clone().into()),
+        issuer_keys: ctx.master.clone().into(),
         pending_ttl_seconds: 120,
         events: ctx.events(),
         allow_loopback_webhooks: true,
@@ -299,7 +299,7 @@ async fn a_batch_of_one_merchant_settles_in_two_requests() {
     let app = App {
         store: ctx.store.clone(),
         queue: SqsSettlementQueue::new(ctx.sqs.clone(), queue_url.clone()),
-        issuer_keys: Some(ctx.master.clone().into()),
+        issuer_keys: ctx.master.clone().into(),
         pending_ttl_seconds: 120,
         events: ctx.events(),
         allow_loopback_webhooks: true,
@@ -401,7 +401,7 @@ async fn a_registration_costs_four_aws_requests_and_eight_write_units() {
         App {
             store: DynamoStore::new(c.dynamodb, ctx.table.clone()),
             queue: NoQueue,
-            issuer_keys: Some(ctx.master.clone().into()),
+            issuer_keys: ctx.master.clone().into(),
             pending_ttl_seconds: 120,
             events: SqsEventQueue::new(c.sqs.clone(), ctx.var("WEBHOOK_QUEUE_URL")),
             allow_loopback_webhooks: true,

@@ -39,7 +39,7 @@ async fn every_http_function_answers_503_when_dynamodb_is_down() {
             clients.sqs.clone(),
             "http://127.0.0.1:9/000000000000/q".into(),
         ),
-        issuer_keys: Some(MasterKey::from_hex(&"00".repeat(32)).unwrap().into()),
+        issuer_keys: MasterKey::from_hex(&"00".repeat(32)).unwrap().into(),
         pending_ttl_seconds: 120,
         events: SqsEventQueue::new(
             clients.sqs.clone(),

@@ -127,7 +127,7 @@ impl<'a> World<'a> {
         App {
             store: DynamoStore::new(c.dynamodb, self.ctx.table.clone()),
             queue: queue(c.sqs.clone(), self.held.clone()),
-            issuer_keys: Some(self.ctx.master.clone().into()),
+            issuer_keys: self.ctx.master.clone().into(),
             pending_ttl_seconds: 120,
             events: SqsEventQueue::new(c.sqs, self.events.clone()),
             allow_loopback_webhooks: true,

@@ -51,7 +51,7 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
     let app = App {
         store: ctx.store.clone(),
         queue: SqsSettlementQueue::new(ctx.sqs.clone(), ctx.var("SETTLEMENT_QUEUE_URL")),
-        issuer_keys: Some(ctx.master.clone().into()),
+        issuer_keys: ctx.master.clone().into(),
         pending_ttl_seconds: 120,
         events: ctx.events(),
         allow_loopback_webhooks: true,
@@ -206,7 +206,7 @@ async fn a_deregistration_logs_no_refusal() {
     let app = App {
         store: ctx.store.clone(),
         queue: NoQueue,
-        issuer_keys: Some(ctx.master.clone().into()),
+        issuer_keys: ctx.master.clone().into(),
         pending_ttl_seconds: 120,
         events: ctx.events(),
         allow_loopback_webhooks: true,

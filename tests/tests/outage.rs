@@ -295,7 +295,7 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
         app: App {
             store,
             queue: SqsSettlementQueue::new(clients.sqs.clone(), queue_url.clone()),
-            issuer_keys: Some(ctx.master.clone().into()),
+            issuer_keys: ctx.master.clone().into(),
             pending_ttl_seconds: 120,
             events: SqsEventQueue::new(clients.sqs.clone(), events_url.clone()),
             allow_loopback_webhooks: true,

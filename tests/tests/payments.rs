@@ -817,7 +817,7 @@ async fn a_503_leaves_the_code_free() {
     let app = App {
         store: DynamoStore::new(clients.dynamodb, ctx.table.clone()),
         queue: NoQueue,
-        issuer_keys: Some(ctx.master.clone().into()),
+        issuer_keys: ctx.master.clone().into(),
         pending_ttl_seconds: 120,
         events: SqsEventQueue::new(clients.sqs.clone(), ctx.var("WEBHOOK_QUEUE_URL")),
         allow_loopback_webhooks: true,

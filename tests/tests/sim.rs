@@ -212,7 +212,7 @@ impl World {
         App {
             store: DynamoStore::new(clients.dynamodb, self.table.clone()),
             queue: SqsSettlementQueue::new(clients.sqs.clone(), self.queue_url.clone()),
-            issuer_keys: Some(self.master.clone().into()),
+            issuer_keys: self.master.clone().into(),
             pending_ttl_seconds: 120,
             events: SqsEventQueue::new(clients.sqs.clone(), self.events_url.clone()),
             allow_loopback_webhooks: true,
@@ -223,7 +223,7 @@ impl World {
         App {
             store: self.store.clone(),
             queue: NoQueue,
-            issuer_keys: Some(self.master.clone().into()),
+            issuer_keys: self.master.clone().into(),
             pending_ttl_seconds: 120,
             events: SqsEventQueue::new(self.sqs.clone(), self.events_url.clone()),
             allow_loopback_webhooks: true,

@@ -96,7 +96,7 @@ impl World {
         let app = App {
             store: store.clone(),
             queue: SqsSettlementQueue::new(ctx.sqs.clone(), held.clone()),
-            issuer_keys: Some(ctx.master.clone().into()),
+            issuer_keys: ctx.master.clone().into(),
             pending_ttl_seconds: 120,
             events: SqsEventQueue::new(ctx.sqs.clone(), events.clone()),
             allow_loopback_webhooks: true,

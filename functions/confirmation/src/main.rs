@@ -1,6 +1,6 @@
-//! Lambda function `confirmation`: see `twochan_api::routes::Function::Confirmation` for its routes.
+//! Lambda function `confirmation`: its routes are `twochan_api::routes::confirmation`.
 
-use twochan_api::{App, routes::Function, serve_http, telemetry};
+use twochan_api::{App, routes, serve_http, telemetry};
 use twochan_aws::{AwsClients, DynamoStore, Settings, SqsEventQueue, SqsSettlementQueue, secrets};
 
 #[tokio::main]
@@ -17,10 +17,10 @@ async fn main() -> Result<(), lambda_http::Error> {
     let app = App {
         store,
         queue: SqsSettlementQueue::new(clients.sqs.clone(), settings.require_queue_url()?),
-        issuer_keys: Some(keys?),
+        issuer_keys: keys?,
         pending_ttl_seconds: settings.pending_ttl_seconds,
         events: SqsEventQueue::new(clients.sqs.clone(), settings.require_webhook_queue_url()?),
         allow_loopback_webhooks: settings.allow_loopback_webhooks,
     };
-    serve_http(app, Function::Confirmation).await
+    serve_http(|req| routes::confirmation(&app, req)).await
 }

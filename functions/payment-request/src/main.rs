@@ -1,10 +1,6 @@
-//! Lambda function `payment-request`: see `twochan_api::routes::Function::PaymentRequest` for its routes.
+//! Lambda function `payment-request`: its routes are `twochan_api::routes::payment_request`.
 
-use twochan_api::{
-    App,
-    routes::{Function, NoQueue},
-    serve_http, telemetry,
-};
+use twochan_api::{App, routes, serve_http, telemetry};
 use twochan_aws::{AwsClients, DynamoStore, Settings, SqsEventQueue, secrets};
 
 #[tokio::main]
@@ -21,11 +17,12 @@ async fn main() -> Result<(), lambda_http::Error> {
     );
     let app = App {
         store,
-        queue: NoQueue,
-        issuer_keys: Some(keys?),
+        // No settlement queue: this function never settles anything (checked when compiled).
+        queue: (),
+        issuer_keys: keys?,
         pending_ttl_seconds: settings.pending_ttl_seconds,
         events: SqsEventQueue::new(clients.sqs.clone(), settings.require_webhook_queue_url()?),
         allow_loopback_webhooks: settings.allow_loopback_webhooks,
     };
-    serve_http(app, Function::PaymentRequest).await
+    serve_http(|req| routes::payment_request(&app, req)).await
 }

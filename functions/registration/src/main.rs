@@ -1,10 +1,6 @@
-//! Lambda function `registration`: see `twochan_api::routes::Function::Registration` for its routes.
+//! Lambda function `registration`: its routes are `twochan_api::routes::registration`.
 
-use twochan_api::{
-    App,
-    routes::{Function, NoQueue},
-    serve_http, telemetry,
-};
+use twochan_api::{App, routes, serve_http, telemetry};
 use twochan_aws::{AwsClients, DynamoStore, Settings, SqsEventQueue, secrets};
 
 #[tokio::main]
@@ -20,11 +16,12 @@ async fn main() -> Result<(), lambda_http::Error> {
     );
     let app = App {
         store,
-        queue: NoQueue,
-        issuer_keys: Some(keys?),
+        // No settlement queue: this function never settles anything (checked when compiled).
+        queue: (),
+        issuer_keys: keys?,
         pending_ttl_seconds: settings.pending_ttl_seconds,
         events: SqsEventQueue::new(clients.sqs.clone(), settings.require_webhook_queue_url()?),
         allow_loopback_webhooks: settings.allow_loopback_webhooks,
     };
-    serve_http(app, Function::Registration).await
+    serve_http(|req| routes::registration(&app, req)).await
 }

@@ -23,27 +23,25 @@ use lambda_http::{
 };
 use twochan_domain::DomainError;
 
-/// Runs an HTTP function's Lambda loop: every request goes through [`routes::handle`].
+/// Runs an HTTP function's Lambda loop: every request goes to `handler`, one of
+/// [`routes::registration`], [`routes::payment_request`] or [`routes::confirmation`] with the
+/// function's app.
 ///
 /// `lambda_http` turns the API Gateway event into an `http::Request` with `unwrap`s that a
 /// client can reach (a query string with `<`, a `Host` that is not a host), before any handler
 /// runs; a panic there would answer 502 without the contract's JSON. So the event loses what the
 /// functions never read (query string, `Host`) first, and a conversion that panics all the same
 /// answers the contract's 400.
-pub async fn serve_http<S, Q, E>(
-    app: App<S, Q, E>,
-    function: routes::Function,
-) -> Result<(), lambda_http::Error>
+pub async fn serve_http<H, F>(handler: H) -> Result<(), lambda_http::Error>
 where
-    S: routes::Store,
-    Q: twochan_domain::ports::SettlementQueue,
-    E: twochan_domain::ports::EventQueue,
+    H: Fn(lambda_http::Request) -> F + Sync,
+    F: Future<Output = lambda_http::Response<lambda_http::Body>> + Send,
 {
-    let app = &app;
+    let handler = &handler;
     lambda_runtime::run(lambda_http::service_fn(
         move |event: LambdaEvent<LambdaRequest>| async move {
             let handler = lambda_http::service_fn(move |req: lambda_http::Request| async move {
-                Ok::<_, std::convert::Infallible>(answer(app, function, req).await)
+                Ok::<_, std::convert::Infallible>(answer(handler(req)).await)
             });
             let mut adapter = lambda_http::Adapter::from(handler);
             let event = without_unread_parts(event);
@@ -69,28 +67,16 @@ where
     .await
 }
 
-/// One request through the router. A panic is a bug; the caller still gets the contract's 500,
-/// never a dropped connection.
-async fn answer<S, Q, E>(
-    app: &App<S, Q, E>,
-    function: routes::Function,
-    req: lambda_http::Request,
-) -> lambda_http::Response<lambda_http::Body>
-where
-    S: routes::Store,
-    Q: twochan_domain::ports::SettlementQueue,
-    E: twochan_domain::ports::EventQueue,
-{
-    std::panic::AssertUnwindSafe(routes::handle(app, function, req))
+/// A handler's answer; a panic in it is a 500 with the contract's JSON, not a dead runtime.
+async fn answer(
+    handling: impl Future<Output = lambda_http::Response<lambda_http::Body>>,
+) -> lambda_http::Response<lambda_http::Body> {
+    std::panic::AssertUnwindSafe(handling)
         .catch_unwind()
         .await
         .unwrap_or_else(|_| http::error_response(&DomainError::Internal("handler panicked".into())))
 }
 
-/// The event without the parts no route reads and `lambda_http` may choke on: the query string
-/// (the contract has none), `Host` and the API's domain name (only used to build an absolute
-/// URL), and a path that does not start with `/` (API Gateway always sends one). The same for
-/// an HTTP API's event (payload 2.0) and a REST API's (1.0, whose headers come twice).
 pub fn without_unread_parts(mut event: LambdaEvent<LambdaRequest>) -> LambdaEvent<LambdaRequest> {
     let host = lambda_http::http::header::HOST;
     let path = match &mut event.payload {

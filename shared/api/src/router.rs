@@ -124,13 +124,114 @@ impl Function {
 pub trait Store: Directory + Devices + Payments + Ledger + Refunds + WebhookEndpoints {}
 impl<T: Directory + Devices + Payments + Ledger + Refunds + WebhookEndpoints> Store for T {}
 
-/// The entry point of every HTTP function: never fails, every error becomes a contract response.
-/// The one place a request's outcome is logged: `request done`, or its refusal or failure.
+/// Every request of the tests' all-in-one app: each route to the function that serves it, as the
+/// deployed API does. The functions themselves use [`registration`], [`payment_request`] and
+/// [`confirmation`], each compiled with its own routes only.
 pub async fn handle<S, Q, E>(app: &App<S, Q, E>, function: Function, req: Request) -> Response<Body>
 where
     S: Store,
     Q: SettlementQueue,
     E: EventQueue,
+{
+    match function {
+        Function::Registration => registration(app, req).await,
+        Function::PaymentRequest => payment_request(app, req).await,
+        Function::Confirmation => confirmation(app, req).await,
+    }
+}
+
+/// The registration function's requests. It has no settlement queue: `Q` is any type, and a use
+/// case of its own that enqueued would not compile. Its app holds `()` there, which serves its
+/// own routes:
+///
+/// ```no_run
+/// use twochan_api::{App, routes};
+/// async fn serve<S: routes::Store, E: twochan_domain::ports::EventQueue>(
+///     app: &App<S, (), E>,
+///     req: lambda_http::Request,
+/// ) {
+///     routes::registration(app, req).await;
+/// }
+/// ```
+///
+/// and cannot be wired to the function that settles:
+///
+/// ```compile_fail
+/// use twochan_api::{App, routes};
+/// async fn serve<S: routes::Store, E: twochan_domain::ports::EventQueue>(
+///     app: &App<S, (), E>,
+///     req: lambda_http::Request,
+/// ) {
+///     routes::confirmation(app, req).await;
+/// }
+/// ```
+pub async fn registration<S: Store, Q, E: EventQueue>(
+    app: &App<S, Q, E>,
+    req: Request,
+) -> Response<Body> {
+    serve(
+        req,
+        Function::Registration,
+        async |route: &Route, req: &Request| match route {
+            Route::CreateChallenge => registration::create_challenge(app, req).await,
+            Route::RegisterDevice => registration::register_device(app, req).await,
+            Route::DeregisterDevice(code) => registration::deregister_device(app, req, code).await,
+            _ => Err(DomainError::NotFound),
+        },
+    )
+    .await
+}
+
+/// The payment-request function's requests (the POS side); no settlement queue either.
+pub async fn payment_request<S: Store, Q, E: EventQueue>(
+    app: &App<S, Q, E>,
+    req: Request,
+) -> Response<Body> {
+    serve(
+        req,
+        Function::PaymentRequest,
+        async |route: &Route, req: &Request| match route {
+            Route::CreatePayment => payment_request::create_payment(app, req).await,
+            Route::GetPayment(id) => payment_request::get_payment(app, req, id).await,
+            Route::CancelPayment(id) => payment_request::cancel_payment(app, req, id).await,
+            Route::Balance => payment_request::balance(app, req).await,
+            Route::CreateRefund(id) => payment_request::create_refund(app, req, id).await,
+            Route::ListRefunds(id) => payment_request::list_refunds(app, req, id).await,
+            Route::PutWebhookEndpoint => payment_request::put_webhook_endpoint(app, req).await,
+            Route::GetWebhookEndpoint => payment_request::get_webhook_endpoint(app, req).await,
+            Route::DeleteWebhookEndpoint => {
+                payment_request::delete_webhook_endpoint(app, req).await
+            }
+            _ => Err(DomainError::NotFound),
+        },
+    )
+    .await
+}
+
+/// The confirmation function's requests (the phone side): the one that enqueues settlements.
+pub async fn confirmation<S: Store, Q: SettlementQueue, E: EventQueue>(
+    app: &App<S, Q, E>,
+    req: Request,
+) -> Response<Body> {
+    serve(
+        req,
+        Function::Confirmation,
+        async |route: &Route, req: &Request| match route {
+            Route::PendingPayments => confirmation::pending_payments(app, req).await,
+            Route::ConfirmPayment(id) => confirmation::confirm_payment(app, req, id).await,
+            Route::DeclinePayment(id) => confirmation::decline_payment(app, req, id).await,
+            _ => Err(DomainError::NotFound),
+        },
+    )
+    .await
+}
+
+/// What every HTTP function does around its use cases: never fails, every error becomes a
+/// contract response, and this is the one place a request's outcome is logged (`request done`,
+/// or its refusal or failure).
+async fn serve<F>(req: Request, function: Function, dispatch: F) -> Response<Body>
+where
+    F: AsyncFnOnce(&Route, &Request) -> Result<Response<Body>, DomainError>,
 {
     let route = route_segments(&req).and_then(|segs| Route::of(req.method(), &segs));
     let Some(route) = route.filter(|r| function.serves(r)) else {
@@ -162,29 +263,7 @@ where
         unique_code_hash = tracing::field::Empty,
     );
     // `instrument`, not `enter`: the span must follow the future across its awaits.
-    let result = async {
-        match &route {
-            Route::CreateChallenge => registration::create_challenge(app, &req).await,
-            Route::RegisterDevice => registration::register_device(app, &req).await,
-            Route::DeregisterDevice(code) => registration::deregister_device(app, &req, code).await,
-            Route::CreatePayment => payment_request::create_payment(app, &req).await,
-            Route::GetPayment(id) => payment_request::get_payment(app, &req, id).await,
-            Route::CancelPayment(id) => payment_request::cancel_payment(app, &req, id).await,
-            Route::Balance => payment_request::balance(app, &req).await,
-            Route::PendingPayments => confirmation::pending_payments(app, &req).await,
-            Route::ConfirmPayment(id) => confirmation::confirm_payment(app, &req, id).await,
-            Route::DeclinePayment(id) => confirmation::decline_payment(app, &req, id).await,
-            Route::CreateRefund(id) => payment_request::create_refund(app, &req, id).await,
-            Route::ListRefunds(id) => payment_request::list_refunds(app, &req, id).await,
-            Route::PutWebhookEndpoint => payment_request::put_webhook_endpoint(app, &req).await,
-            Route::GetWebhookEndpoint => payment_request::get_webhook_endpoint(app, &req).await,
-            Route::DeleteWebhookEndpoint => {
-                payment_request::delete_webhook_endpoint(app, &req).await
-            }
-        }
-    }
-    .instrument(span.clone())
-    .await;
+    let result = dispatch(&route, &req).instrument(span.clone()).await;
     let _in_span = span.enter();
     match result {
         Ok(resp) => {

@@ -148,7 +148,7 @@ where
     let auth_code: AuthCode = body.field("auth_code")?;
     let counter: Counter = body.field("counter")?;
     let id = path_payment_id(raw_id)?;
-    let issuer_keys = app.issuer_keys()?;
+    let issuer_keys = &app.issuer_keys;
     let call = ConfirmCall {
         fingerprint: Payment::confirmation_fingerprint(&auth_code, counter),
         id,

@@ -29,19 +29,13 @@ pub struct App<S, Q, E> {
     /// Whether `http://127.0.0.1:<port>/...` webhook URLs are accepted (the local stack only).
     pub allow_loopback_webhooks: bool,
     /// Every HTTP function verifies device codes (registration and beacon proofs, auth codes).
-    pub issuer_keys: Option<IssuerKeys>,
+    pub issuer_keys: IssuerKeys,
     pub pending_ttl_seconds: i64,
 }
 
-impl<S, Q, E> App<S, Q, E> {
-    fn issuer_keys(&self) -> Result<&IssuerKeys> {
-        self.issuer_keys
-            .as_ref()
-            .ok_or_else(|| DomainError::Internal("no issuer master key is configured".into()))
-    }
-}
-
-/// A queue for functions that never enqueue.
+/// A queue that refuses, for tests that run a function which never enqueues through the
+/// all-in-one [`crate::routes::handle`]. The functions themselves hold `()` there, which is no
+/// queue at all: enqueueing from registration or payment-request does not compile.
 pub struct NoQueue;
 
 impl SettlementQueue for NoQueue {

@@ -115,7 +115,7 @@ where
     };
     let r = &new.request;
     if !app
-        .issuer_keys()?
+        .issuer_keys
         .verify_beacon_proof(&r.unique_code, &r.beacon_proof, Timestamp::now())
     {
         // A replay is answered without the proof (the first request checked it, and it may
@@ -433,7 +433,7 @@ where
 {
     let merchant = merchant(&app.store, req).await?;
     let body = json_body(req, &["url"])?;
-    let seal = SecretSeal::from_issuer_keys(app.issuer_keys()?);
+    let seal = SecretSeal::from_issuer_keys(&app.issuer_keys);
     let loopback = app.allow_loopback_webhooks;
     crate::webhooks::put_endpoint(&app.store, &seal, loopback, &merchant, &body).await
 }

@@ -64,7 +64,7 @@ where
     tag(&code, None);
     // The proof comes first: without the device nobody learns whether a code is registered.
     if !app
-        .issuer_keys()?
+        .issuer_keys
         .verify_registration_proof(&code, &terminal, &challenge, proof)
     {
         return Err(DomainError::InvalidRegistrationProof);

@@ -147,7 +147,7 @@ impl World {
         App {
             store: self,
             queue: WorldQueue::default(),
-            issuer_keys: Some(MasterKey::from_hex(MASTER_KEY_HEX).unwrap().into()),
+            issuer_keys: MasterKey::from_hex(MASTER_KEY_HEX).unwrap().into(),
             pending_ttl_seconds: 120,
             events: WorldQueue::default(),
             allow_loopback_webhooks: false,
