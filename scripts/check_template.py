@@ -395,7 +395,8 @@ def route_findings(template):
     """The REST API (ApiKind rest) serves exactly the HTTP API's routes, each with the same
     function; every API resource belongs to its kind (Condition IsHttpApi or IsRestApi); the REST
     deployment comes after every method (it snapshots them); and each function a route reaches
-    lets API Gateway invoke it, from the API of either kind."""
+    lets API Gateway invoke it, from the API of either kind; every HTTP API route is throttled on
+    its own."""
     resources = template["Resources"]
     http, problems = http_routes(resources)
     rest, rest_problems = rest_routes(resources)
@@ -419,6 +420,17 @@ def route_findings(template):
             depends = r.get("DependsOn", [])
             for m in sorted(methods - set([depends] if isinstance(depends, str) else depends)):
                 yield f"{name} does not depend on {m}: the deployment could be taken without it"
+    # Every HTTP API route has its own throttling (docs/OPERATIONS.md, "Throttling"), and the
+    # stage names no route that does not exist.
+    route_keys = {r["Properties"]["RouteKey"] for r in resources.values()
+                  if r["Type"] == "AWS::ApiGatewayV2::Route"}
+    for name, r in resources.items():
+        if r["Type"] == "AWS::ApiGatewayV2::Stage":
+            settings = set(r["Properties"].get("RouteSettings", {}))
+            for key in sorted(route_keys - settings):
+                yield f"{name}: route {key} has no RouteSettings (throttling of its own)"
+            for key in sorted(settings - route_keys):
+                yield f"{name}: RouteSettings name {key}, which is no route"
     for api, condition in (("HttpApi", "IsHttpApi"), ("RestApi", "IsRestApi")):
         allowed = {r["Properties"]["FunctionName"].value for r in resources.values()
                    if r["Type"] == "AWS::Lambda::Permission" and r.get("Condition") == condition
