@@ -148,6 +148,9 @@ def parser(template_params=None):
         epilog="template parameter, option / environment variable, template default, local stack's value:\n"
                + "\n".join(rows))
     ap.add_argument("--stack", help="the CloudFormation stack to create or update (required unless --check-artifacts-only)")
+    ap.add_argument("--template", default=TEMPLATE,
+                    help="the CloudFormation template to deploy (default infra/template.yaml; a changed copy "
+                         "for a test, such as scripts/test_iam_enforced.sh's role without an action)")
     ap.add_argument("--api-url-base", default="", help="emulators: base of the path-style execute-api URL printed as API_URL")
     ap.add_argument("--artifacts-dir", default=os.path.join(ROOT, "target", "lambda"),
                     help="where <function>/bootstrap are (default target/lambda)")
@@ -424,9 +427,9 @@ def deployed_findings(cfn, stack, template, outputs):
             yield f"output {name} is {outputs[name]!r}: unresolved"
 
 
-def check_deployed(cfn, stack, outputs, api_kind):
+def check_deployed(cfn, stack, outputs, api_kind, template_path=TEMPLATE):
     """Stops (exit 1) naming every finding of deployed_findings."""
-    with open(TEMPLATE) as f:
+    with open(template_path) as f:
         template = yaml.load(f, Loader=Loader)
     problems = list(deployed_findings(cfn, stack, template, outputs))
     if not problems:
@@ -442,7 +445,10 @@ def check_deployed(cfn, stack, outputs, api_kind):
 
 
 def main():
-    template_params = template_parameters()
+    # The template's parameters make the options' help: --template is read first.
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--template", default=TEMPLATE)
+    template_params = template_parameters(early.parse_known_args()[0].template)
     args = parser(template_params).parse_args()
     local = bool(args.endpoint_for_functions)
     given = given_values(args, local)
@@ -514,10 +520,10 @@ def main():
     print(f"deploying {args.stack} ({'update' if previous is not None else 'create'}, Architecture={architecture}); "
           f"kept: {', '.join(kept) or 'none'}; template defaults: {', '.join(defaulted) or 'none'}", file=sys.stderr)
 
-    with open(TEMPLATE) as f:
+    with open(args.template) as f:
         template_url = upload_template(s3, bucket, f.read())
     outputs = deploy(cfn, args.stack, template_url, parameters, previous is not None)
-    check_deployed(cfn, args.stack, outputs, effective("ApiKind"))
+    check_deployed(cfn, args.stack, outputs, effective("ApiKind"), args.template)
 
     api_url = outputs["ApiUrl"]
     if args.api_url_base:
