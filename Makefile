@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help setup build up down demo test unit integration test-sim bench lint fmt merchant watch clean-state schemathesis fuzz sweep test-rest
+.PHONY: help setup build up down demo test unit integration test-sim bench lint fmt merchant watch clean-state schemathesis fuzz sweep test-rest test-iam
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,6 +27,10 @@ test: up ## Everything: format, clippy, unit tests, integration tests against th
 
 test-rest: up ## The API as a REST API (ApiKind rest): stack twochan-rest, the black-box client against it
 	@scripts/test_rest.sh
+
+test-iam: ## The functions on a MiniStack of their own with IAM enforced (AUTH=true, port IAM_PORT=4568)
+	@scripts/build.sh
+	@scripts/test_iam_enforced.sh
 
 unit: ## Unit tests only (no stack needed)
 	cargo test --workspace --exclude integration-tests

@@ -86,5 +86,7 @@ log "black-box client (Python, contract only)"
 python tests/blackbox/contract_client.py
 log "the REST API variant (ApiKind rest): stack twochan-rest, the black-box client against it"
 scripts/test_rest.sh
+log "IAM enforced: every function's calls checked against its role on a MiniStack of their own (AUTH=true)"
+scripts/test_iam_enforced.sh
 log "schemathesis: the API against docs/openapi.yaml"
 python scripts/schemathesis.py
