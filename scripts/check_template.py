@@ -391,6 +391,46 @@ def rest_routes(resources):
     return routes, problems
 
 
+# CHECK_ROUTER: another copy of the router, to show the check can fail (scripts/test.sh).
+ROUTER = os.environ.get("CHECK_ROUTER") or os.path.join(ROOT, "shared", "api", "src", "router.rs")
+ENTRY_POINTS = {"registration": "RegistrationFunction", "payment_request": "PaymentRequestFunction",
+                "confirmation": "ConfirmationFunction"}
+
+
+def router_routes(path=ROUTER):
+    """{(METHOD, path with {} for each parameter): function} as the Rust router serves them: the
+    patterns of `Route::of`, and the function whose entry point (`routes::registration`, ...)
+    dispatches each variant."""
+    with open(path) as f:
+        src = f.read()
+    variant_route = {}
+    for m in re.finditer(r'\("([A-Z]+)", \[([^\]]*)\]\) => Route::(\w+)', src):
+        segs = [x.strip() for x in m.group(2).split(",") if x.strip()]
+        path_ = "/v1/" + "/".join(x.strip('"') if x.startswith('"') else "{}" for x in segs)
+        variant_route[m.group(3)] = (m.group(1), path_)
+    routes = {}
+    for m in re.finditer(r"pub async fn (\w+)<.*?\n}\n", src, re.S):
+        function = ENTRY_POINTS.get(m.group(1))
+        for variant in re.findall(r"Route::(\w+)(?:\(\w+\))? =>", m.group(0)) if function else []:
+            if variant in variant_route:
+                routes[variant_route[variant]] = function
+    return routes
+
+
+def router_findings(template):
+    """The Rust router serves exactly the template's routes, each from the same function."""
+    http, _ = http_routes(template["Resources"])
+    deployed = {(k[0], re.sub(r"\{[^}]+\}", "{}", k[1])): f for k, f in http.items() if k != FALLBACK}
+    served = router_routes()
+    for key in sorted(deployed.keys() - served.keys()):
+        yield f"{' '.join(key)} is a route of the template that the Rust router does not serve"
+    for key in sorted(served.keys() - deployed.keys()):
+        yield f"{' '.join(key)} is served by the Rust router but is no route of the template"
+    for key in sorted(deployed.keys() & served.keys()):
+        if deployed[key] != served[key]:
+            yield f"{' '.join(key)}: the template sends it to {deployed[key]}, the router serves it from {served[key]}"
+
+
 def route_findings(template):
     """The REST API (ApiKind rest) serves exactly the HTTP API's routes, each with the same
     function; every API resource belongs to its kind (Condition IsHttpApi or IsRestApi); the REST
@@ -451,7 +491,7 @@ def main():
     deploy_problems = list(deploy_findings(template))
     for p in deploy_problems:
         print(f"deploy: {p}", file=sys.stderr)
-    route_problems = list(route_findings(template))
+    route_problems = list(route_findings(template)) + list(router_findings(template))
     for p in route_problems:
         print(f"routes: {p}", file=sys.stderr)
     if problems or deploy_problems or route_problems:
@@ -465,7 +505,8 @@ def main():
           f"on Architecture")
     routes, _ = http_routes(template["Resources"])
     print(f"routes: {path}: the REST API (ApiKind rest) serves the HTTP API's {len(routes) - 1} routes and its "
-          f"$default (as ANY / and ANY /{{proxy+}}), each with the same function")
+          f"$default (as ANY / and ANY /{{proxy+}}), each with the same function; the Rust router "
+          f"(shared/api/src/router.rs) serves the same {len(router_routes())} routes from the same functions")
 
 
 if __name__ == "__main__":

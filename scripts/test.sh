@@ -19,6 +19,14 @@ if python scripts/check_template.py "$bad" 2>/dev/null; then
   echo "check_template.py missed a REST route to another function" >&2
   exit 1
 fi
+# Nor a route the Rust router serves from another function than the template's.
+sed "s/Route::Balance => payment_request::balance/Route::Balance => confirmation::balance/; /^pub async fn confirmation</,/^}/ s/Route::PendingPayments =>/Route::Balance => x, Route::PendingPayments =>/" \
+  shared/api/src/router.rs > "$bad.rs"
+if CHECK_ROUTER="$bad.rs" python scripts/check_template.py 2>/dev/null; then
+  echo "check_template.py missed a route the router serves from another function" >&2
+  exit 1
+fi
+rm -f "$bad.rs"
 log "docs/openapi.yaml against the template's routes"
 python scripts/check_openapi.py
 # This check must be able to fail too: a renamed route, and a route sent to another function.
