@@ -70,15 +70,7 @@ async fn item(ctx: &Ctx, pk: &str, sk: &str) -> HashMap<String, AttributeValue> 
 #[tokio::test]
 async fn one_payment_costs_at_most_ten_aws_requests() {
     let ctx = Ctx::new().await;
-    let queue_url = ctx
-        .sqs
-        .create_queue()
-        .queue_name(unique_id("twochan-cost-"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let queue_url = ctx.scratch_queue("twochan-cost-").await;
     let app = |probe: &Probe| {
         let c = probe.clients(&ctx.config);
         App {
@@ -287,15 +279,7 @@ async fn one_payment_costs_at_most_ten_aws_requests() {
 async fn a_batch_of_one_merchant_settles_in_two_requests() {
     const K: usize = 10;
     let ctx = Ctx::new().await;
-    let queue_url = ctx
-        .sqs
-        .create_queue()
-        .queue_name(unique_id("twochan-cost-batch-"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let queue_url = ctx.scratch_queue("twochan-cost-batch-").await;
     let app = App {
         store: ctx.store.clone(),
         queue: SqsSettlementQueue::new(ctx.sqs.clone(), queue_url.clone()),

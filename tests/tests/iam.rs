@@ -93,15 +93,7 @@ impl<'a> World<'a> {
             create.queue_name(unique_id("twochan-iam-held-"))
         };
         let held = create.send().await.unwrap().queue_url.unwrap();
-        let events = ctx
-            .sqs
-            .create_queue()
-            .queue_name(unique_id("twochan-iam-events-"))
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
+        let events = ctx.scratch_queue("twochan-iam-events-").await;
         World {
             ctx,
             held,

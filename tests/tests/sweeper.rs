@@ -84,15 +84,7 @@ impl World {
         };
         let store = DynamoStore::new(ctx.dynamodb.clone(), table.clone());
         let held = queue(ctx, "twochan-sweeper-held-").await;
-        let events = ctx
-            .sqs
-            .create_queue()
-            .queue_name(unique_id("twochan-sweeper-events-"))
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
+        let events = ctx.scratch_queue("twochan-sweeper-events-").await;
         let app = App {
             store: store.clone(),
             queue: SqsSettlementQueue::new(ctx.sqs.clone(), held.clone()),

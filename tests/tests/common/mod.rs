@@ -72,6 +72,18 @@ impl Ctx {
         }
     }
 
+    /// A standard queue of the test's own (named `prefix` + a unique suffix): its URL.
+    pub async fn scratch_queue(&self, prefix: &str) -> String {
+        self.sqs
+            .create_queue()
+            .queue_name(unique_id(prefix))
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap()
+    }
+
     pub fn var(&self, key: &str) -> String {
         require(&self.stack, key)
     }
