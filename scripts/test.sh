@@ -75,7 +75,8 @@ log "integration tests against $(grep '^API_URL=' "$LOCAL/stack.env")"
 # earlier run's record may stand in for it.
 observed="${CARGO_TARGET_DIR:-target}/iam-observed.json"
 rm -f "$observed"
-cargo test -p integration-tests -- --test-threads=8
+# No backtraces: CI shows the tail of the output, where a failed assertion's message must be.
+RUST_BACKTRACE=0 cargo test -p integration-tests -- --test-threads=8
 log "IAM both ways: each role grants exactly what its function's handlers called in the tests"
 python scripts/check_iam_used.py --observed "$observed"
 # It must be able to fail both ways: a role without an action its code uses (registration's

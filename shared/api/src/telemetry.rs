@@ -69,11 +69,15 @@ pub fn emf_line(function: &str, at_ms: i64, metrics: &[Metric<'_>]) -> serde_jso
 }
 
 /// Writes an EMF line for this function (`AWS_LAMBDA_FUNCTION_NAME`) to stdout, beside the logs.
+/// Outside a Lambda runtime (the handlers run in-process by tests) there is no log group to turn
+/// the line into a metric, so nothing is written.
 pub fn emit(metrics: &[Metric<'_>]) {
+    let Ok(function) = std::env::var("AWS_LAMBDA_FUNCTION_NAME") else {
+        return;
+    };
     if metrics.is_empty() {
         return;
     }
-    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_default();
     let now = twochan_domain::Timestamp::now().millis();
     println!("{}", emf_line(&function, now, metrics));
 }
