@@ -7,8 +7,8 @@ SHELL := /bin/bash
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: ## Install the local toolchain (MiniStack, cargo-lambda, boto3) into .local/venv
-	@scripts/setup.sh
+setup: ## Install the local toolchain (MiniStack, boto3, cargo-lambda and the test tools) into .local/venv
+	@scripts/setup.sh test
 
 build: ## Build the Lambda bootstraps and tools with the deployed (release, fat LTO) profile
 	BUILD_PROFILE=release scripts/build.sh
@@ -22,6 +22,8 @@ down: ## Stop the local cloud and every process it started
 demo: up ## One complete two-channel payment on the local cloud
 	@scripts/demo.sh
 
+# The build installs the test tools beside the compiler (scripts/build.sh, SETUP).
+test: export SETUP := test
 test: up ## Everything: format, clippy, unit tests, integration tests against the local cloud
 	@scripts/test.sh
 
@@ -40,24 +42,20 @@ bench-cpu: ## Handler CPU per request, no I/O: criterion mean and p99, callgrind
 	@scripts/bench_cpu.sh
 
 integration: ## Integration tests against a running stack (make up first)
-	cargo test -p integration-tests -- --test-threads=8
+	cargo test -p integration-tests --test integration -- --test-threads=8
 
 bench: setup ## The performance table of docs/PERFORMANCE.md, measured now on the deployed (release) build
 	@BUILD_PROFILE=release scripts/up.sh
 	@scripts/bench.sh
 
 test-sim: up ## Seeded fault simulation of the money path, 1000 seeds (SIM_SEED=n replays one)
-	SIM_SEEDS=$${SIM_SEEDS:-1000} cargo test -p integration-tests --test sim -- --nocapture
+	SIM_SEEDS=$${SIM_SEEDS:-1000} cargo test -p integration-tests --test integration sim:: -- --nocapture
 
 schemathesis: setup ## Schemathesis against a running stack: every response checked against docs/openapi.yaml
 	.local/venv/bin/python scripts/schemathesis.py
 
 lint: setup ## cfn-lint, least-privilege and OpenAPI-routes checks, cargo fmt --check, clippy -D warnings
-	.local/venv/bin/cfn-lint infra/template.yaml
-	.local/venv/bin/python scripts/check_template.py
-	.local/venv/bin/python scripts/check_openapi.py
-	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	@scripts/lint.sh
 
 fmt: ## Format the code
 	cargo fmt --all

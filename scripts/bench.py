@@ -155,11 +155,11 @@ def main():
         row(f"bootstrap size: {r['function']}", "≤ 6 MB", f"{r['size_mb']} MB", "ls -l target/lambda/*/bootstrap")
 
     # 2. AWS requests and write units per settled payment.
-    out = run(["cargo", "test", "-q", "-p", "integration-tests", "--test", "cost", "--", "--nocapture"])
+    out = run(["cargo", "test", "-q", "-p", "integration-tests", "--test", "integration", "cost::", "--", "--nocapture"])
     requests = int(re.search(r"AWS requests per payment: (\d+)", out).group(1))
     wcu = int(re.search(r"write units: (\d+)", out).group(1))
     steps = "; ".join(m.group(1).strip() for m in re.finditer(r"^ +(\w+ +\d+ requests)", out, re.M))
-    row("AWS requests per settled payment", "≤ 8 (not met since revision 2: +2 event messages)", f"{requests} ({steps})", "cargo test -p integration-tests --test cost -- --nocapture")
+    row("AWS requests per settled payment", "≤ 8 (not met since revision 2: +2 event messages)", f"{requests} ({steps})", "cargo test -p integration-tests --test integration cost:: -- --nocapture")
     row("DynamoDB write units per settled payment", "≤ 10", f"{wcu}", "same")
 
     # 3. Throughput against the stack's ceilings, measured in this run.

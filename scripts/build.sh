@@ -6,22 +6,35 @@
 # compiled once for the local loop. BUILD_PROFILE=release (`make build`, `make bench`, deploys
 # to AWS): `cargo lambda build --release` with the fat-LTO profile whose size and init figures
 # docs/PERFORMANCE.md reports.
+#
+# SETUP=test (make test) installs the test tools too (scripts/setup.sh).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-"$ROOT/scripts/setup.sh"
 cd "$ROOT"
 profile="${BUILD_PROFILE:-dev}"
+setup_set="${SETUP:-stack}"
 bins=(registration payment-request confirmation settlement webhooks sweeper demo merchant loadgen conflict-proxy)
 case "$profile" in
   dev)
-    log "cargo build (dev profile: the local loop)"
+    # The Python installs wait on the network, the build on the CPU: side by side.
+    mkdir -p "$LOCAL"
+    "$ROOT/scripts/setup.sh" "$setup_set" > "$LOCAL/setup.log" 2>&1 &
+    setup_pid=$!
+    log "cargo build (dev profile: the local loop), and scripts/setup.sh $setup_set beside it"
     cargo build --workspace --bins
+    if ! wait "$setup_pid"; then
+      cat "$LOCAL/setup.log" >&2
+      echo "scripts/setup.sh $setup_set failed (above)" >&2
+      exit 1
+    fi
+    cat "$LOCAL/setup.log" >&2
     for bin in "${bins[@]}"; do
       mkdir -p "target/lambda/$bin"
       cp -f "target/debug/$bin" "target/lambda/$bin/bootstrap"
     done
     ;;
   release)
+    "$ROOT/scripts/setup.sh" "$setup_set"
     log "cargo lambda build --release (the deployed profile)"
     # --compiler cargo: a native build, about twice as fast as the zig cross-linker; the host's
     # glibc is old enough for provided.al2023.

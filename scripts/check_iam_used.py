@@ -127,7 +127,7 @@ def main():
         with open(args.observed) as f:
             observed = json.load(f)
     except FileNotFoundError:
-        print(f"iam: {args.observed} is missing: run cargo test -p integration-tests --test iam first",
+        print(f"iam: {args.observed} is missing: run cargo test -p integration-tests --test integration iam:: first",
               file=sys.stderr)
         sys.exit(1)
     problems = list(findings(template, observed))

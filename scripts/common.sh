@@ -5,7 +5,7 @@ VENV="$LOCAL/venv"
 PORT="${MINISTACK_PORT:-4566}"
 ENDPOINT="http://127.0.0.1:$PORT"
 STACK_NAME="${STACK_NAME:-twochan}"
-# The conflict-faithful DynamoDB proxy (tools/src/conflict_proxy.rs) between the functions (and
+# The conflict-faithful DynamoDB proxy (tools/src/conflict_proxy/) between the functions (and
 # the tests) and MiniStack: CONFLICTS=off deploys without it. CONFLICT_HOLD_MS: how long a
 # transaction holds its items before it is forwarded (DynamoDB takes 10-30 ms, MiniStack ~1 ms).
 PROXY_PORT="${PROXY_PORT:-$((PORT + 4))}"

@@ -1,23 +1,37 @@
 #!/usr/bin/env bash
-# Installs the local toolchain (MiniStack, cargo-lambda, boto3, cfn-lint, checkov) into .local/venv,
-# once (again whenever scripts/requirements.txt changes).
+# Installs the local toolchain into .local/venv, once per change of its pins:
+#   scripts/setup.sh        the stack (scripts/requirements.txt): make up, make demo
+#   scripts/setup.sh test   the stack and the test tools (scripts/requirements-test.txt): make test
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-stamp="$VENV/.requirements.sha256"
-want="$(sha256sum "$ROOT/scripts/requirements.txt" | cut -d' ' -f1)"
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-  exit 0
-fi
-log "installing MiniStack, cargo-lambda, boto3, cfn-lint and checkov into .local/venv"
+set_name="${1:-stack}"
+case "$set_name" in
+  stack | test) ;;
+  *) echo "usage: scripts/setup.sh [stack|test]" >&2; exit 2 ;;
+esac
 mkdir -p "$LOCAL"
-python3 -m venv "$VENV"
-# checkov pins boto3 (1.35) and MiniStack pins botocore (1.43): they cannot share a venv. checkov
-# gets its own, .local/checkov, and a link to its command in .local/venv/bin (on PATH).
-grep -v '^checkov==' "$ROOT/scripts/requirements.txt" > "$LOCAL/requirements.venv.txt"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$LOCAL/requirements.venv.txt"
-checkov_pin="$(grep '^checkov==' "$ROOT/scripts/requirements.txt")"
-python3 -m venv "$LOCAL/checkov"
-"$LOCAL/checkov/bin/pip" install --quiet --disable-pip-version-check "$checkov_pin"
-ln -sf "$LOCAL/checkov/bin/checkov" "$VENV/bin/checkov"
-rm -f "$LOCAL/requirements.venv.txt"
-echo "$want" > "$stamp"
+# One installer at a time: make's prerequisites and a background install may meet here.
+exec 9>"$LOCAL/setup.lock"
+flock 9
+
+# install <stamp> <requirements file> <venv>: pip install unless the stamp holds the file's hash.
+install() {
+  local stamp="$3/.$1.sha256" want
+  want="$(sha256sum "$2" | cut -d' ' -f1)"
+  [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && return 0
+  log "installing $(grep -v '^#' "$2" | cut -d= -f1 | paste -sd' ') into ${3#"$ROOT"/}"
+  [[ -x "$3/bin/pip" ]] || python3 -m venv "$3"
+  "$3/bin/pip" install --quiet --disable-pip-version-check -r "$2"
+  echo "$want" > "$stamp"
+}
+
+install stack "$ROOT/scripts/requirements.txt" "$VENV"
+if [[ "$set_name" == test ]]; then
+  # checkov pins boto3 1.35 and MiniStack botocore 1.43: they cannot share a venv. checkov gets
+  # .local/checkov, and a link to its command in .local/venv/bin (on PATH).
+  grep -v '^checkov==' "$ROOT/scripts/requirements-test.txt" > "$LOCAL/requirements-test.venv.txt"
+  grep -E '^(#|checkov==)' "$ROOT/scripts/requirements-test.txt" > "$LOCAL/requirements-test.checkov.txt"
+  install test "$LOCAL/requirements-test.venv.txt" "$VENV"
+  install checkov "$LOCAL/requirements-test.checkov.txt" "$LOCAL/checkov"
+  ln -sf "$LOCAL/checkov/bin/checkov" "$VENV/bin/checkov"
+fi

@@ -44,7 +44,7 @@ else
   healthy || { echo "MiniStack did not become healthy; see $LOCAL/ministack.log" >&2; exit 1; }
 fi
 
-# The conflict-faithful DynamoDB proxy (tools/src/conflict_proxy.rs): MiniStack never refuses a
+# The conflict-faithful DynamoDB proxy (tools/src/conflict_proxy/): MiniStack never refuses a
 # write because a transaction is in flight on its item, DynamoDB does. Every SDK call of the
 # functions (and of the integration tests, through CONFLICT_PROXY_URL) goes through it; the
 # emulator's own API Gateway and event-source polling do not need to. CONFLICTS=off: none.

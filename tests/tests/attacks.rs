@@ -4,11 +4,10 @@
 //! device (`registration.rs`), a code for one payment used on another and five wrong codes on one
 //! payment (`confirmation.rs`), reading another merchant's payment (`payments.rs`).
 
-mod common;
-
+use crate::common::{Harness, assert_error};
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::{Ctx, assert_error};
 use serde_json::{Value, json};
+use twochan_aws::keys;
 use twochan_domain::{
     PaymentId, Timestamp, UniqueCode,
     payment::{DEVICE_LOCKOUT_SECONDS, DEVICE_MAX_FAILURES},
@@ -19,14 +18,11 @@ use twochan_tools::{Device, Phone, Pos, unique_id};
 /// Everything a confirmation, cancel or decline may touch, minus the wrong-attempt counters
 /// (counting a wrong code is the point of those): the payment (with its journal legs) and its
 /// device.
-async fn money_state(ctx: &Ctx, payment: &Value) -> Vec<String> {
+async fn money_state(ctx: &Harness, payment: &Value) -> Vec<String> {
     let id = PaymentId::try_from(payment["payment_id"].as_str().unwrap()).unwrap();
     let code = payment["unique_code"].as_str().unwrap();
     let mut out = Vec::new();
-    for pk in [
-        format!("PAYMENT#{}", id.slot().key()),
-        format!("DEVICE#{code}"),
-    ] {
+    for pk in [keys::payment_pk(&id), keys::device_pk(code)] {
         for item in ctx.items_of(&pk).await {
             let mut kv: Vec<String> = item
                 .iter()
@@ -53,7 +49,7 @@ async fn balance(pos: &Pos) -> Value {
 /// or challenge: every variation is refused and nothing moves.
 #[tokio::test]
 async fn a_genuine_code_bound_to_anything_else_is_refused() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (mut device, phone) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &device, 500).await;
@@ -95,7 +91,7 @@ async fn a_genuine_code_bound_to_anything_else_is_refused() {
 /// repeat (200, nothing twice); on the device's next payment its counter is stale.
 #[tokio::test]
 async fn a_captured_code_cannot_pay_twice() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (mut device, phone) = ctx.paired().await;
     let p1 = ctx.pending_payment(&pos, &device, 700).await;
@@ -148,7 +144,7 @@ async fn a_captured_code_cannot_pay_twice() {
 /// moves; when the lock lapses, the right code works and the count starts again.
 #[tokio::test]
 async fn wrong_codes_spread_over_payments_lock_the_device() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (mut device, phone) = ctx.paired().await;
     let mut failures = 0;
@@ -203,8 +199,8 @@ async fn wrong_codes_spread_over_payments_lock_the_device() {
     ctx.dynamodb
         .update_item()
         .table_name(&ctx.table)
-        .key("pk", AttributeValue::S(format!("DEVICE#{code_id}")))
-        .key("sk", AttributeValue::S("DEVICE".into()))
+        .key("pk", AttributeValue::S(keys::device_pk(code_id)))
+        .key("sk", AttributeValue::S(keys::SK_DEVICE.into()))
         .update_expression("SET locked_until = :past")
         .expression_attribute_values(
             ":past",
@@ -233,7 +229,7 @@ async fn wrong_codes_spread_over_payments_lock_the_device() {
 /// nothing moves.
 #[tokio::test]
 async fn strangers_cannot_read_or_act_on_a_payment() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let intruder_pos = ctx.pos().await;
     let (mut device, _phone) = ctx.paired().await;
@@ -261,7 +257,7 @@ async fn strangers_cannot_read_or_act_on_a_payment() {
 /// A token revoked by re-registration or deregistration authenticates nothing any more.
 #[tokio::test]
 async fn revoked_tokens_are_refused() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let device: Device = ctx.device();
     let mut phone: Phone = ctx.phone();
@@ -295,11 +291,11 @@ async fn revoked_tokens_are_refused() {
 
 /// Everything of a victim's device and terminal an attacker could change: the device item, its
 /// tokens and the terminal's holding.
-async fn victim_state(ctx: &Ctx, device: &Device, phone: &Phone) -> Vec<String> {
+async fn victim_state(ctx: &Harness, device: &Device, phone: &Phone) -> Vec<String> {
     let mut out = Vec::new();
     for pk in [
-        format!("DEVICE#{}", device.code()),
-        format!("TERMINAL#{}", phone.terminal_id),
+        keys::device_pk(device.code()),
+        keys::terminal_pk(&phone.terminal_id),
     ] {
         for item in ctx.items_of(&pk).await {
             let mut kv: Vec<String> = item.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
@@ -315,7 +311,7 @@ async fn victim_state(ctx: &Ctx, device: &Device, phone: &Phone) -> Vec<String> 
 /// phone. Revision 1 took `{unique_code, amount, currency, pos_id}` and answered 201.
 #[tokio::test]
 async fn a_pos_far_from_the_device_cannot_ask_it_for_a_payment() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (device, phone) = ctx.paired().await;
     let far = ctx.pos().await;
     let heard_long_ago =
@@ -366,7 +362,7 @@ async fn a_pos_far_from_the_device_cannot_ask_it_for_a_payment() {
 /// deregister its device). Revision 1 answered 201 with a token of the victim's terminal.
 #[tokio::test]
 async fn a_phone_cannot_take_over_another_phones_terminal() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (victim_device, victim) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &victim_device, 1_200).await;
@@ -394,7 +390,7 @@ async fn a_phone_cannot_take_over_another_phones_terminal() {
 /// revoked the phone's.
 #[tokio::test]
 async fn a_recorded_registration_cannot_be_replayed() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let device = ctx.device();
     let mut phone = ctx.phone();
     let r = phone.challenge(device.code()).await.unwrap();

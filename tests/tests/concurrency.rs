@@ -1,17 +1,15 @@
 //! Concurrency is the normal case: many POS terminals on one code, retries with one key, phones
 //! confirming twice at once.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Ctx;
+use crate::common::Harness;
 use futures_util::future::join_all;
 use twochan_tools::unique_id;
 
 #[tokio::test]
 async fn sixteen_concurrent_requests_on_one_code_make_exactly_one_payment() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (device, phone) = ctx.paired().await;
     let mut terminals = Vec::new();
     for _ in 0..4 {
@@ -52,7 +50,7 @@ async fn sixteen_concurrent_requests_on_one_code_make_exactly_one_payment() {
 
 #[tokio::test]
 async fn concurrent_retries_with_one_key_make_one_payment() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
     let key = unique_id("retry-");
@@ -89,7 +87,7 @@ async fn concurrent_retries_with_one_key_make_one_payment() {
 
 #[tokio::test]
 async fn concurrent_identical_confirmations_settle_once() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (mut device, phone) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &device, 777).await;

@@ -1,17 +1,15 @@
 //! The phone side: pending payments, confirm (auth code, counter, attempts, expiry), decline.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Ctx, assert_error};
+use crate::common::{Harness, assert_error};
 use reqwest::Method;
 use serde_json::json;
 use twochan_tools::Call;
 
 #[tokio::test]
 async fn pending_payments_lists_this_terminals_unexpired_payments_oldest_first() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let mut phone = ctx.phone();
     let d1 = ctx.device();
@@ -61,7 +59,7 @@ async fn pending_payments_lists_this_terminals_unexpired_payments_oldest_first()
 
 #[tokio::test]
 async fn confirm_then_settle_and_the_exact_repeat_is_200() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (mut device, phone) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &device, 4321).await;
@@ -105,7 +103,7 @@ async fn confirm_then_settle_and_the_exact_repeat_is_200() {
 
 #[tokio::test]
 async fn counter_window_and_persistence_across_registrations() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (mut device, mut phone) = ctx.paired().await;
 
@@ -185,7 +183,7 @@ async fn counter_window_and_persistence_across_registrations() {
 
 #[tokio::test]
 async fn malformed_confirmations_are_400() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &device, 10).await;
@@ -243,7 +241,7 @@ async fn malformed_confirmations_are_400() {
 
 #[tokio::test]
 async fn five_wrong_codes_fail_the_payment() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &device, 10).await;
@@ -283,7 +281,7 @@ async fn five_wrong_codes_fail_the_payment() {
 
 #[tokio::test]
 async fn a_code_for_one_payment_does_not_confirm_another() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
     let p1 = ctx.pending_payment(&pos, &device, 10).await;
@@ -301,7 +299,7 @@ async fn a_code_for_one_payment_does_not_confirm_another() {
 
 #[tokio::test]
 async fn confirming_after_expiry_is_410_and_records_expired() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &device, 10).await;
@@ -340,7 +338,7 @@ async fn confirming_after_expiry_is_410_and_records_expired() {
 
 #[tokio::test]
 async fn decline_only_from_pending_and_only_by_its_terminal() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &device, 10).await;

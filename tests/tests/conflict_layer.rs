@@ -3,10 +3,9 @@
 //! else passes. Each test runs its own proxy (a long hold, so that "in flight" is a window a test
 //! can act in) on a private table of the stack's schema.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::Harness;
 use aws_sdk_dynamodb::{
     Client,
     error::ProvideErrorMetadata,
@@ -20,7 +19,6 @@ use aws_sdk_dynamodb::{
         WriteRequest,
     },
 };
-use common::Ctx;
 use twochan_tools::{
     conflict_proxy::{self, ONGOING, RunningProxy, STATS_PATH, StatsSnapshot},
     unique_id,
@@ -30,7 +28,7 @@ use twochan_tools::{
 const HOLD: Duration = Duration::from_millis(1500);
 
 struct Fixture {
-    ctx: Ctx,
+    ctx: Harness,
     proxy: RunningProxy,
     /// The SDK through the test's proxy.
     db: Client,
@@ -39,7 +37,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
-        let ctx = Ctx::new().await;
+        let ctx = Harness::new().await;
         // In front of the emulator itself (not of the stack's proxy, if any).
         let proxy = conflict_proxy::start_ephemeral(&ctx.var("AWS_ENDPOINT_URL"), HOLD)
             .await
@@ -51,7 +49,7 @@ impl Fixture {
         );
         let table = unique_id("twochan-conflicts-");
         // Through the proxy: a control-plane call passes too.
-        common::create_table_like(&ctx.dynamodb, &ctx.table, &db, &table).await;
+        crate::common::create_table_like(&ctx.dynamodb, &ctx.table, &db, &table).await;
         Fixture {
             ctx,
             proxy,
@@ -144,7 +142,8 @@ impl Fixture {
             .map(|_| ())
     }
 
-    async fn n_of(&self, pk: &str) -> Option<String> {
+    /// The `n` attribute of the item `pk`, as stored.
+    async fn counter_of(&self, pk: &str) -> Option<String> {
         self.ctx
             .dynamodb
             .get_item()
@@ -231,7 +230,7 @@ async fn a_write_meeting_a_transaction_in_flight_is_refused_as_dynamodb_refuses_
     };
     assert_eq!(e.cancellation_reasons()[1].message(), Some(ONGOING));
     // Refused before the emulator saw it: b1 was not written.
-    assert_eq!(f.n_of("b1").await, None);
+    assert_eq!(f.counter_of("b1").await, None);
 
     // Single writes on an item of A: TransactionConflictException.
     let err = f.put_item("a1").await.unwrap_err();
@@ -295,10 +294,14 @@ async fn a_write_meeting_a_transaction_in_flight_is_refused_as_dynamodb_refuses_
         Some("TransactionConflictException"),
         "{err:?}"
     );
-    assert_eq!(f.n_of("c9").await, None, "a refused batch writes nothing");
+    assert_eq!(
+        f.counter_of("c9").await,
+        None,
+        "a refused batch writes nothing"
+    );
 
     // Reads pass while A is in flight (and A is not applied yet: it has not been forwarded).
-    assert_eq!(f.n_of("a1").await, None);
+    assert_eq!(f.counter_of("a1").await, None);
     f.db.get_item()
         .table_name(&f.table)
         .key("pk", Av::S("a1".into()))
@@ -317,27 +320,31 @@ async fn a_write_meeting_a_transaction_in_flight_is_refused_as_dynamodb_refuses_
         .await
         .unwrap()
         .expect("the first transaction succeeds");
-    assert_eq!(f.n_of("a1").await.as_deref(), Some("1"));
-    assert_eq!(f.n_of("a2").await.as_deref(), Some("1"));
+    assert_eq!(f.counter_of("a1").await.as_deref(), Some("1"));
+    assert_eq!(f.counter_of("a2").await.as_deref(), Some("1"));
 
     // Once A has been answered, the same writes go through.
     f.put_item("a1")
         .await
         .expect("the put after the transaction");
-    assert_eq!(f.n_of("a1").await.as_deref(), Some("100"));
+    assert_eq!(f.counter_of("a1").await.as_deref(), Some("100"));
     f.transact(vec![f.put("b1", "1"), f.check_absent("b2"), f.delete("b3")])
         .await
         .expect("the cancelled transaction, again, after the first");
 
-    let s = f.proxy.stats.snapshot();
-    assert_eq!(s.transactions, 4, "{s:?}");
-    assert_eq!(s.transactions_refused, 1, "{s:?}");
-    assert_eq!(s.transaction_items_conflicted, 1, "{s:?}");
-    assert_eq!(s.writes_refused, 4, "{s:?}");
+    let stats = f.proxy.stats.snapshot();
+    assert_eq!(stats.transactions, 4, "{stats:?}");
+    assert_eq!(stats.transactions_refused, 1, "{stats:?}");
+    assert_eq!(stats.transaction_items_conflicted, 1, "{stats:?}");
+    assert_eq!(stats.writes_refused, 4, "{stats:?}");
     for op in ["PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"] {
-        assert_eq!(s.refused_by_operation[op], 1, "{op}: {s:?}");
+        assert_eq!(stats.refused_by_operation[op], 1, "{op}: {stats:?}");
     }
-    assert_eq!((s.transactions_in_flight, s.items_held), (0, 0), "{s:?}");
+    assert_eq!(
+        (stats.transactions_in_flight, stats.items_held),
+        (0, 0),
+        "{stats:?}"
+    );
     f.drop_table().await;
 }
 
@@ -357,7 +364,7 @@ async fn two_transactions_on_the_same_item_one_wins_and_other_services_pass() {
         "{reasons:?}"
     );
     assert_eq!(
-        f.n_of("x").await.as_deref(),
+        f.counter_of("x").await.as_deref(),
         Some("1"),
         "x was added to once"
     );
@@ -383,15 +390,19 @@ async fn two_transactions_on_the_same_item_one_wins_and_other_services_pass() {
     assert!(queue.queue_url().is_some());
 
     // The counters over HTTP, as benchmarks read them.
-    let s: StatsSnapshot = reqwest::get(format!("{}{STATS_PATH}", f.proxy.url))
+    let stats: StatsSnapshot = reqwest::get(format!("{}{STATS_PATH}", f.proxy.url))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(s.hold_ms, HOLD.as_millis() as u64);
-    assert_eq!((s.transactions, s.transactions_refused), (2, 1), "{s:?}");
-    assert!(s.requests > s.dynamodb_requests, "{s:?}");
+    assert_eq!(stats.hold_ms, HOLD.as_millis() as u64);
+    assert_eq!(
+        (stats.transactions, stats.transactions_refused),
+        (2, 1),
+        "{stats:?}"
+    );
+    assert!(stats.requests > stats.dynamodb_requests, "{stats:?}");
     f.drop_table().await;
 }
 
@@ -399,7 +410,7 @@ async fn two_transactions_on_the_same_item_one_wins_and_other_services_pass() {
 /// is the proxy, and it is in front of the same emulator.
 #[tokio::test]
 async fn the_stack_s_proxy_answers_when_it_is_on() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let Some(url) = ctx.stack.get("CONFLICT_PROXY_URL").map(str::to_owned) else {
         eprintln!("CONFLICT_PROXY_URL is empty: the stack runs without the proxy (CONFLICTS=off)");
         return;

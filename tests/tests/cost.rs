@@ -5,20 +5,18 @@
 //! check: a handler that starts making more calls or writes fails it. `make bench` prints the
 //! same figures in its table.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 
+use crate::common::{Harness, answer, registration_request, request};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::{Ctx, answer, registration_request, request};
 use serde_json::json;
 use twochan_api::{
     App,
     routes::{Function, NoQueue, handle},
     settlement::settle_batch,
 };
-use twochan_aws::{DynamoStore, SqsEventQueue, SqsSettlementQueue, failpoints::Probe};
+use twochan_aws::{DynamoStore, SqsEventQueue, SqsSettlementQueue, failpoints::Probe, keys};
 use twochan_tools::unique_id;
 
 /// The ceiling per step, and in all (issue target: 8 requests per settled payment).
@@ -53,7 +51,7 @@ fn write_units(size: usize, transactional: bool) -> usize {
     size.div_ceil(1024).max(1) * if transactional { 2 } else { 1 }
 }
 
-async fn item(ctx: &Ctx, pk: &str, sk: &str) -> HashMap<String, AttributeValue> {
+async fn item(ctx: &Harness, pk: &str, sk: &str) -> HashMap<String, AttributeValue> {
     ctx.dynamodb
         .get_item()
         .table_name(&ctx.table)
@@ -69,7 +67,7 @@ async fn item(ctx: &Ctx, pk: &str, sk: &str) -> HashMap<String, AttributeValue> 
 
 #[tokio::test]
 async fn one_payment_costs_at_most_ten_aws_requests() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let queue_url = ctx.scratch_queue("twochan-cost-").await;
     let app = |probe: &Probe| {
         let c = probe.clients(&ctx.config);
@@ -97,7 +95,7 @@ async fn one_payment_costs_at_most_ten_aws_requests() {
     let (status, body) = answer(&handle(&plain, Function::Registration, reg).await);
     assert_eq!(status, 201, "{body}");
     let token = body["terminal_token"].as_str().unwrap().to_owned();
-    let code_pk = format!("DEVICE#{}", device.code());
+    let code_pk = keys::device_pk(device.code());
     let index_keys = |item: &HashMap<String, AttributeValue>| {
         let mut keys: Vec<(String, AttributeValue)> = item
             .iter()
@@ -107,7 +105,7 @@ async fn one_payment_costs_at_most_ten_aws_requests() {
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         keys
     };
-    let device_index_before = index_keys(&item(&ctx, &code_pk, "DEVICE").await);
+    let device_index_before = index_keys(&item(&ctx, &code_pk, keys::SK_DEVICE).await);
 
     let mut calls: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let probe = Probe::new();
@@ -165,12 +163,12 @@ async fn one_payment_costs_at_most_ten_aws_requests() {
 
     // Write units, from the items as stored at the end (each write's item is at most that size).
     let pid = twochan_domain::PaymentId::try_from(id.as_str()).unwrap();
-    let stored_payment = item(&ctx, &format!("PAYMENT#{}", pid.slot().key()), "PAYMENT").await;
+    let stored_payment = item(&ctx, &keys::payment_pk(&pid), keys::SK_PAYMENT).await;
     let payment_item = item_size(&stored_payment);
-    let device_after = item(&ctx, &code_pk, "DEVICE").await;
+    let device_after = item(&ctx, &code_pk, keys::SK_DEVICE).await;
     let device_item = item_size(&device_after);
-    let merchant_pk = format!("MERCHANT#{}", pos.merchant_id);
-    let balance_item = item_size(&item(&ctx, &merchant_pk, "BALANCE#EUR").await);
+    let merchant_pk = keys::merchant_pk(&pos.merchant_id);
+    let balance_item = item_size(&item(&ctx, &merchant_pk, &keys::balance_sk("EUR")).await);
     let writes: [(&str, &str, &str, usize, bool); 6] = [
         (
             "create",
@@ -278,7 +276,7 @@ async fn one_payment_costs_at_most_ten_aws_requests() {
 #[tokio::test]
 async fn a_batch_of_one_merchant_settles_in_two_requests() {
     const K: usize = 10;
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let queue_url = ctx.scratch_queue("twochan-cost-batch-").await;
     let app = App {
         store: ctx.store.clone(),
@@ -355,14 +353,14 @@ async fn a_batch_of_one_merchant_settles_in_two_requests() {
     let balance_item = item_size(
         &item(
             &ctx,
-            &format!("MERCHANT#{}", pos.merchant_id),
-            "BALANCE#EUR",
+            &keys::merchant_pk(&pos.merchant_id),
+            &keys::balance_sk("EUR"),
         )
         .await,
     );
     let mut wcu = write_units(balance_item, true);
     for id in &ids {
-        let stored = item(&ctx, &format!("PAYMENT#{}", id.slot().key()), "PAYMENT").await;
+        let stored = item(&ctx, &keys::payment_pk(id), keys::SK_PAYMENT).await;
         wcu += write_units(item_size(&stored), true);
     }
     assert_eq!(wcu, 2 * (K + 1), "a payment or the balance grew past 1 KB");
@@ -379,7 +377,7 @@ async fn a_batch_of_one_merchant_settles_in_two_requests() {
 /// the beacon check is CPU only (`one_payment_costs_at_most_ten_aws_requests`).
 #[tokio::test]
 async fn a_registration_costs_four_aws_requests_and_eight_write_units() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let app = |probe: &Probe| {
         let c = probe.clients(&ctx.config);
         App {
@@ -434,16 +432,15 @@ async fn a_registration_costs_four_aws_requests_and_eight_write_units() {
     // Write units of the first registration, from the items as stored: the challenge's put and
     // delete (an item of about 100 bytes: 1 + 1) and a transaction of device, token and terminal.
     let first = ctx
-        .items_of(&format!(
-            "TOKEN#{}",
-            twochan_domain::crypto::SecretHash::of(&token).as_str()
+        .items_of(&keys::token_pk(
+            twochan_domain::crypto::SecretHash::of(&token).as_str(),
         ))
         .await;
     let device_code = first[0]["unique_code"].as_s().unwrap().clone();
     let transaction: usize = [
-        item(&ctx, &format!("DEVICE#{device_code}"), "DEVICE").await,
+        item(&ctx, &keys::device_pk(&device_code), keys::SK_DEVICE).await,
         first[0].clone(),
-        item(&ctx, &format!("TERMINAL#{terminal}"), "TERMINAL").await,
+        item(&ctx, &keys::terminal_pk(&terminal), keys::SK_TERMINAL).await,
     ]
     .iter()
     .map(|i| write_units(item_size(i), true))

@@ -1,7 +1,7 @@
 //! A dependency that does not answer: the handlers, with real SDK clients pointed at a closed
 //! port, answer 503 `unavailable` with `Retry-After` — never a 500, never a panic.
 
-use aws_config::{BehaviorVersion, Region};
+use crate::common::harness_config;
 use lambda_http::http::StatusCode;
 use twochan_api::{
     App,
@@ -12,16 +12,7 @@ use twochan_domain::crypto::MasterKey;
 
 async fn dead_clients() -> AwsClients {
     // Port 9 (discard) on loopback: nothing listens, every connection is refused.
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(twochan_aws::http_client())
-        .endpoint_url("http://127.0.0.1:9")
-        .region(Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
-    AwsClients::from_config(&config)
+    AwsClients::from_config(&harness_config("http://127.0.0.1:9").await)
 }
 
 fn fixture(name: &str) -> lambda_http::Request {

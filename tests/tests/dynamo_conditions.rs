@@ -2,18 +2,17 @@
 //! adapter's own methods: the write happens when its condition holds and is refused (nothing
 //! written) when it does not.
 
-mod common;
-
+use crate::common::Harness;
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::Ctx;
+use twochan_aws::keys;
 use twochan_domain::{
     Amount, Challenge, Counter, Currency, IdempotencyKey, MerchantId, Payment, PaymentId,
     PaymentSlot, PaymentStatus, PosId, TerminalId, Timestamp, UniqueCode,
     crypto::IssuedSecret,
     ports::{
-        Confirmation, Device, Devices, Ledger, NewRegistration, Payments, Registration,
-        RegistrationChallenge, RegistrationKind, Settlement, SettlementMessage, SlotRecord,
-        StoredResponse, Write, WrongCode,
+        Confirmation, Device, Devices, FinalRefusal, Ledger, NewRegistration, Payments,
+        Registration, RegistrationChallenge, RegistrationKind, Settlement, SettlementMessage,
+        SlotRecord, StoredResponse, Write, WrongCode,
     },
 };
 use twochan_tools::unique_id;
@@ -29,7 +28,7 @@ fn registration(terminal: &TerminalId) -> Registration {
 /// Registers `code` to `terminal` as the use case does, without a caller's token: a first
 /// registration, or the same terminal again when `seen` is registered.
 async fn register(
-    ctx: &Ctx,
+    ctx: &Harness,
     code: &UniqueCode,
     seen: Option<&Device>,
     terminal: &TerminalId,
@@ -52,7 +51,7 @@ async fn register(
 }
 
 /// A registered device as stored.
-async fn registered(ctx: &Ctx) -> (UniqueCode, TerminalId, Device) {
+async fn registered(ctx: &Harness) -> (UniqueCode, TerminalId, Device) {
     let code = UniqueCode::try_from(unique_id("cond-")).unwrap();
     let terminal = TerminalId::try_from(unique_id("term-")).unwrap();
     assert_eq!(register(ctx, &code, None, &terminal).await, Write::Applied);
@@ -77,14 +76,13 @@ fn payment_for(code: &UniqueCode, terminal: &TerminalId, ttl: i64) -> Payment {
 /// What deregistration keeps for a payment request caught between its two writes.
 fn abandoned() -> StoredResponse {
     StoredResponse {
-        status: 404,
-        body: "{\"error\":{\"code\":\"unknown_device\"}}".into(),
+        refusal: FinalRefusal::UnknownDevice,
     }
 }
 
 /// A new payment as the use case makes it: the device's lock (LOCK_FREE or LOCK_LAPSED), then
 /// the payment in its slot (NEW_ITEM).
-async fn create(ctx: &Ctx, p: &Payment, seen: &Device) -> Write {
+async fn create(ctx: &Harness, p: &Payment, seen: &Device) -> Write {
     match ctx.store.lock_device(p, seen).await.unwrap() {
         Write::Applied => ctx.store.put_payment(p, "fp-create").await.unwrap(),
         Write::Conflict => Write::Conflict,
@@ -93,7 +91,7 @@ async fn create(ctx: &Ctx, p: &Payment, seen: &Device) -> Write {
 
 #[tokio::test]
 async fn device_unregistered_and_same_registration() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     // DEVICE_UNREGISTERED: a second first-registration (stale "seen = none") is refused.
     let other = TerminalId::try_from(unique_id("term-")).unwrap();
@@ -113,7 +111,7 @@ async fn device_unregistered_and_same_registration() {
 
 #[tokio::test]
 async fn deregister_needs_the_registration_and_lock_as_read() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     // A payment took the lock after `device` was read: DEVICE_DEREGISTER_NO_LOCK refuses.
     let p = payment_for(&code, &terminal, 120);
@@ -151,7 +149,7 @@ async fn deregister_needs_the_registration_and_lock_as_read() {
 /// deregistration keeps an answer in that payment's slot (NEW_ITEM), so the late write fails.
 #[tokio::test]
 async fn deregistration_closes_the_slot_of_a_lock_without_payment() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     let p = payment_for(&code, &terminal, 120);
     assert_eq!(
@@ -183,7 +181,7 @@ async fn deregistration_closes_the_slot_of_a_lock_without_payment() {
 
 #[tokio::test]
 async fn lock_free_and_lock_lapsed() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     let first = payment_for(&code, &terminal, 120);
     // NEW_ITEM + LOCK_FREE.
@@ -228,7 +226,7 @@ async fn lock_free_and_lock_lapsed() {
 /// payment or a final error; LOCK_HELD_BY on releasing a lock.
 #[tokio::test]
 async fn a_payment_slot_keeps_its_first_answer() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     let merchant = MerchantId::try_from("m-cond").unwrap();
     let slot = PaymentSlot::of(
@@ -246,8 +244,7 @@ async fn a_payment_slot_keeps_its_first_answer() {
         Write::Conflict
     );
     let rejected = StoredResponse {
-        status: 409,
-        body: "{}".into(),
+        refusal: FinalRefusal::DeviceBusy,
     };
     assert_eq!(
         ctx.store
@@ -304,7 +301,40 @@ async fn a_payment_slot_keeps_its_first_answer() {
     }
 }
 
-async fn wrong_code(ctx: &Ctx, p: &Payment, device: &Device, fails_payment: bool) -> Write {
+#[tokio::test]
+async fn slot_without_payment_frees_a_lock_whose_slot_keeps_a_refusal() {
+    let ctx = Harness::new().await;
+    let (code, terminal, device) = registered(&ctx).await;
+    let p = payment_for(&code, &terminal, 120);
+    // The slot keeps another request's refusal (it has no payment_id), then this payment's
+    // request takes the lock and cannot store the payment.
+    let refusal = StoredResponse {
+        refusal: FinalRefusal::DeviceBusy,
+    };
+    assert_eq!(
+        ctx.store
+            .record_rejection(&p.payment_id.slot(), "fp-other", &refusal, Timestamp::now())
+            .await
+            .unwrap(),
+        Write::Applied
+    );
+    assert_eq!(
+        ctx.store.lock_device(&p, &device).await.unwrap(),
+        Write::Applied
+    );
+    assert_eq!(
+        ctx.store.put_payment(&p, "fp-create").await.unwrap(),
+        Write::Conflict
+    );
+    // SLOT_WITHOUT_PAYMENT holds for a slot without the payment_id attribute: the lock goes.
+    ctx.store.release_lock(&code, &p.payment_id).await.unwrap();
+    assert_eq!(
+        ctx.store.device(&code).await.unwrap().unwrap().pending,
+        None
+    );
+}
+
+async fn wrong_code(ctx: &Harness, p: &Payment, device: &Device, fails_payment: bool) -> Write {
     let at = Timestamp::now();
     ctx.store
         .record_wrong_code(&WrongCode {
@@ -320,7 +350,7 @@ async fn wrong_code(ctx: &Ctx, p: &Payment, device: &Device, fails_payment: bool
 
 #[tokio::test]
 async fn device_failures_unchanged_with_and_without_lock() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     assert_eq!(device.failed_auth, 0);
     let p = payment_for(&code, &terminal, 120);
@@ -356,8 +386,8 @@ async fn device_failures_unchanged_with_and_without_lock() {
     ctx.dynamodb
         .update_item()
         .table_name(&ctx.table)
-        .key("pk", AttributeValue::S(format!("DEVICE#{code}")))
-        .key("sk", AttributeValue::S("DEVICE".into()))
+        .key("pk", AttributeValue::S(keys::device_pk(code.as_str())))
+        .key("sk", AttributeValue::S(keys::SK_DEVICE.into()))
         .update_expression("SET pending_payment_id = :other")
         .expression_attribute_values(":other", AttributeValue::S(p.payment_id.to_string()))
         .send()
@@ -376,14 +406,14 @@ async fn device_failures_unchanged_with_and_without_lock() {
 /// does (no payment item carries index attributes), deregistration removes it.
 #[tokio::test]
 async fn only_registration_writes_the_terminal_index() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
-    let device_pk = format!("DEVICE#{code}");
+    let device_pk = keys::device_pk(code.as_str());
     let device_item = || async { ctx.items_of(&device_pk).await.remove(0) };
     let item = device_item().await;
     assert_eq!(
         item.get("gsi1pk").and_then(|v| v.as_s().ok()).cloned(),
-        Some(format!("TERMINAL#{terminal}"))
+        Some(keys::terminal_pk(terminal.as_str()))
     );
     let p = payment_for(&code, &terminal, 120);
     assert_eq!(create(&ctx, &p, &device).await, Write::Applied);
@@ -409,9 +439,7 @@ async fn only_registration_writes_the_terminal_index() {
         )
         .await
         .unwrap();
-    let payment_item = &ctx
-        .items_of(&format!("PAYMENT#{}", p.payment_id.slot().key()))
-        .await[0];
+    let payment_item = &ctx.items_of(&keys::payment_pk(&p.payment_id)).await[0];
     assert!(
         payment_item.keys().all(|k| !k.starts_with("gsi")),
         "{payment_item:?}"
@@ -436,7 +464,7 @@ async fn only_registration_writes_the_terminal_index() {
 
 #[tokio::test]
 async fn payment_pending_unexpired_attempts_and_lapsed() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     let p = payment_for(&code, &terminal, 120);
     create(&ctx, &p, &device).await;
@@ -500,7 +528,7 @@ async fn payment_pending_unexpired_attempts_and_lapsed() {
 
 /// A confirmation of `p` as if the device had been read with `failures` and counter `prev`.
 async fn confirm_as(
-    ctx: &Ctx,
+    ctx: &Harness,
     p: &Payment,
     failures: u32,
     prev: u64,
@@ -520,7 +548,7 @@ async fn confirm_as(
 
 #[tokio::test]
 async fn confirm_needs_the_counter_as_read_and_the_lock() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     let p = payment_for(&code, &terminal, 120);
     create(&ctx, &p, &device).await;
@@ -573,7 +601,7 @@ async fn confirm_needs_the_counter_as_read_and_the_lock() {
 
 #[tokio::test]
 async fn settlement_is_conditional_on_confirmed_and_matching() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     let p = payment_for(&code, &terminal, 120);
     create(&ctx, &p, &device).await;
@@ -634,7 +662,7 @@ async fn settlement_is_conditional_on_confirmed_and_matching() {
 
 #[tokio::test]
 async fn challenge_usable_once_for_its_code_before_it_expires() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let code = UniqueCode::try_from(unique_id("cond-")).unwrap();
     let other = UniqueCode::try_from(unique_id("cond-")).unwrap();
     let now = Timestamp::now();
@@ -663,7 +691,7 @@ async fn challenge_usable_once_for_its_code_before_it_expires() {
 
 #[tokio::test]
 async fn terminal_free_and_only_this_guard_a_phones_terminal() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (_, terminal, first) = registered(&ctx).await;
     assert_eq!(
         ctx.store
@@ -741,7 +769,7 @@ async fn terminal_free_and_only_this_guard_a_phones_terminal() {
 
 #[tokio::test]
 async fn slot_without_payment_keeps_the_lock_of_a_stored_payment() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     // A lock whose payment was stored (its write's answer lost): the release leaves it.
     let stored = payment_for(&code, &terminal, 120);
@@ -779,7 +807,7 @@ async fn slot_without_payment_keeps_the_lock_of_a_stored_payment() {
 
 /// A confirmed payment of `merchant` on a device of its own, as the handlers leave it.
 async fn confirmed_payment(
-    ctx: &Ctx,
+    ctx: &Harness,
     merchant: &MerchantId,
     amount: u64,
     confirm: bool,
@@ -807,7 +835,7 @@ async fn confirmed_payment(
 
 #[tokio::test]
 async fn a_settlement_group_settles_each_confirmed_payment_once_with_one_balance_update() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let merchant = MerchantId::try_from(unique_id("m-group-")).unwrap();
     let a = confirmed_payment(&ctx, &merchant, 100, true).await;
     let b = confirmed_payment(&ctx, &merchant, 250, true).await;
@@ -875,7 +903,7 @@ async fn a_settlement_group_settles_each_confirmed_payment_once_with_one_balance
 
 #[tokio::test]
 async fn recording_an_expiry_frees_the_code_of_that_payment_only() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (code, terminal, device) = registered(&ctx).await;
     let p = payment_for(&code, &terminal, 120);
     assert_eq!(create(&ctx, &p, &device).await, Write::Applied);

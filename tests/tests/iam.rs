@@ -17,15 +17,14 @@
 //! messages), and the sweeper scans a table of the test's own on the stack's schema (so that the
 //! scan sees only this test's payment): each stands in for the stack's resource of that name.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use twochan_aws::keys;
 
+use crate::common::{Harness, answer, request};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use common::{Ctx, answer, request};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde_json::{Value, json};
 use twochan_api::{
     App,
@@ -69,10 +68,10 @@ impl Redelivery for Redeliver {
     }
 }
 
-/// The test's world: the stack's table, queues of its own standing in for the stack's, and the
+/// The functions under observation: the stack's table, queues of its own standing in for the stack's, and the
 /// probes of the handler runs, by function.
-struct World<'a> {
-    ctx: &'a Ctx,
+struct ProbedFunctions<'a> {
+    ctx: &'a Harness,
     /// Stands in for SettlementQueue: confirmations send here, the sweeper too; nothing else
     /// consumes it.
     held: String,
@@ -81,20 +80,11 @@ struct World<'a> {
     probes: Vec<(&'static str, Probe)>,
 }
 
-impl<'a> World<'a> {
-    async fn new(ctx: &'a Ctx) -> World<'a> {
-        let fifo = ctx.var("SETTLEMENT_QUEUE_URL").ends_with(".fifo");
-        let mut create = ctx.sqs.create_queue();
-        create = if fifo {
-            create
-                .queue_name(format!("{}.fifo", unique_id("twochan-iam-held-")))
-                .attributes(QueueAttributeName::FifoQueue, "true")
-        } else {
-            create.queue_name(unique_id("twochan-iam-held-"))
-        };
-        let held = create.send().await.unwrap().queue_url.unwrap();
+impl<'a> ProbedFunctions<'a> {
+    async fn new(ctx: &'a Harness) -> ProbedFunctions<'a> {
+        let held = ctx.scratch_settlement_queue("twochan-iam-held-").await;
         let events = ctx.scratch_queue("twochan-iam-events-").await;
-        World {
+        ProbedFunctions {
             ctx,
             held,
             events,
@@ -268,8 +258,8 @@ fn observed_path() -> PathBuf {
 
 #[tokio::test]
 async fn every_function_s_aws_actions_are_recorded() {
-    let ctx = Ctx::new().await;
-    let mut w = World::new(&ctx).await;
+    let ctx = Harness::new().await;
+    let mut w = ProbedFunctions::new(&ctx).await;
     let (accepting, refusing) = (
         Receiver::answering(Answer::Accept).await.unwrap(),
         Receiver::answering(Answer::Refuse).await.unwrap(),
@@ -499,19 +489,15 @@ async fn every_function_s_aws_actions_are_recorded() {
     // The sweeper, on a table of its own holding p5 as confirmed long ago: it finds it and sends
     // its settlement message again.
     let sweep_table = unique_id("twochan-iam-sweep-");
-    common::create_table_like(&ctx.dynamodb, &ctx.table, &ctx.dynamodb, &sweep_table).await;
+    crate::common::create_table_like(&ctx.dynamodb, &ctx.table, &ctx.dynamodb, &sweep_table).await;
     let p5_key = HashMap::from([
         (
             "pk".to_owned(),
-            AttributeValue::S(format!(
-                "PAYMENT#{}",
-                PaymentId::try_from(id_of(&p5).as_str())
-                    .unwrap()
-                    .slot()
-                    .key()
+            AttributeValue::S(keys::payment_pk(
+                &PaymentId::try_from(id_of(&p5).as_str()).unwrap(),
             )),
         ),
-        ("sk".to_owned(), AttributeValue::S("PAYMENT".into())),
+        ("sk".to_owned(), AttributeValue::S(keys::SK_PAYMENT.into())),
     ]);
     let mut item = ctx
         .dynamodb

@@ -4,12 +4,10 @@
 //! `outcome`; no line carries the unique code, a token, an API key, an auth code or the master
 //! key. The fields the template's metric filters read are checked to exist.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::{Ctx, answer, registration_request, request};
+use crate::common::{Harness, answer, registration_request, request};
 use lambda_http::{Context, RequestExt};
 use serde_json::{Value, json};
 use twochan_api::{
@@ -42,7 +40,7 @@ fn with_request_id(req: lambda_http::Request, id: &str) -> lambda_http::Request 
 
 #[tokio::test]
 async fn payment_log_lines_name_the_payment_never_the_secrets() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let captured = Captured::default();
     let sink = captured.clone();
     let _guard = tracing::subscriber::set_default(telemetry::subscriber(move || sink.clone()));
@@ -199,7 +197,7 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
 /// answer it keeps for a payment request caught between its writes is not a refusal of its own.
 #[tokio::test]
 async fn a_deregistration_logs_no_refusal() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let captured = Captured::default();
     let sink = captured.clone();
     let _guard = tracing::subscriber::set_default(telemetry::subscriber(move || sink.clone()));

@@ -6,16 +6,14 @@
 //! a free port with its own state directory, and runs the real handlers in this process against
 //! it with the functions' own SDK settings (`twochan_aws::sdk_defaults`).
 
-mod common;
-
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{Harness, answer, emulator_config, registration_request, request};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use common::{Ctx, answer, registration_request, request};
 use serde_json::{Value, json};
 use twochan_api::{
     App,
@@ -71,6 +69,10 @@ impl Emulator {
         let health = format!("{}/_ministack/health", self.endpoint());
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            // A MiniStack that could not bind its port exits: whatever answers there is not it.
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("private MiniStack exited ({status}) on {}", self.endpoint());
+            }
             if std::process::Command::new("curl")
                 .args(["-fsS", "-o", "/dev/null", &health])
                 .stderr(Stdio::null())
@@ -103,15 +105,19 @@ impl Drop for Emulator {
     }
 }
 
+/// A free port below the kernel's ephemeral range: a port the kernel handed out for port 0 could
+/// be handed again to another test's listener (a conflict proxy, a webhook receiver) before the
+/// private MiniStack binds it, and the health check would then find that one.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let start = 20_000 + (std::process::id() % 5_000) as u16;
+    (start..30_000)
+        .chain(20_000..start)
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port below 30000")
 }
 
-struct World {
+/// The handlers on the private emulator, and what they need to be called.
+struct PrivateStack {
     app: App<DynamoStore, SqsSettlementQueue, SqsEventQueue>,
     config: aws_config::SdkConfig,
     table: String,
@@ -121,7 +127,7 @@ struct World {
     token: String,
 }
 
-impl World {
+impl PrivateStack {
     /// The handlers with clients carrying `probe`.
     fn probed(&self, probe: &Probe) -> App<DynamoStore, SqsSettlementQueue, SqsEventQueue> {
         let c = probe.clients(&self.config);
@@ -152,7 +158,7 @@ impl World {
 }
 
 fn confirm_request(
-    w: &World,
+    w: &PrivateStack,
     payment: &Value,
     device: &Device,
     counter: u64,
@@ -179,7 +185,7 @@ fn assert_unavailable(resp: &lambda_http::Response<lambda_http::Body>, what: &st
 }
 
 /// Settles what the queue holds; returns how many messages it settled.
-async fn drain(w: &World) -> usize {
+async fn drain(w: &PrivateStack) -> usize {
     let mut settled = 0;
     loop {
         let msgs = AwsClients::from_config(&w.config)
@@ -223,7 +229,7 @@ async fn drain(w: &World) -> usize {
 
 /// The state a half-write would break: payment status, the device's counter and lock.
 async fn state(
-    w: &World,
+    w: &PrivateStack,
     id: &PaymentId,
     code: &UniqueCode,
 ) -> (PaymentStatus, u64, Option<PaymentId>) {
@@ -250,22 +256,15 @@ async fn state(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulator_outage_gives_503_and_the_same_retries_complete() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let state_dir = std::env::temp_dir().join(unique_id("twochan-outage-"));
     std::fs::create_dir_all(&state_dir).unwrap();
     let emulator = Arc::new(Mutex::new(Emulator::start(free_port(), state_dir.clone())));
     let endpoint = emulator.lock().unwrap().endpoint();
-    let config = sdk_defaults()
-        .endpoint_url(&endpoint)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
+    let config = emulator_config(sdk_defaults(), &endpoint).await;
     let clients = AwsClients::from_config(&config);
     let table = "twochan-outage".to_owned();
-    common::create_table_like(&ctx.dynamodb, &ctx.table, &clients.dynamodb, &table).await;
+    crate::common::create_table_like(&ctx.dynamodb, &ctx.table, &clients.dynamodb, &table).await;
     let queue_url = clients
         .sqs
         .create_queue()
@@ -291,7 +290,7 @@ async fn emulator_outage_gives_503_and_the_same_retries_complete() {
         .put_merchant(&merchant, &key.hash, Timestamp::now())
         .await
         .unwrap();
-    let mut w = World {
+    let mut w = PrivateStack {
         app: App {
             store,
             queue: SqsSettlementQueue::new(clients.sqs.clone(), queue_url.clone()),

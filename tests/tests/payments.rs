@@ -1,8 +1,6 @@
 //! The POS side: `POST /v1/payments`, `GET /v1/payments/{id}`, cancel, balance.
 
-mod common;
-
-use common::{Ctx, assert_error};
+use crate::common::{Harness, assert_error};
 use reqwest::Method;
 use serde_json::json;
 use twochan_api::routes::{App, Function, NoQueue, handle};
@@ -34,7 +32,7 @@ const PAYMENT_FIELDS: [&str; 14] = [
 
 #[tokio::test]
 async fn a_payment_request_creates_a_pending_payment() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     let r = pos
@@ -107,7 +105,7 @@ async fn a_payment_request_creates_a_pending_payment() {
 
 #[tokio::test]
 async fn an_unregistered_code_is_unknown_device() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let r = pos
         .request_payment(&ctx.device().beacon(), 100, "EUR", None, &unique_id("k-"))
@@ -118,7 +116,7 @@ async fn an_unregistered_code_is_unknown_device() {
 
 #[tokio::test]
 async fn one_pending_payment_per_code() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let other_pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
@@ -138,7 +136,7 @@ async fn one_pending_payment_per_code() {
 
 #[tokio::test]
 async fn an_expired_pending_payment_frees_the_code_inside_the_write() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     let first = ctx.pending_payment(&pos, &device, 100).await;
@@ -154,7 +152,7 @@ async fn an_expired_pending_payment_frees_the_code_inside_the_write() {
 
 #[tokio::test]
 async fn idempotent_replay_mismatch_and_key_rules() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     let key = unique_id("order-");
@@ -201,7 +199,7 @@ async fn idempotent_replay_mismatch_and_key_rules() {
 
 #[tokio::test]
 async fn idempotency_key_header_is_required_and_checked() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     let body = json!({"unique_code": device.code(), "beacon_proof": device.beacon().proof, "amount": 10, "currency": "KRW", "pos_id": "pos-01"});
@@ -240,7 +238,7 @@ async fn idempotency_key_header_is_required_and_checked() {
 
 #[tokio::test]
 async fn malformed_payment_requests_are_400_naming_the_field_and_change_nothing() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     let code = device.code();
@@ -298,7 +296,7 @@ async fn malformed_payment_requests_are_400_naming_the_field_and_change_nothing(
 
 #[tokio::test]
 async fn authentication_rules() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
     let body = json!({"unique_code": device.code(), "beacon_proof": device.beacon().proof, "amount": 10, "currency": "KRW", "pos_id": "pos-01"});
@@ -347,7 +345,7 @@ async fn authentication_rules() {
 
 #[tokio::test]
 async fn reading_payments_is_limited_to_its_merchant_and_terminal() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let stranger_pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
@@ -386,7 +384,7 @@ async fn reading_payments_is_limited_to_its_merchant_and_terminal() {
 
 #[tokio::test]
 async fn cancel_only_from_pending() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &device, 300).await;
@@ -420,7 +418,7 @@ async fn cancel_only_from_pending() {
 
 #[tokio::test]
 async fn balance_starts_empty() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let r = pos.balance().await.unwrap();
     assert_eq!(r.status, 200);
@@ -440,7 +438,7 @@ async fn a_key_held_by_a_request_in_flight_is_409_then_finished_by_the_retry() {
         TerminalId, Timestamp, UniqueCode,
         ports::{Devices, Payments},
     };
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, phone) = ctx.paired().await;
     let key = unique_id("inflight-");
@@ -500,7 +498,7 @@ async fn a_key_held_by_a_request_in_flight_is_409_then_finished_by_the_retry() {
 
 #[tokio::test]
 async fn every_endpoint_refuses_oversized_bodies_and_anonymous_callers() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let big = "x".repeat(8 * 1024 + 1);
     let id = "pay_01JD8Y2Z5K7M9Q1R3T5V7X9ZAB";
     let routes = [
@@ -545,7 +543,7 @@ async fn every_endpoint_refuses_oversized_bodies_and_anonymous_callers() {
 /// code's, none or a malformed one. A refused proof does not use the key up.
 #[tokio::test]
 async fn only_a_current_beacon_proof_of_the_device_may_ask() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     let (other, _) = ctx.paired().await;
@@ -633,7 +631,7 @@ async fn only_a_current_beacon_proof_of_the_device_may_ask() {
 /// A caller without a current proof learns nothing about a code, registered or not.
 #[tokio::test]
 async fn the_beacon_proof_comes_before_the_registration() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (registered, _) = ctx.paired().await;
     let unregistered = ctx.device();
@@ -656,7 +654,7 @@ async fn the_beacon_proof_comes_before_the_registration() {
 /// against the beacon, and a newer proof is the same request.
 #[tokio::test]
 async fn an_idempotent_replay_outlives_its_beacon_proof() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     let key = unique_id("k-");
@@ -688,7 +686,7 @@ async fn an_idempotent_replay_outlives_its_beacon_proof() {
 /// Revision 2: currencies that are not money, and text that can disguise itself, are 400.
 #[tokio::test]
 async fn not_money_and_disguised_text_are_refused() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     for currency in [
@@ -748,7 +746,7 @@ async fn not_money_and_disguised_text_are_refused() {
 /// list ask for that slot twice (BatchGetItem refuses repeated keys: a 500).
 #[tokio::test]
 async fn pending_payments_survive_two_locks_on_one_slot() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (d1, mut phone) = ctx.paired().await;
     let (d2, d3) = (ctx.device(), ctx.device());
@@ -807,7 +805,7 @@ async fn pending_payments_survive_two_locks_on_one_slot() {
 /// answers 503 and gives its fresh lock back: the code is free for the next request.
 #[tokio::test]
 async fn a_503_leaves_the_code_free() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     // Calls: BatchGetItem (caller and device), UpdateItem (lock), PutItem (payment), GetItem
@@ -825,14 +823,15 @@ async fn a_503_leaves_the_code_free() {
     let beacon = device.beacon();
     let body = json!({"unique_code": beacon.code, "beacon_proof": beacon.proof, "amount": 10,
                       "currency": "KRW", "pos_id": "pos-01"});
-    let req = common::request(
+    let req = crate::common::request(
         "POST",
         "/v1/payments",
         &pos.api_key,
         &[("idempotency-key", "k-503")],
         Some(&body),
     );
-    let (status, answer) = common::answer(&handle(&app, Function::PaymentRequest, req).await);
+    let (status, answer) =
+        crate::common::answer(&handle(&app, Function::PaymentRequest, req).await);
     assert_eq!(status, 503, "{answer}");
     assert_eq!(
         probe.calls(),

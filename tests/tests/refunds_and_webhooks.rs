@@ -3,12 +3,10 @@
 //! on loopback (`twochan_tools::receiver`, the demo's): every event type arrives signed, once per change after deduplication by id,
 //! retried with the same id, dead-lettered when never accepted, and only to its own merchant.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Ctx, assert_error};
+use crate::common::{Harness, assert_error};
 use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -80,7 +78,7 @@ async fn refund(pos: &Pos, payment: &str, amount: u64, key: &str) -> twochan_too
 }
 
 /// A payment of `amount` KRW confirmed by its phone and settled.
-async fn settled(ctx: &Ctx, pos: &Pos, amount: u64) -> (Value, Device, Phone) {
+async fn settled(ctx: &Harness, pos: &Pos, amount: u64) -> (Value, Device, Phone) {
     let (mut device, phone) = ctx.paired().await;
     let p = ctx.pending_payment(pos, &device, amount).await;
     let id = p["payment_id"].as_str().unwrap().to_owned();
@@ -97,7 +95,7 @@ async fn settled(ctx: &Ctx, pos: &Pos, amount: u64) -> (Value, Device, Phone) {
 
 #[tokio::test]
 async fn concurrent_refunds_never_sum_above_the_payment() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (p, _, _) = settled(&ctx, &pos, 900).await;
     let id = p["payment_id"].as_str().unwrap();
@@ -156,7 +154,7 @@ async fn concurrent_refunds_never_sum_above_the_payment() {
 
 #[tokio::test]
 async fn a_refund_key_is_used_once() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (p, _, phone) = settled(&ctx, &pos, 1_000).await;
     let id = p["payment_id"].as_str().unwrap();
@@ -220,7 +218,7 @@ async fn a_refund_key_is_used_once() {
 
 #[tokio::test]
 async fn only_a_settled_payment_is_refunded() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, _) = ctx.paired().await;
     let p = ctx.pending_payment(&pos, &device, 500).await;
@@ -239,7 +237,7 @@ async fn only_a_settled_payment_is_refunded() {
 
 #[tokio::test]
 async fn every_event_arrives_signed_once_per_change() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let receiver = Hooks::start(Answer::Accept).await;
     receiver.subscribe(&pos).await;
@@ -337,7 +335,7 @@ async fn every_event_arrives_signed_once_per_change() {
 
 #[tokio::test]
 async fn a_failing_receiver_gets_the_same_event_again() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let receiver = Hooks::start(Answer::FailFirst(2)).await;
     receiver.subscribe(&pos).await;
@@ -367,7 +365,7 @@ async fn a_failing_receiver_gets_the_same_event_again() {
 
 #[tokio::test]
 async fn an_event_never_accepted_ends_in_the_dead_letter_queue() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let receiver = Hooks::start(Answer::Refuse).await;
     receiver.subscribe(&pos).await;
@@ -415,7 +413,7 @@ async fn an_event_never_accepted_ends_in_the_dead_letter_queue() {
 
 #[tokio::test]
 async fn events_go_only_to_their_merchant_and_to_the_endpoint_as_set_when_sent() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (a, b) = (ctx.pos().await, ctx.pos().await);
     let (ra, rb, ra2) = (
         Hooks::start(Answer::Accept).await,
@@ -488,7 +486,7 @@ async fn events_go_only_to_their_merchant_and_to_the_endpoint_as_set_when_sent()
 
 #[tokio::test]
 async fn webhook_urls_must_not_reach_into_the_issuers_network() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     for url in [
         "https://127.0.0.1/x",

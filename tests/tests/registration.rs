@@ -1,11 +1,10 @@
 //! `POST /v1/devices/challenges`, `POST /v1/devices` and `DELETE /v1/devices/{unique_code}` over
 //! HTTP on the local stack.
 
-mod common;
-
-use common::{Ctx, assert_error};
+use crate::common::{Harness, assert_error};
 use futures_util::future::join_all;
 use serde_json::json;
+use twochan_aws::keys;
 use twochan_domain::{
     Timestamp, UniqueCode,
     ports::{Devices, RegistrationChallenge},
@@ -22,7 +21,7 @@ async fn challenge(phone: &Phone, code: &str) -> String {
 
 #[tokio::test]
 async fn a_challenge_serves_one_registration_of_its_own_code_before_it_expires() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let device = ctx.device();
     let mut phone = ctx.phone();
     let r = phone.challenge(device.code()).await.unwrap();
@@ -43,13 +42,7 @@ async fn a_challenge_serves_one_registration_of_its_own_code_before_it_expires()
     );
 
     // A wrong proof (the revision-1 message, without the challenge) does not use it up.
-    let v1 = {
-        use hmac::{Hmac, KeyInit, Mac};
-        let key = hex::decode(device.key_hex()).unwrap();
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-        mac.update(format!("2ch/register/v1|{}|{}", device.code(), phone.terminal_id).as_bytes());
-        hex::encode(mac.finalize().into_bytes())
-    };
+    let v1 = device.revision1_registration_proof(&phone.terminal_id);
     let r = phone.register_with(device.code(), &c, &v1).await.unwrap();
     assert_error(&r, 422, "invalid_registration_proof");
     let proof = device.registration_proof(&phone.terminal_id, &c);
@@ -102,7 +95,7 @@ async fn a_challenge_serves_one_registration_of_its_own_code_before_it_expires()
         .unwrap();
     assert_error(&r, 422, "invalid_registration_proof");
     assert!(
-        ctx.items_of(&format!("DEVICE#{}", other.code()))
+        ctx.items_of(&keys::device_pk(other.code()))
             .await
             .is_empty()
     );
@@ -110,7 +103,7 @@ async fn a_challenge_serves_one_registration_of_its_own_code_before_it_expires()
 
 #[tokio::test]
 async fn registrations_racing_with_one_challenge_give_at_most_one_success() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let device = ctx.device();
     let asker = ctx.phone();
     let c = challenge(&asker, device.code()).await;
@@ -132,7 +125,7 @@ async fn registrations_racing_with_one_challenge_give_at_most_one_success() {
     for r in answers.iter().filter(|r| !r.status.is_success()) {
         assert_error(r, 422, "invalid_registration_proof");
     }
-    let device_item = &ctx.items_of(&format!("DEVICE#{}", device.code())).await[0];
+    let device_item = &ctx.items_of(&keys::device_pk(device.code())).await[0];
     assert_eq!(
         device_item["terminal_id"].as_s().unwrap(),
         won[0].json["terminal_id"].as_str().unwrap()
@@ -141,7 +134,7 @@ async fn registrations_racing_with_one_challenge_give_at_most_one_success() {
 
 #[tokio::test]
 async fn a_terminal_that_holds_a_device_belongs_to_its_phone() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (first, mut owner) = ctx.paired().await;
     let second = ctx.device();
     // Without a token: taken.
@@ -162,7 +155,7 @@ async fn a_terminal_that_holds_a_device_belongs_to_its_phone() {
         assert_error(&r, 401, "unauthorized");
     }
     assert!(
-        ctx.items_of(&format!("DEVICE#{}", second.code()))
+        ctx.items_of(&keys::device_pk(second.code()))
             .await
             .is_empty()
     );
@@ -188,7 +181,7 @@ async fn a_terminal_that_holds_a_device_belongs_to_its_phone() {
 
 #[tokio::test]
 async fn registers_a_device_with_its_proof() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let device = ctx.device();
     let mut phone = ctx.phone();
     let r = phone.register(&device).await.unwrap();
@@ -210,7 +203,7 @@ async fn registers_a_device_with_its_proof() {
 
 #[tokio::test]
 async fn same_terminal_again_gets_200_and_a_new_token_revoking_the_old() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (device, mut phone) = ctx.paired().await;
     let old = phone.token.clone().unwrap();
     let r = phone.register(&device).await.unwrap();
@@ -225,7 +218,7 @@ async fn same_terminal_again_gets_200_and_a_new_token_revoking_the_old() {
 
 #[tokio::test]
 async fn another_terminal_cannot_take_a_registered_code() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (device, _) = ctx.paired().await;
     let mut mallory = ctx.phone();
     assert_error(
@@ -238,10 +231,10 @@ async fn another_terminal_cannot_take_a_registered_code() {
 
 #[tokio::test]
 async fn a_sniffed_beacon_without_the_device_is_refused_and_changes_nothing() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let device = ctx.device();
     let mut mallory = ctx.phone();
-    let before = ctx.items_of(&format!("DEVICE#{}", device.code())).await;
+    let before = ctx.items_of(&keys::device_pk(device.code())).await;
     // A proof made for another terminal, a made-up proof, and garbage, each on a fresh challenge.
     for bad in ["other-terminal", "zeros", "nope", ""] {
         let c = mallory.challenge(device.code()).await.unwrap();
@@ -258,10 +251,7 @@ async fn a_sniffed_beacon_without_the_device_is_refused_and_changes_nothing() {
             .unwrap();
         assert_error(&r, 422, "invalid_registration_proof");
     }
-    assert_eq!(
-        ctx.items_of(&format!("DEVICE#{}", device.code())).await,
-        before
-    );
+    assert_eq!(ctx.items_of(&keys::device_pk(device.code())).await, before);
     // The genuine owner can still register it.
     let mut owner = ctx.phone();
     assert_eq!(owner.register(&device).await.unwrap().status, 201);
@@ -269,7 +259,7 @@ async fn a_sniffed_beacon_without_the_device_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn malformed_registrations_are_400_naming_the_field() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let device = ctx.device();
     let terminal = unique_id("phone-");
     let challenge = "00112233445566778899aabbccddeeff";
@@ -333,7 +323,7 @@ async fn malformed_registrations_are_400_naming_the_field() {
         );
     }
     assert!(
-        ctx.items_of(&format!("DEVICE#{}", device.code()))
+        ctx.items_of(&keys::device_pk(device.code()))
             .await
             .is_empty()
     );
@@ -341,7 +331,7 @@ async fn malformed_registrations_are_400_naming_the_field() {
 
 #[tokio::test]
 async fn body_rules_413_415_400() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let url = format!("{}/v1/devices", ctx.api.base_url());
     let http = ctx.api.raw();
     let send = |ct: Option<&'static str>, body: Vec<u8>| {
@@ -379,7 +369,7 @@ async fn body_rules_413_415_400() {
 
 #[tokio::test]
 async fn deregistration_frees_the_code_revokes_the_token_and_cancels_the_pending_payment() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let pos = ctx.pos().await;
     let (device, mut phone) = ctx.paired().await;
     let payment = ctx.pending_payment(&pos, &device, 1200).await;
@@ -403,7 +393,7 @@ async fn deregistration_frees_the_code_revokes_the_token_and_cancels_the_pending
 
 #[tokio::test]
 async fn only_the_owning_terminal_may_deregister() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (device, mut owner) = ctx.paired().await;
     let (_, mut other) = ctx.paired().await;
     assert_error(
@@ -433,7 +423,7 @@ async fn only_the_owning_terminal_may_deregister() {
 
 #[tokio::test]
 async fn unknown_routes_are_json_404() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     for path in ["/v1/nothing", "/v2/payments", "/v1/devices/a/b"] {
         let r = ctx
             .api

@@ -1,96 +1,80 @@
 //! Settlement through the real queue: redelivery is harmless, poison lands in the dead-letter queue.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Ctx, eventually};
-use serde_json::json;
-use twochan_domain::PaymentId;
+use crate::common::{Harness, eventually};
+use serde_json::Value;
+use twochan_domain::{
+    PaymentId, Timestamp,
+    ports::{Payments, SettlementMessage},
+};
+use twochan_tools::{Device, Phone, Pos, unique_id};
 
-#[tokio::test]
-async fn the_same_settlement_message_delivered_again_writes_one_ledger_entry_pair() {
-    let ctx = Ctx::new().await;
-    let pos = ctx.pos().await;
-    let (mut device, phone) = ctx.paired().await;
-    let p = ctx.pending_payment(&pos, &device, 2500).await;
-    let id = p["payment_id"].as_str().unwrap();
-    let (code, counter) = device.authorize(&p);
+/// Confirms a pending payment with its phone and waits until the stack's settlement function has
+/// settled it.
+async fn confirm_and_settle(pos: &Pos, device: &mut Device, phone: &Phone, payment: &Value) {
+    let id = payment["payment_id"].as_str().unwrap();
+    let (code, counter) = device.authorize(payment);
     assert_eq!(
         phone.confirm(id, &code, &counter).await.unwrap().status,
         200
     );
     assert_eq!(
-        pos.wait_for_status(id, "settled", Duration::from_secs(20))
+        pos.wait_for_status(id, "settled", Duration::from_secs(30))
             .await
             .unwrap()
             .json["status"],
         "settled"
     );
+}
+
+#[tokio::test]
+async fn the_same_settlement_message_delivered_again_writes_one_ledger_entry_pair() {
+    let ctx = Harness::new().await;
+    let pos = ctx.pos().await;
+    let (mut device, phone) = ctx.paired().await;
+    let p = ctx.pending_payment(&pos, &device, 2500).await;
+    let id = PaymentId::try_from(p["payment_id"].as_str().unwrap()).unwrap();
+    confirm_and_settle(&pos, &mut device, &phone, &p).await;
 
     // The very message confirmation enqueued, sent twice more (an at-least-once queue may).
-    let message = json!({
-        "payment_id": id, "merchant_id": pos.merchant_id, "unique_code": device.code(),
-        "amount": 2500, "currency": "KRW",
-    })
-    .to_string();
+    let stored = ctx.store.payment(&id).await.unwrap().expect("the payment");
+    let message = SettlementMessage::for_payment(&stored, Timestamp::now());
     let queue = ctx.var("SETTLEMENT_QUEUE_URL");
     for _ in 0..2 {
         // Its own deduplication id each time: the queue would drop a resend within 5 minutes.
         ctx.sqs
             .send_message()
             .queue_url(&queue)
-            .message_body(&message)
-            .message_group_id(format!("{}/KRW", pos.merchant_id))
-            .message_deduplication_id(twochan_tools::unique_id("resend-"))
+            .message_body(serde_json::to_string(&message).unwrap())
+            .message_group_id(message.group())
+            .message_deduplication_id(unique_id("resend-"))
             .send()
             .await
             .unwrap();
     }
-    // Wait until the queue has nothing left in flight or waiting.
-    let drained = eventually(Duration::from_secs(30), || async {
-        let attrs = ctx
-            .sqs
-            .get_queue_attributes()
-            .queue_url(&queue)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
-            .send()
-            .await
-            .ok()?
-            .attributes?;
-        let n = |k: aws_sdk_sqs::types::QueueAttributeName| {
-            attrs
-                .get(&k)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        (n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
-            + n(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            == 0)
-            .then_some(())
-    })
-    .await;
-    assert!(drained.is_some(), "settlement queue did not drain");
-    let entries = ctx
-        .store
-        .ledger_entries(&PaymentId::try_from(id).unwrap())
-        .await
-        .unwrap();
+    // A second payment's message goes to the same FIFO group after the copies, so once it is
+    // settled the copies have been handled: no need to wait for the shared queue to be empty,
+    // which other tests keep busy.
+    let second = ctx.pending_payment(&pos, &device, 700).await;
+    confirm_and_settle(&pos, &mut device, &phone, &second).await;
+
+    let entries = ctx.store.ledger_entries(&id).await.unwrap();
     assert_eq!(entries.len(), 2, "{entries:?}");
     let credit = entries.iter().find(|e| e.0 == "credit").expect("credit");
     let debit = entries.iter().find(|e| e.0 == "debit").expect("debit");
     assert_eq!(credit.1, format!("merchant:{}", pos.merchant_id));
     assert_eq!(debit.1, format!("device:{}", device.code()));
     assert_eq!((credit.2, debit.2), (2500, 2500));
-    assert_eq!(pos.settled("KRW").await.unwrap(), (2500, 1));
+    assert_eq!(pos.settled("KRW").await.unwrap(), (2500 + 700, 2));
 }
 
 #[tokio::test]
 async fn a_poison_message_lands_in_the_dead_letter_queue_after_five_receives() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let queue = ctx.var("SETTLEMENT_QUEUE_URL");
     let dlq = ctx.var("SETTLEMENT_DLQ_URL");
-    let marker = twochan_tools::unique_id("poison-");
+    let marker = unique_id("poison-");
     ctx.sqs
         .send_message()
         .queue_url(&queue)

@@ -10,7 +10,8 @@
 //! The confirmation sends its settlement message before it commits, so no crash can leave a
 //! confirmed payment without a message; messages of confirmations that never committed are
 //! dropped as orphans (every confirmation of a seed has finished before settlement starts, so
-//! the simulation treats them as orphans at once, where the deployed function waits 30 s).
+//! the simulation drops them at once, where the deployed function keeps delivering the message of
+//! a pending payment until it is `ORPHAN_AFTER_MS` old).
 //! Then 0–3 refunds, each on one of the seed's payments (settled or not) for an amount that may
 //! be more than is left: each refund's idempotency key is sent by 1–3 racing copies, each
 //! crashing somewhere or not, sometimes followed by the merchant's retry; half the time the
@@ -41,14 +42,12 @@
 //! `SIM_FIRST_SEED` (default: random, printed), on `SIM_JOBS` workers (default 4);
 //! `SIM_SEED=n` replays one seed. `make test-sim` runs 1000.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
+use crate::common::{Harness, answer, registration_request, request};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::{Ctx, answer, registration_request, request};
 use futures_util::{StreamExt, future::join_all, stream};
 use serde_json::json;
 use twochan_api::{
@@ -60,6 +59,7 @@ use twochan_api::{
 use twochan_aws::{
     DynamoStore, SqsEventQueue, SqsSettlementQueue,
     failpoints::{Crash, Probe},
+    keys,
 };
 use twochan_domain::{
     IdempotencyKey, MerchantId, PaymentId, PaymentSlot, PaymentStatus, Timestamp, UniqueCode,
@@ -146,8 +146,8 @@ impl Stats {
     }
 }
 
-/// One worker's private world: a table and a queue of its own, and a merchant.
-struct World {
+/// One worker's sandbox: a table and queues of its own, and a merchant.
+struct Sandbox {
     config: aws_config::SdkConfig,
     table: String,
     queue_url: String,
@@ -162,11 +162,11 @@ struct World {
     sqs: aws_sdk_sqs::Client,
 }
 
-impl World {
-    async fn new(ctx: &Ctx, worker: u64) -> World {
+impl Sandbox {
+    async fn new(ctx: &Harness, worker: u64) -> Sandbox {
         let stamp = Timestamp::now().millis();
         let table = format!("twochan-sim-{stamp}-{worker}");
-        common::create_table_like(&ctx.dynamodb, &ctx.table, &ctx.dynamodb, &table).await;
+        crate::common::create_table_like(&ctx.dynamodb, &ctx.table, &ctx.dynamodb, &table).await;
         let queue_url = ctx
             .sqs
             .create_queue()
@@ -192,7 +192,7 @@ impl World {
             .put_merchant(&merchant, &key.hash, Timestamp::now())
             .await
             .expect("merchant");
-        World {
+        Sandbox {
             config: ctx.config.clone(),
             table,
             queue_url,
@@ -206,7 +206,7 @@ impl World {
         }
     }
 
-    /// The handlers' view of the world through clients carrying `probe`.
+    /// The handlers' view of the sandbox through clients carrying `probe`.
     fn app(&self, probe: &Probe) -> App<DynamoStore, SqsSettlementQueue, SqsEventQueue> {
         let clients = probe.clients(&self.config);
         App {
@@ -253,7 +253,7 @@ impl World {
 }
 
 /// One seed, start to finish. `Err` names the broken invariant.
-async fn run_seed(w: &World, seed: u64) -> Result<Stats, String> {
+async fn run_seed(w: &Sandbox, seed: u64) -> Result<Stats, String> {
     let mut rng = Rng(seed);
     let mut stats = Stats {
         seeds: 1,
@@ -326,7 +326,7 @@ async fn run_seed(w: &World, seed: u64) -> Result<Stats, String> {
         };
 
         // Copies of the confirmation race each other, each with its own crash plan (a confirm
-        // makes 4 AWS calls; a plan past the last one never fires).
+        // makes 5 AWS calls).
         let runs = rng.range(1, 3);
         let plans: Vec<Probe> = (0..runs)
             .map(|_| Probe::crashing(rng.crash(60, 5)))
@@ -521,7 +521,7 @@ struct RefundRun {
 }
 
 /// Runs the copies of one refund key at once, then maybe the merchant's retry.
-async fn run_refund(w: &World, k: &RefundKey) -> Result<RefundRun, String> {
+async fn run_refund(w: &Sandbox, k: &RefundKey) -> Result<RefundRun, String> {
     let send = |probe: Probe| {
         let app = w.app(&probe);
         let req = request(
@@ -573,7 +573,7 @@ async fn run_refund(w: &World, k: &RefundKey) -> Result<RefundRun, String> {
 /// above its amount, and only a settled payment has any; each refund's legs move its amount from
 /// the merchant back to the device. Returns how many refunds were made.
 async fn check_refunds(
-    w: &World,
+    w: &Sandbox,
     code: &str,
     payments: &[(PaymentId, u64)],
     keys: &[RefundKey],
@@ -584,7 +584,7 @@ async fn check_refunds(
     // The payments as stored now (refunds do not change their status).
     let mut stored = HashMap::new();
     for (pid, _) in payments {
-        let item = raw(w, format!("PAYMENT#{}", pid.slot().key()), "PAYMENT")
+        let item = raw(w, keys::payment_pk(pid), keys::SK_PAYMENT)
             .await?
             .ok_or("payment vanished")?;
         stored.insert(pid.to_string(), item);
@@ -596,14 +596,14 @@ async fn check_refunds(
             &w.merchant,
             &IdempotencyKey::try_from(k.key.as_str()).map_err(|e| e.to_string())?,
         );
-        let kept = raw(w, format!("REFUND#{}", slot.key()), "REFUND").await?;
+        let kept = raw(w, keys::refund_slot_pk(&slot), keys::SK_REFUND).await?;
         let payment = &stored[k.payment.as_str()];
         let settled = text(payment, "status") == "settled";
         let what = format!("refund key {} ({} of {})", k.key, k.amount, k.payment);
-        // The refund item the key holds, if any; a kept rejection's status otherwise.
+        // The refund item the key holds, if any; a kept rejection's error code otherwise.
         let (refund, rejected) = match &kept {
-            Some(item) if item.contains_key("rejected_status") => {
-                (None, Some(num(item, "rejected_status")))
+            Some(item) if item.contains_key(keys::REJECTED_AT) => {
+                (None, Some(text(item, "rejected_code")))
             }
             Some(item) => (Some(item), None),
             None => (None, None),
@@ -649,11 +649,14 @@ async fn check_refunds(
                         && body["payment_id"].as_str() == Some(k.payment.as_str())
                 }),
                 409 => {
-                    rejected == Some(409)
+                    rejected.as_deref() == Some("payment_not_settled")
                         && !settled
                         && body["error"]["code"] == "payment_not_settled"
                 }
-                422 => rejected == Some(422) && body["error"]["code"] == "refund_exceeds_payment",
+                422 => {
+                    rejected.as_deref() == Some("refund_exceeds_payment")
+                        && body["error"]["code"] == "refund_exceeds_payment"
+                }
                 _ => false,
             };
             if !ok {
@@ -690,6 +693,25 @@ async fn check_refunds(
 
 type Item = HashMap<String, AttributeValue>;
 
+/// The kinds of partition key the checks sort items by, as the adapter spells them.
+struct PkKinds {
+    payment: String,
+    refund: String,
+    merchant: String,
+}
+
+impl PkKinds {
+    fn of(w: &Sandbox) -> PkKinds {
+        let slot = PaymentSlot::of(&w.merchant, &IdempotencyKey::try_from("any").unwrap());
+        let kind = |pk: String| pk[..=pk.find('#').expect("a kind of key")].to_owned();
+        PkKinds {
+            payment: kind(keys::slot_pk(&slot)),
+            refund: kind(keys::refund_slot_pk(&slot)),
+            merchant: kind(keys::merchant_pk("")),
+        }
+    }
+}
+
 fn num(item: &Item, k: &str) -> u64 {
     item.get(k)
         .and_then(|v| v.as_n().ok())
@@ -712,7 +734,7 @@ fn strings(item: &Item, k: &str) -> Vec<String> {
 }
 
 /// One item as stored, read consistently, without the failpoints.
-async fn raw(w: &World, pk: String, sk: &str) -> Result<Option<Item>, String> {
+async fn raw(w: &Sandbox, pk: String, sk: &str) -> Result<Option<Item>, String> {
     w.dynamodb
         .get_item()
         .table_name(&w.table)
@@ -726,7 +748,7 @@ async fn raw(w: &World, pk: String, sk: &str) -> Result<Option<Item>, String> {
 }
 
 /// Every item of the worker's table.
-async fn scan(w: &World) -> Result<Vec<Item>, String> {
+async fn scan(w: &Sandbox) -> Result<Vec<Item>, String> {
     let mut items = Vec::new();
     let mut start = None;
     loop {
@@ -749,7 +771,7 @@ async fn scan(w: &World) -> Result<Vec<Item>, String> {
 
 /// Delivers every queued settlement message 1–5 times at once, with crashes, and redelivers what
 /// failed, until the queue is empty.
-async fn settle_all(w: &World, rng: &mut Rng, stats: &mut Stats) -> Result<(), String> {
+async fn settle_all(w: &Sandbox, rng: &mut Rng, stats: &mut Stats) -> Result<(), String> {
     for _ in 0..60 {
         let received = w
             .sqs
@@ -818,7 +840,8 @@ async fn settle_all(w: &World, rng: &mut Rng, stats: &mut Stats) -> Result<(), S
 /// `refunded_amount` is the sum of its refund items; and the net of the merchant's account
 /// (payment credits less refund debits) equals the settled payments less their refunds, the
 /// balance item's `settled_amount - refunded_amount` and the `net_amount` the ledger reports.
-async fn check_ledger(w: &World, items: &[Item]) -> Result<(), String> {
+async fn check_ledger(w: &Sandbox, items: &[Item]) -> Result<(), String> {
+    let kinds = PkKinds::of(w);
     let (mut credits, mut debits, mut settled) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let mut balance: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -831,7 +854,7 @@ async fn check_ledger(w: &World, items: &[Item]) -> Result<(), String> {
     for item in items {
         let (pk, sk) = (text(item, "pk"), text(item, "sk"));
         let currency = text(item, "currency");
-        if pk.starts_with("PAYMENT#") {
+        if pk.starts_with(&kinds.payment) {
             // The journal legs live on the payment; count them apart from its status.
             for (leg, side) in [
                 ("credit_account", &mut credits),
@@ -855,20 +878,20 @@ async fn check_ledger(w: &World, items: &[Item]) -> Result<(), String> {
                     .or_default() +=
                     i128::from(num(item, "amount")) - i128::from(num(item, "refunded_amount"));
             }
-            if sk == "PAYMENT" && item.contains_key("payment_id") {
+            if sk == keys::SK_PAYMENT && item.contains_key("payment_id") {
                 payments.insert(text(item, "payment_id"), item);
             }
-        } else if pk.starts_with("REFUND#") && !item.contains_key("rejected_status") {
+        } else if pk.starts_with(&kinds.refund) && !item.contains_key(keys::REJECTED_AT) {
             *legs_net
                 .entry((text(item, "debit_account"), currency))
                 .or_default() -= i128::from(num(item, "amount"));
             refunds.push(item);
-        } else if sk.starts_with("BALANCE#") {
+        } else if sk.starts_with(keys::BALANCE_PREFIX) {
             balance.insert(
                 currency.clone(),
                 (num(item, "settled_amount"), num(item, "settled_count")),
             );
-            let merchant = pk.strip_prefix("MERCHANT#").unwrap_or(&pk);
+            let merchant = pk.strip_prefix(&kinds.merchant).unwrap_or(&pk);
             balance_net.insert(
                 (format!("merchant:{merchant}"), currency),
                 i128::from(num(item, "settled_amount")) - i128::from(num(item, "refunded_amount")),
@@ -984,7 +1007,7 @@ struct EventStats {
 /// real sender to a recording endpoint: the distinct changes delivered are exactly the changes
 /// committed (a payment confirmed or settled, canceled, declined or failed, a refund made), the
 /// orphans only changes that never happened, and each change has one event id.
-async fn check_events(w: &World, items: &[Item]) -> Result<EventStats, String> {
+async fn check_events(w: &Sandbox, items: &[Item]) -> Result<EventStats, String> {
     let seal = SecretSeal::from_issuer_key(&w.master);
     let endpoint = WebhookEndpoint {
         url: WebhookUrl::parse("http://127.0.0.1:9/hook", true).map_err(|e| e.to_string())?,
@@ -1036,10 +1059,14 @@ async fn check_events(w: &World, items: &[Item]) -> Result<EventStats, String> {
         .await;
 
     // The changes the store holds.
+    let kinds = PkKinds::of(w);
     let mut committed: BTreeSet<Change> = BTreeSet::new();
     for item in items {
         let (pk, sk) = (text(item, "pk"), text(item, "sk"));
-        if pk.starts_with("PAYMENT#") && sk == "PAYMENT" && item.contains_key("payment_id") {
+        if pk.starts_with(&kinds.payment)
+            && sk == keys::SK_PAYMENT
+            && item.contains_key("payment_id")
+        {
             let pid = text(item, "payment_id");
             let kinds: &[EventType] = match text(item, "status").as_str() {
                 "confirmed" => &[EventType::PaymentConfirmed],
@@ -1052,7 +1079,7 @@ async fn check_events(w: &World, items: &[Item]) -> Result<EventStats, String> {
             for kind in kinds {
                 committed.insert((kind.as_str().to_owned(), pid.clone(), None));
             }
-        } else if pk.starts_with("REFUND#") && !item.contains_key("rejected_status") {
+        } else if pk.starts_with(&kinds.refund) && !item.contains_key(keys::REJECTED_AT) {
             committed.insert((
                 EventType::RefundSucceeded.as_str().to_owned(),
                 text(item, "payment_id"),
@@ -1149,7 +1176,7 @@ async fn check_events(w: &World, items: &[Item]) -> Result<EventStats, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seeded_faults_never_settle_twice_or_lose_a_confirmation() {
-    let ctx = Ctx::new().await;
+    let ctx = Harness::new().await;
     let (first, count) = match env_u64("SIM_SEED") {
         Some(seed) => (seed, 1),
         None => (
@@ -1167,12 +1194,12 @@ async fn seeded_faults_never_settle_twice_or_lose_a_confirmation() {
     let workers = (0..jobs).map(|worker| {
         let ctx = &ctx;
         async move {
-            let world = World::new(ctx, worker).await;
+            let sandbox = Sandbox::new(ctx, worker).await;
             let mut stats = Stats::default();
             let mut failures = Vec::new();
             let mut seed = first + worker;
             while seed < first + count {
-                match run_seed(&world, seed).await {
+                match run_seed(&sandbox, seed).await {
                     Ok(s) => stats.add(s),
                     Err(why) => failures.push(format!(
                         "seed {seed}: {why}\n  replay: SIM_SEED={seed} make test-sim"
@@ -1181,12 +1208,12 @@ async fn seeded_faults_never_settle_twice_or_lose_a_confirmation() {
                 seed += jobs;
             }
             let whose = format!("worker {worker} (seeds {first}+{worker} step {jobs})");
-            match scan(&world).await {
+            match scan(&sandbox).await {
                 Ok(items) => {
-                    if let Err(why) = check_ledger(&world, &items).await {
+                    if let Err(why) = check_ledger(&sandbox, &items).await {
                         failures.push(format!("{whose}: {why}"));
                     }
-                    match check_events(&world, &items).await {
+                    match check_events(&sandbox, &items).await {
                         Ok(e) => {
                             stats.events += e.messages;
                             stats.delivered += e.delivered;
@@ -1198,11 +1225,11 @@ async fn seeded_faults_never_settle_twice_or_lose_a_confirmation() {
                 Err(why) => failures.push(format!("{whose}: scan: {why}")),
             }
             if failures.is_empty() {
-                world.teardown().await;
+                sandbox.teardown().await;
             } else {
                 failures.push(format!(
                     "worker {worker}'s table {} and queues are kept for inspection",
-                    world.table
+                    sandbox.table
                 ));
             }
             (stats, failures)

@@ -9,15 +9,12 @@
 //! of the stack's table left `confirmed` long ago is settled through the stack's settlement queue
 //! and function.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::common::{Harness, answer, eventually, registration_request, request};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
-use aws_sdk_sqs::types::QueueAttributeName;
-use common::{Ctx, answer, eventually, registration_request, request};
 use serde_json::{Value, json};
 use twochan_api::{
     App,
@@ -25,7 +22,7 @@ use twochan_api::{
     settlement::settle_batch,
     sweeper::{Stop, SweepLimits, sweep},
 };
-use twochan_aws::{DynamoStore, SqsEventQueue, SqsSettlementQueue};
+use twochan_aws::{DynamoStore, SqsEventQueue, SqsSettlementQueue, keys};
 use twochan_domain::{
     Amount, Currency, MerchantId, PaymentId, PaymentStatus, Timestamp, UniqueCode,
     crypto::IssuedSecret,
@@ -42,24 +39,10 @@ const UNBOUNDED: SweepLimits = SweepLimits {
     stop_at: None,
 };
 
-/// A queue of the test's own, of the kind of the stack's settlement queue.
-async fn queue(ctx: &Ctx, prefix: &str) -> String {
-    let fifo = ctx.var("SETTLEMENT_QUEUE_URL").ends_with(".fifo");
-    let mut create = ctx.sqs.create_queue();
-    if fifo {
-        create = create
-            .queue_name(format!("{}.fifo", unique_id(prefix)))
-            .attributes(QueueAttributeName::FifoQueue, "true");
-    } else {
-        create = create.queue_name(unique_id(prefix));
-    }
-    create.send().await.unwrap().queue_url.unwrap()
-}
-
-/// The test's world: its own table (the stack's schema), merchant, device and phone, and the
+/// A sweeper test's own table (the stack's schema), merchant, device and phone, and the
 /// handlers on them. Confirmations send to `held`, which nothing consumes: what they confirm
 /// stays `confirmed` until the test settles it.
-struct World {
+struct SweeperFixture {
     table: String,
     store: DynamoStore,
     app: App<DynamoStore, SqsSettlementQueue, SqsEventQueue>,
@@ -72,18 +55,19 @@ struct World {
     own_table: bool,
 }
 
-impl World {
+impl SweeperFixture {
     /// On a new table of the stack's schema, or (`own_table` false) on the stack's table.
-    async fn new(ctx: &Ctx, own_table: bool) -> World {
+    async fn new(ctx: &Harness, own_table: bool) -> SweeperFixture {
         let table = if own_table {
             let table = unique_id("twochan-sweeper-");
-            common::create_table_like(&ctx.dynamodb, &ctx.table, &ctx.dynamodb, &table).await;
+            crate::common::create_table_like(&ctx.dynamodb, &ctx.table, &ctx.dynamodb, &table)
+                .await;
             table
         } else {
             ctx.table.clone()
         };
         let store = DynamoStore::new(ctx.dynamodb.clone(), table.clone());
-        let held = queue(ctx, "twochan-sweeper-held-").await;
+        let held = ctx.scratch_settlement_queue("twochan-sweeper-held-").await;
         let events = ctx.scratch_queue("twochan-sweeper-events-").await;
         let app = App {
             store: store.clone(),
@@ -107,7 +91,7 @@ impl World {
         let reg = registration_request(&store, &device, &unique_id("term-")).await;
         let (status, body) = answer(&handle(&app, Function::Registration, reg).await);
         assert_eq!(status, 201, "{body}");
-        World {
+        SweeperFixture {
             table,
             store,
             app,
@@ -154,16 +138,13 @@ impl World {
     }
 
     /// Makes a payment look confirmed `seconds` ago: its confirmation time written back.
-    async fn confirmed_ago(&self, ctx: &Ctx, payment: &Value, seconds: i64) {
+    async fn confirmed_ago(&self, ctx: &Harness, payment: &Value, seconds: i64) {
         let id = payment_id(payment);
         ctx.dynamodb
             .update_item()
             .table_name(&self.table)
-            .key(
-                "pk",
-                AttributeValue::S(format!("PAYMENT#{}", id.slot().key())),
-            )
-            .key("sk", AttributeValue::S("PAYMENT".into()))
+            .key("pk", AttributeValue::S(keys::payment_pk(&id)))
+            .key("sk", AttributeValue::S(keys::SK_PAYMENT.into()))
             .update_expression("SET confirmed_at = :at")
             .condition_expression("attribute_exists(confirmed_at)")
             .expression_attribute_values(
@@ -184,7 +165,7 @@ impl World {
             .status
     }
 
-    async fn teardown(&self, ctx: &Ctx, queues: &[&str]) {
+    async fn teardown(&self, ctx: &Harness, queues: &[&str]) {
         for url in [self.held.as_str(), self.events.as_str()]
             .into_iter()
             .chain(queues.iter().copied())
@@ -208,7 +189,7 @@ fn payment_id(payment: &Value) -> PaymentId {
 
 /// Items of ~4 KB that sort before every payment item (`FILLER#` < `PAYMENT#`), enough to push
 /// the payments past the scan's first 1 MB page.
-async fn fill(ctx: &Ctx, table: &str, items: usize) {
+async fn fill(ctx: &Harness, table: &str, items: usize) {
     let body = "x".repeat(4000);
     let requests: Vec<WriteRequest> = (0..items)
         .map(|i| {
@@ -241,7 +222,7 @@ async fn fill(ctx: &Ctx, table: &str, items: usize) {
 }
 
 /// What a queue holds now, each message received once (and left for its visibility timeout).
-async fn received(ctx: &Ctx, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+async fn received(ctx: &Harness, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
     let mut all = Vec::new();
     loop {
         let out = ctx
@@ -265,9 +246,9 @@ async fn received(ctx: &Ctx, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
 
 #[tokio::test]
 async fn a_payment_stuck_confirmed_is_sent_again_and_settles_from_it() {
-    let ctx = Ctx::new().await;
-    let mut w = World::new(&ctx, true).await;
-    let swept = queue(&ctx, "twochan-sweeper-swept-").await;
+    let ctx = Harness::new().await;
+    let mut w = SweeperFixture::new(&ctx, true).await;
+    let swept = ctx.scratch_settlement_queue("twochan-sweeper-swept-").await;
 
     let stuck = w.confirmed(4100).await;
     let settled = w.confirmed(4200).await;
@@ -391,8 +372,8 @@ async fn a_payment_stuck_confirmed_is_sent_again_and_settles_from_it() {
 /// local stack's schedule is a minute (EventBridge's countdown, then MiniStack's 10 s tick).
 #[tokio::test]
 async fn the_deployed_sweeper_settles_a_payment_left_confirmed() {
-    let ctx = Ctx::new().await;
-    let mut w = World::new(&ctx, false).await;
+    let ctx = Harness::new().await;
+    let mut w = SweeperFixture::new(&ctx, false).await;
     let stuck = w.confirmed(4500).await;
     assert_eq!(w.status(&stuck).await, PaymentStatus::Confirmed);
     w.confirmed_ago(&ctx, &stuck, 8 * 86_400).await;

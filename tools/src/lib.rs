@@ -9,8 +9,10 @@ pub mod stack;
 
 use std::time::Duration;
 
+use hmac::{Hmac, KeyInit, Mac};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sha2::Sha256;
 use twochan_domain::{
     Challenge, Counter, Currency, MerchantId, PaymentId, TerminalId, Timestamp, UniqueCode,
     crypto::{BeaconStep, DeviceKey, MasterKey, PaymentBinding},
@@ -95,6 +97,16 @@ impl Device {
         let challenge = Challenge::try_from(challenge).expect("server challenge is well-formed");
         self.key
             .registration_proof(&self.code, &terminal, &challenge)
+    }
+
+    /// Contract revision 1's registration proof, `hex(HMAC(K_dev, "2ch/register/v1|" + code +
+    /// "|" + terminal_id))`, without a challenge: revision 2 refuses it (422), which the tests
+    /// and the hostile-input sweep check. Only the simulators make it, so it lives here.
+    pub fn revision1_registration_proof(&self, terminal_id: &str) -> String {
+        let key = hex::decode(self.key.to_hex()).expect("hex of the device key");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes keys of any length");
+        mac.update(format!("2ch/register/v1|{}|{terminal_id}", self.code).as_bytes());
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// The auth code for a payment object as the phone received it: advances the counter.

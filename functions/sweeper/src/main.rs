@@ -9,7 +9,7 @@ use twochan_api::{
     sweeper::{self, SweepLimits, SweepSummary},
     telemetry,
 };
-use twochan_aws::{AwsClients, DynamoStore, Settings, SqsSettlementQueue};
+use twochan_aws::{AwsClients, DynamoStore, Settings, SqsSettlementQueue, config};
 use twochan_domain::Timestamp;
 
 /// Kept back from the invocation's deadline: the sends under way finish and the metric line is
@@ -20,8 +20,12 @@ const DEADLINE_MARGIN_MS: i64 = 5_000;
 async fn main() -> Result<(), lambda_runtime::Error> {
     telemetry::init();
     let settings = Settings::from_env()?;
-    let stuck_after =
-        sweeper::stuck_after_seconds(std::env::var("STUCK_AFTER_SECONDS").ok().as_deref())?;
+    let stuck_after = config::bounded_setting(
+        &|k: &str| std::env::var(k).ok(),
+        "STUCK_AFTER_SECONDS",
+        sweeper::DEFAULT_STUCK_AFTER_SECONDS,
+        1..=sweeper::MAX_STUCK_AFTER_SECONDS,
+    )?;
     let function =
         std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "sweeper".to_owned());
     let clients = AwsClients::from_env()?;

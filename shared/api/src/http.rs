@@ -66,11 +66,23 @@ pub fn error_response(e: &DomainError) -> Response<Body> {
     render_error(e)
 }
 
-/// `{"error": {"code", "message"}}` with the contract's status, not logged (for an answer kept to
-/// be given later). Internal details stay out: the message is the error's `Display`.
+/// The message of `e`'s JSON answer: its `Display` (internal details stay out), with the limit
+/// of this transport named where the error is about it.
+fn message_of(e: &DomainError) -> String {
+    match e {
+        DomainError::PayloadTooLarge => format!(
+            "the request body is larger than {} KiB",
+            MAX_BODY_BYTES / 1024
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// `{"error": {"code", "message"}}` with the contract's status, not logged (for an answer given
+/// again under an idempotency key).
 pub fn render_error(e: &DomainError) -> Response<Body> {
     let status = status_of(e);
-    let body = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
+    let body = serde_json::json!({"error": {"code": e.code(), "message": message_of(e)}});
     let mut resp = json_response(status, &body);
     let retry_after = match e {
         DomainError::IdempotencyKeyInUse | DomainError::Unavailable(_) => {
@@ -89,21 +101,10 @@ pub fn render_error(e: &DomainError) -> Response<Body> {
     resp
 }
 
-/// The answer to `e` as kept under an idempotency key, to be given again: rendered, not logged
-/// (the request that keeps it is logged once by `routes::handle`, each replay by its own).
-pub(crate) fn stored_error(e: &DomainError) -> StoredResponse {
-    let resp = render_error(e);
-    StoredResponse {
-        status: resp.status().as_u16(),
-        body: String::from_utf8_lossy(resp.body().as_ref()).into_owned(),
-    }
-}
-
-/// An answer kept under an idempotency key, as it was given.
-pub fn kept_answer(kept: twochan_domain::ports::StoredResponse) -> Result<Response<Body>> {
-    let status = StatusCode::from_u16(kept.status)
-        .map_err(|_| DomainError::Internal("stored status".into()))?;
-    Ok(raw_json_response(status, kept.body))
+/// The answer kept under an idempotency key, given again as it was given first: rendered, not
+/// logged (the request that kept it is logged once by `routes::handle`, each replay by its own).
+pub fn kept_answer(kept: &StoredResponse) -> Response<Body> {
+    render_error(&kept.error())
 }
 
 /// An answer given again for the same key and body: marked `Idempotent-Replayed: true`.
@@ -168,8 +169,7 @@ pub enum BearerKind {
     TerminalToken,
 }
 
-pub const MERCHANT_KEY_PREFIX: &str = "mk_";
-pub const TERMINAL_TOKEN_PREFIX: &str = "tt_";
+pub use twochan_domain::crypto::{MERCHANT_KEY_PREFIX, TERMINAL_TOKEN_PREFIX};
 
 /// The hash of the `Authorization: Bearer` secret and its kind; anything malformed is 401.
 pub fn bearer(headers: &HeaderMap) -> Result<(BearerKind, SecretHash)> {
@@ -388,6 +388,35 @@ pub(crate) mod tests {
                     || matches!(e, DeviceLocked { .. })
             );
         }
+    }
+
+    #[test]
+    fn the_body_limit_is_named_in_its_refusal() {
+        let resp = error_response(&DomainError::PayloadTooLarge);
+        assert_eq!(
+            resp.body().as_ref(),
+            br#"{"error":{"code":"payload_too_large","message":"the request body is larger than 8 KiB"}}"#
+        );
+    }
+
+    #[test]
+    fn a_kept_refusal_is_given_again_as_it_was_given() {
+        use twochan_domain::ports::FinalRefusal;
+        for r in FinalRefusal::ALL {
+            let first = error_response(&r.error());
+            let again = kept_answer(&StoredResponse { refusal: r });
+            assert_eq!(again.status(), first.status(), "{r:?}");
+            assert_eq!(again.headers(), first.headers(), "{r:?}");
+            assert_eq!(again.body().as_ref(), first.body().as_ref(), "{r:?}");
+        }
+        let kept = kept_answer(&StoredResponse {
+            refusal: FinalRefusal::UnknownDevice,
+        });
+        assert_eq!(kept.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            kept.body().as_ref(),
+            br#"{"error":{"code":"unknown_device","message":"no device is registered with this unique_code"}}"#
+        );
     }
 
     #[test]

@@ -8,12 +8,13 @@ use twochan_domain::{
     Result, Timestamp,
     crypto::sha256_hex,
     ports::{
-        Directory, EventMessage, EventQueue, NewRefund, Payments, RefundSlotRecord, Refunds, Write,
+        Directory, EventMessage, EventQueue, NewRefund, Payments, RefundSlotRecord, Refunds,
+        StoredResponse, Write,
     },
     refund::Refund,
 };
 
-use crate::http::{JsonBody, json_response, kept_answer, replayed, stored_error};
+use crate::http::{JsonBody, json_response, kept_answer, replayed};
 use crate::view::{RefundView, RefundsView};
 
 /// Concurrent refunds of one payment each change it, so a request may lose several races in a
@@ -79,16 +80,20 @@ where
             return replay(record, &fingerprint);
         }
         if let Err(e) = Refund::check(&payment, request.amount) {
+            let Some(refusal) = StoredResponse::of(&e) else {
+                return Err(e);
+            };
             // A final answer: the same key gets it again.
             return match store
-                .record_refund_rejection(&slot, &fingerprint, &stored_error(&e), Timestamp::now())
+                .record_refund_rejection(&slot, &fingerprint, &refusal, Timestamp::now())
                 .await?
             {
                 // Kept: this request is refused like any other, by `routes::handle`.
                 Write::Applied => Err(e),
                 Write::Conflict => match store.refund_slot(&slot).await? {
                     Some(record) => replay(record, &fingerprint),
-                    None => Err(DomainError::Unavailable("refund slot changed".into())),
+                    // A refund under this key was being written and did not commit: decide again.
+                    None => continue,
                 },
             };
         }
@@ -134,7 +139,7 @@ fn replay(record: RefundSlotRecord, fingerprint: &str) -> Result<Response<Body>>
         RefundSlotRecord::Rejected {
             fingerprint: kept,
             response,
-        } if kept == fingerprint => kept_answer(response)?,
+        } if kept == fingerprint => kept_answer(&response),
         _ => return Err(DomainError::IdempotencyKeyReused),
     };
     Ok(replayed(resp))

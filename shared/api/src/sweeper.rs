@@ -22,6 +22,8 @@ use twochan_domain::{
 /// How long a payment may stay `confirmed` before the sweeper sends its message again, when
 /// `STUCK_AFTER_SECONDS` is not set.
 pub const DEFAULT_STUCK_AFTER_SECONDS: i64 = 300;
+/// The longest `STUCK_AFTER_SECONDS` a sweeper accepts: 7 days.
+pub const MAX_STUCK_AFTER_SECONDS: i64 = 7 * 86_400;
 
 /// The EMF namespace and metric the alarm watches.
 pub use crate::telemetry::METRIC_NAMESPACE;
@@ -241,22 +243,6 @@ impl SweepSummary {
             Stop::ScanFailed(e) => Some(DomainError::Unavailable(format!("sweep: {e}"))),
             _ => None,
         }
-    }
-}
-
-/// `STUCK_AFTER_SECONDS`: an optional whole number of seconds, 1 to 7 days.
-pub fn stuck_after_seconds(value: Option<&str>) -> Result<i64, DomainError> {
-    match value.map(str::trim).filter(|v| !v.is_empty()) {
-        None => Ok(DEFAULT_STUCK_AFTER_SECONDS),
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|s| (1..=7 * 86_400).contains(s))
-            .ok_or_else(|| {
-                DomainError::Internal(format!(
-                    "STUCK_AFTER_SECONDS must be 1..=604800 seconds, not {v:?}"
-                ))
-            }),
     }
 }
 
@@ -642,16 +628,6 @@ mod tests {
                 !text.contains(p.unique_code.as_str()),
                 "the code leaked: {text}"
             );
-        }
-    }
-
-    #[test]
-    fn the_threshold_comes_from_the_environment() {
-        assert_eq!(stuck_after_seconds(None).unwrap(), 300);
-        assert_eq!(stuck_after_seconds(Some("")).unwrap(), 300);
-        assert_eq!(stuck_after_seconds(Some("60")).unwrap(), 60);
-        for bad in ["0", "-5", "5m", "604801"] {
-            assert!(stuck_after_seconds(Some(bad)).is_err(), "{bad}");
         }
     }
 }

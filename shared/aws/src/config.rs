@@ -9,10 +9,46 @@ use aws_smithy_http_client::{
 };
 use aws_smithy_types::{retry::RetryConfig, timeout::TimeoutConfig};
 use aws_types::{SdkConfig, region::Region, sdk_config::SharedHttpClient};
-use twochan_domain::{DomainError, crypto::IssuerKeys};
+use twochan_domain::crypto::IssuerKeys;
 
 /// Pending lifetime of a payment when `PENDING_TTL_SECONDS` is not set.
 pub const DEFAULT_PENDING_TTL_SECONDS: i64 = 120;
+
+/// Why a function cannot start: its environment or its parameters. Raised at init only, so the
+/// Lambda runtime reports it as an init error; no request ever sees it. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(String),
+    #[error("{name} {rule}")]
+    Invalid { name: String, rule: String },
+    /// The SSM parameter that holds a setting could not be read.
+    #[error("SSM parameter {name}: {detail}")]
+    Parameter { name: String, detail: String },
+}
+
+impl ConfigError {
+    fn invalid(name: &str, rule: impl Into<String>) -> Self {
+        Self::Invalid {
+            name: name.into(),
+            rule: rule.into(),
+        }
+    }
+}
+
+/// Issuer master keys as configured (`ISSUER_MASTER_KEY`, or the SSM parameter `name`).
+pub(crate) fn parse_issuer_keys(name: &str, value: &str) -> Result<IssuerKeys, ConfigError> {
+    // The domain's error is not shown: its text is written for the environment variable.
+    IssuerKeys::parse(value).map_err(|_| {
+        ConfigError::invalid(
+            name,
+            format!(
+                "must be 1 to {} comma-separated keys of 64 hex characters",
+                IssuerKeys::MAX_GENERATIONS
+            ),
+        )
+    })
+}
 
 /// The SDK clients every function shares.
 #[derive(Clone, Debug)]
@@ -25,7 +61,7 @@ pub struct AwsClients {
 
 impl AwsClients {
     /// A function's clients, from the environment Lambda gives it (see [`lambda_config`]).
-    pub fn from_env() -> Result<Self, DomainError> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self::from_config(&lambda_config(&|k| {
             std::env::var(k).ok()
         })?))
@@ -75,13 +111,14 @@ pub fn http_client() -> SharedHttpClient {
 /// The SDK configuration of a function, from what Lambda puts in its environment: `AWS_REGION`,
 /// the execution role's `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`,
 /// and `AWS_ENDPOINT_URL` on an emulator. No provider chain: nothing else could answer there,
-/// and the chains (profiles, SSO, STS, IMDS) were a megabyte of every bootstrap.
-pub fn lambda_config(get: &dyn Fn(&str) -> Option<String>) -> Result<SdkConfig, DomainError> {
+/// and the chains (profiles, SSO, STS, IMDS) would weigh on every bootstrap's size
+/// (docs/PERFORMANCE.md, "6. Size and memory").
+pub fn lambda_config(get: &dyn Fn(&str) -> Option<String>) -> Result<SdkConfig, ConfigError> {
     let var = |k: &str| get(k).filter(|v| !v.is_empty());
-    let need = |k: &str| var(k).ok_or_else(|| DomainError::Internal(format!("{k} is not set")));
+    let need = |k: &str| var(k).ok_or_else(|| ConfigError::Missing(k.into()));
     let region = var("AWS_REGION")
         .or_else(|| var("AWS_DEFAULT_REGION"))
-        .ok_or_else(|| DomainError::Internal("AWS_REGION is not set".into()))?;
+        .ok_or_else(|| ConfigError::Missing("AWS_REGION".into()))?;
     let credentials = Credentials::new(
         need("AWS_ACCESS_KEY_ID")?,
         need("AWS_SECRET_ACCESS_KEY")?,
@@ -131,43 +168,46 @@ pub struct Settings {
     pub allow_loopback_webhooks: bool,
 }
 
-/// An optional integer setting within `range`; anything else is a configuration error.
-fn bounded(
+/// An optional integer setting within `range` (`default` when unset or blank); anything else
+/// is a configuration error. `get` reads the environment (`std::env::var`) in a function.
+pub fn bounded_setting(
     get: &impl Fn(&str) -> Option<String>,
     name: &str,
     default: i64,
     range: std::ops::RangeInclusive<i64>,
-) -> Result<i64, DomainError> {
-    match get(name).filter(|s| !s.is_empty()) {
+) -> Result<i64, ConfigError> {
+    match get(name)
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+    {
         None => Ok(default),
         Some(s) => s
             .parse::<i64>()
             .ok()
             .filter(|n| range.contains(n))
             .ok_or_else(|| {
-                DomainError::Internal(format!(
-                    "{name} must be {}..={}",
-                    range.start(),
-                    range.end()
-                ))
+                ConfigError::invalid(
+                    name,
+                    format!("must be {}..={}, not {s:?}", range.start(), range.end()),
+                )
             }),
     }
 }
 
 impl Settings {
-    pub fn from_env() -> Result<Self, DomainError> {
+    pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
 
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, DomainError> {
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let table_name = get("TABLE_NAME")
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| DomainError::Internal("TABLE_NAME is not set".into()))?;
+            .ok_or_else(|| ConfigError::Missing("TABLE_NAME".into()))?;
         let issuer_keys = get("ISSUER_MASTER_KEY")
             .filter(|s| !s.is_empty())
-            .map(|k| IssuerKeys::parse(&k))
+            .map(|k| parse_issuer_keys("ISSUER_MASTER_KEY", &k))
             .transpose()?;
-        let pending_ttl_seconds = bounded(
+        let pending_ttl_seconds = bounded_setting(
             &get,
             "PENDING_TTL_SECONDS",
             DEFAULT_PENDING_TTL_SECONDS,
@@ -180,22 +220,27 @@ impl Settings {
             issuer_keys_parameter: get("ISSUER_MASTER_KEY_PARAMETER").filter(|s| !s.is_empty()),
             pending_ttl_seconds,
             webhook_queue_url: get("WEBHOOK_QUEUE_URL").filter(|s| !s.is_empty()),
-            webhook_retry_base_seconds: bounded(&get, "WEBHOOK_RETRY_BASE_SECONDS", 60, 1..=3600)?,
-            webhook_max_receives: bounded(&get, "WEBHOOK_MAX_RECEIVES", 14, 2..=1000)?,
+            webhook_retry_base_seconds: bounded_setting(
+                &get,
+                "WEBHOOK_RETRY_BASE_SECONDS",
+                60,
+                1..=3600,
+            )?,
+            webhook_max_receives: bounded_setting(&get, "WEBHOOK_MAX_RECEIVES", 14, 2..=1000)?,
             allow_loopback_webhooks: get("ALLOW_LOOPBACK_WEBHOOKS").is_some_and(|v| v == "1"),
         })
     }
 
-    pub fn require_webhook_queue_url(&self) -> Result<String, DomainError> {
+    pub fn require_webhook_queue_url(&self) -> Result<String, ConfigError> {
         self.webhook_queue_url
             .clone()
-            .ok_or_else(|| DomainError::Internal("WEBHOOK_QUEUE_URL is not set".into()))
+            .ok_or_else(|| ConfigError::Missing("WEBHOOK_QUEUE_URL".into()))
     }
 
-    pub fn require_queue_url(&self) -> Result<String, DomainError> {
+    pub fn require_queue_url(&self) -> Result<String, ConfigError> {
         self.settlement_queue_url
             .clone()
-            .ok_or_else(|| DomainError::Internal("SETTLEMENT_QUEUE_URL is not set".into()))
+            .ok_or_else(|| ConfigError::Missing("SETTLEMENT_QUEUE_URL".into()))
     }
 }
 
@@ -256,6 +301,47 @@ mod tests {
         assert!(
             Settings::from_lookup(lookup(&[("TABLE_NAME", "t"), ("ISSUER_MASTER_KEY", "xx")]))
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn configuration_errors_name_the_setting_and_not_the_secret() {
+        assert_eq!(
+            Settings::from_lookup(lookup(&[])).unwrap_err().to_string(),
+            "TABLE_NAME is not set"
+        );
+        let secret = "not-hex-secret";
+        let e = Settings::from_lookup(lookup(&[
+            ("TABLE_NAME", "t"),
+            ("ISSUER_MASTER_KEY", secret),
+        ]))
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("ISSUER_MASTER_KEY must be"),
+            "{e}"
+        );
+        assert!(!format!("{e} {e:?}").contains(secret), "{e:?}");
+        let e = Settings::from_lookup(lookup(&[
+            ("TABLE_NAME", "t"),
+            ("WEBHOOK_MAX_RECEIVES", "1"),
+        ]))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::invalid("WEBHOOK_MAX_RECEIVES", "must be 2..=1000, not \"1\"")
+        );
+        let s = Settings::from_lookup(lookup(&[("TABLE_NAME", "t")])).unwrap();
+        assert_eq!(
+            s.require_queue_url().unwrap_err(),
+            ConfigError::Missing("SETTLEMENT_QUEUE_URL".into())
+        );
+        assert_eq!(
+            bounded_setting(&lookup(&[("X", " 60 ")]), "X", 5, 1..=100).unwrap(),
+            60
+        );
+        assert_eq!(
+            bounded_setting(&lookup(&[("X", "")]), "X", 5, 1..=100).unwrap(),
+            5
         );
     }
 }

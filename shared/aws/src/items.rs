@@ -6,9 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 use twochan_domain::{
-    Counter, DomainError, Payment, PaymentId, PaymentSlot, PaymentStatus, Timestamp, UniqueCode,
+    Counter, DomainError, MerchantId, Payment, PaymentId, PaymentSlot, PaymentStatus, Timestamp,
+    UniqueCode,
     crypto::SecretHash,
-    ports::{Device, Registration, StoredResponse, TerminalSession},
+    ports::{Device, FinalRefusal, Registration, StoredResponse, TerminalSession},
     refund::Refund,
 };
 
@@ -254,15 +255,22 @@ impl TryFrom<PaymentItem> for Payment {
     }
 }
 
-/// A final error kept under a payment slot, so that a retry with the same key gets it again.
-/// Told apart from a payment by its `rejected_status`.
+/// The attribute that every kept refusal has and nothing else a slot holds: it tells them apart.
+pub const REJECTED_AT: &str = "rejected_at";
+
+/// A final refusal kept under a payment or refund slot, so that a retry with the same key gets
+/// it again: the refusal's contract code, not its rendering (the transport renders it again).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RejectedItem {
     pub pk: String,
     pub sk: String,
     pub request_fingerprint: String,
-    pub rejected_status: u16,
-    pub rejected_body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_code: Option<String>,
+    /// An item without `rejected_code` keeps the refusal as the JSON answer it was given as
+    /// (with `rejected_status`): the refusal is that answer's `error.code`.
+    #[serde(default, skip_serializing)]
+    pub rejected_body: Option<String>,
     pub rejected_at: i64,
 }
 
@@ -278,11 +286,35 @@ impl RejectedItem {
             pk,
             sk: sk.into(),
             request_fingerprint: fingerprint.into(),
-            rejected_status: response.status,
-            rejected_body: response.body.clone(),
+            rejected_code: Some(response.refusal.code().into()),
+            rejected_body: None,
             rejected_at: at.millis(),
         }
     }
+
+    pub fn response(&self) -> Result<StoredResponse, DomainError> {
+        let code = match (&self.rejected_code, &self.rejected_body) {
+            (Some(code), _) => code.clone(),
+            (None, Some(body)) => serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+                .ok_or_else(|| corrupt("rejection", "no error code in its answer"))?,
+            (None, None) => return Err(corrupt("rejection", "no refusal")),
+        };
+        FinalRefusal::from_code(&code)
+            .map(|refusal| StoredResponse { refusal })
+            .ok_or_else(|| corrupt("rejection", format!("{code} is not a kept refusal")))
+    }
+}
+
+/// The journal's account of a merchant (credited by settlement, debited by a refund).
+pub fn merchant_account(merchant: &MerchantId) -> String {
+    format!("merchant:{merchant}")
+}
+
+/// The journal's account of a payer's device (debited by settlement, credited by a refund).
+pub fn device_account(code: &UniqueCode) -> String {
+    format!("device:{code}")
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -341,8 +373,8 @@ impl RefundItem {
             reason: r.reason.as_ref().map(|x| x.as_str().to_owned()),
             created_at: r.created_at.millis(),
             request_fingerprint: request_fingerprint.into(),
-            debit_account: format!("merchant:{}", r.merchant_id),
-            credit_account: format!("device:{payer}"),
+            debit_account: merchant_account(&r.merchant_id),
+            credit_account: device_account(payer),
         }
     }
 }
@@ -389,5 +421,56 @@ impl TerminalItem {
     /// A count below zero would be a bug; read as none.
     pub fn device_count(&self) -> u32 {
         u32::try_from(self.devices.max(0)).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
+    use twochan_domain::ports::FinalRefusal;
+
+    use super::*;
+
+    #[test]
+    fn a_kept_refusal_is_stored_as_its_code_and_read_back() {
+        for refusal in FinalRefusal::ALL {
+            let kept = StoredResponse { refusal };
+            let item = RejectedItem::new(
+                "PAYMENT#x".into(),
+                SK_PAYMENT,
+                "fp",
+                &kept,
+                Timestamp::from_millis(7),
+            );
+            let raw: std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> =
+                to_item(&item).unwrap();
+            assert!(raw.contains_key(REJECTED_AT));
+            assert_eq!(
+                raw.get("rejected_code").and_then(|v| v.as_s().ok()),
+                Some(&refusal.code().to_owned())
+            );
+            let back: RejectedItem = from_item(raw).unwrap();
+            assert_eq!(back.response().unwrap(), kept);
+        }
+    }
+
+    #[test]
+    fn a_refusal_kept_as_its_rendered_answer_reads_as_its_code() {
+        let rendered = |body: &str| RejectedItem {
+            pk: "REFUND#x".into(),
+            sk: SK_REFUND.into(),
+            request_fingerprint: "fp".into(),
+            rejected_code: None,
+            rejected_body: Some(body.into()),
+            rejected_at: 1,
+        };
+        let body = r#"{"error":{"code":"payment_not_settled","message":"only a settled payment can be refunded"}}"#;
+        assert_eq!(
+            rendered(body).response().unwrap().refusal,
+            FinalRefusal::PaymentNotSettled
+        );
+        for bad in ["{}", "nope", r#"{"error":{"code":"internal"}}"#] {
+            assert!(rendered(bad).response().is_err(), "{bad}");
+        }
     }
 }

@@ -13,6 +13,17 @@ pub mod webhook_sender;
 
 #[cfg(feature = "loader")]
 pub use config::sdk_defaults;
-pub use config::{AwsClients, Settings, http_client, lambda_config, retries, timeouts};
+pub use config::{
+    AwsClients, ConfigError, Settings, http_client, lambda_config, retries, timeouts,
+};
 pub use dynamo::DynamoStore;
 pub use sqs::{SqsEventQueue, SqsSettlementQueue};
+
+/// The table's key spellings, for tests and tools that read or place items directly.
+pub mod keys {
+    pub use crate::items::{
+        BALANCE_PREFIX, REJECTED_AT, SK_DEVICE, SK_MERCHANT, SK_PAYMENT, SK_REFUND, SK_TERMINAL,
+        SK_TOKEN, balance_sk, device_pk, merchant_pk, payment_pk, refund_slot_pk, slot_pk,
+        terminal_pk, token_pk,
+    };
+}

@@ -2,21 +2,20 @@
 //! environment on the local cloud. Never logged: errors name the parameter, not its value.
 
 use aws_sdk_ssm::error::DisplayErrorContext;
-use twochan_domain::{DomainError, crypto::IssuerKeys};
+use twochan_domain::crypto::IssuerKeys;
 
 use crate::Settings;
+use crate::config::{ConfigError, parse_issuer_keys};
 
 /// `ISSUER_MASTER_KEY_PARAMETER` (a SecureString, decrypted by SSM with its KMS key) when set,
 /// else `ISSUER_MASTER_KEY`. A function that verifies device codes cannot start without one.
 pub async fn issuer_keys(
     settings: &Settings,
     config: &aws_types::SdkConfig,
-) -> Result<IssuerKeys, DomainError> {
+) -> Result<IssuerKeys, ConfigError> {
     let Some(name) = &settings.issuer_keys_parameter else {
         return settings.issuer_keys.clone().ok_or_else(|| {
-            DomainError::Internal(
-                "neither ISSUER_MASTER_KEY_PARAMETER nor ISSUER_MASTER_KEY is set".into(),
-            )
+            ConfigError::Missing("ISSUER_MASTER_KEY_PARAMETER or ISSUER_MASTER_KEY".into())
         });
     };
     let out = aws_sdk_ssm::Client::new(config)
@@ -25,16 +24,16 @@ pub async fn issuer_keys(
         .with_decryption(true)
         .send()
         .await
-        .map_err(|e| {
-            DomainError::Internal(format!(
-                "reading SSM parameter {name}: {}",
-                DisplayErrorContext(&e)
-            ))
+        .map_err(|e| ConfigError::Parameter {
+            name: name.clone(),
+            detail: DisplayErrorContext(&e).to_string(),
         })?;
     let value = out
         .parameter
         .and_then(|p| p.value)
-        .ok_or_else(|| DomainError::Internal(format!("SSM parameter {name} has no value")))?;
-    IssuerKeys::parse(&value)
-        .map_err(|_| DomainError::Internal(format!("SSM parameter {name} is not hex keys")))
+        .ok_or_else(|| ConfigError::Parameter {
+            name: name.clone(),
+            detail: "it has no value".into(),
+        })?;
+    parse_issuer_keys(&format!("SSM parameter {name}"), &value)
 }

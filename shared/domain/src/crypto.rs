@@ -353,6 +353,11 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// The prefix of every merchant API key: the bearer check tells a secret's kind by it.
+pub const MERCHANT_KEY_PREFIX: &str = "mk_";
+/// The prefix of every terminal token.
+pub const TERMINAL_TOKEN_PREFIX: &str = "tt_";
+
 /// A bearer secret issued once (merchant API key, terminal token). Only its hash is stored.
 pub struct IssuedSecret {
     pub secret: String,

@@ -33,7 +33,8 @@ pub enum DomainError {
     RefundExceedsPayment,
     #[error("the payment has expired")]
     PaymentExpired,
-    #[error("the request body is larger than 8 KiB")]
+    /// The body is over the transport's limit (the transport names it).
+    #[error("the request body is too large")]
     PayloadTooLarge,
     #[error("a request body must be sent with Content-Type: application/json")]
     UnsupportedMediaType,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 use crate::crypto::SecretHash;
-use crate::error::Result;
+use crate::error::{DomainError, Result};
 use crate::ids::Challenge;
 use crate::ids::RefundId;
 use crate::ids::{Counter, MerchantId, PaymentId, PaymentSlot, TerminalId, UniqueCode};
@@ -32,11 +32,77 @@ pub enum Write {
 /// that was never stored).
 pub const ANY_REQUEST: &str = "*";
 
-/// A response kept under an idempotency key, replayed verbatim.
+/// A final refusal of an idempotent request, one that its key keeps: the same key gets it again.
+/// A failure on our side or a request still in flight decided nothing, so it is never one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalRefusal {
+    UnknownDevice,
+    DeviceBusy,
+    PaymentNotSettled,
+    RefundExceedsPayment,
+}
+
+impl FinalRefusal {
+    pub const ALL: [Self; 4] = [
+        Self::UnknownDevice,
+        Self::DeviceBusy,
+        Self::PaymentNotSettled,
+        Self::RefundExceedsPayment,
+    ];
+
+    /// The refusal `e` is, if a key keeps it.
+    pub fn of(e: &DomainError) -> Option<Self> {
+        match e {
+            DomainError::UnknownDevice => Some(Self::UnknownDevice),
+            DomainError::DeviceBusy => Some(Self::DeviceBusy),
+            DomainError::PaymentNotSettled => Some(Self::PaymentNotSettled),
+            DomainError::RefundExceedsPayment => Some(Self::RefundExceedsPayment),
+            _ => None,
+        }
+    }
+
+    pub fn error(self) -> DomainError {
+        match self {
+            Self::UnknownDevice => DomainError::UnknownDevice,
+            Self::DeviceBusy => DomainError::DeviceBusy,
+            Self::PaymentNotSettled => DomainError::PaymentNotSettled,
+            Self::RefundExceedsPayment => DomainError::RefundExceedsPayment,
+        }
+    }
+
+    /// Its contract code ([`DomainError::code`]): how a store spells it.
+    pub fn code(self) -> &'static str {
+        self.error().code()
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+impl From<FinalRefusal> for DomainError {
+    fn from(r: FinalRefusal) -> Self {
+        r.error()
+    }
+}
+
+/// The answer an idempotency key keeps for a request that was refused for good: the refusal
+/// itself. Each transport renders it as it renders the error, so a replay is the first answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredResponse {
-    pub status: u16,
-    pub body: String,
+    pub refusal: FinalRefusal,
+}
+
+impl StoredResponse {
+    /// What a key keeps of `e`; `None` if `e` is not final (see [`FinalRefusal`]).
+    pub fn of(e: &DomainError) -> Option<Self> {
+        FinalRefusal::of(e).map(|refusal| Self { refusal })
+    }
+
+    pub fn error(&self) -> DomainError {
+        self.refusal.error()
+    }
 }
 
 /// What a payment slot (a merchant's idempotency key) holds.
@@ -344,9 +410,7 @@ pub trait Ledger: Send + Sync {
             self.settle_group(std::slice::from_ref(message), at)
                 .await?
                 .pop()
-                .unwrap_or_else(|| {
-                    Err(crate::DomainError::Internal("no settlement outcome".into()))
-                })
+                .unwrap_or_else(|| Err(DomainError::Internal("no settlement outcome".into())))
         }
     }
     fn balances(&self, merchant: &MerchantId) -> impl Future<Output = Result<Vec<Balance>>> + Send;
@@ -586,4 +650,31 @@ pub trait StuckPayments: Send + Sync {
         cutoff: Timestamp,
         after: Option<&ScanCursor>,
     ) -> impl Future<Output = Result<StuckPage>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_refusal_is_its_error_under_the_same_code() {
+        for r in FinalRefusal::ALL {
+            assert_eq!(FinalRefusal::of(&r.error()), Some(r));
+            assert_eq!(FinalRefusal::from_code(r.code()), Some(r));
+            assert_eq!(
+                serde_json::to_value(r).unwrap(),
+                serde_json::Value::from(r.code())
+            );
+            let kept = StoredResponse::of(&r.error()).unwrap();
+            assert_eq!(kept.error(), DomainError::from(r));
+        }
+        assert_eq!(FinalRefusal::from_code("internal"), None);
+        for e in [
+            DomainError::Internal("x".into()),
+            DomainError::Unavailable("x".into()),
+            DomainError::IdempotencyKeyInUse,
+        ] {
+            assert_eq!(StoredResponse::of(&e), None, "{e:?}");
+        }
+    }
 }

@@ -1,17 +1,17 @@
 //! Shared harness of the integration tests: the stack `make up` deployed (read from
 //! `.local/stack.env`), real SDK clients against the emulator, and the simulators.
 //!
-//! Every test makes its own merchant, devices and phones, so tests run in parallel and never see
-//! each other's payments or balances. A missing stack is a failure, never a skip.
-
-#![allow(dead_code)]
+//! Every test makes its own merchant, devices and phones (and its own tables, queues or conflict
+//! proxy where it counts or drains something), so the tests of every area run in parallel and
+//! never see each other's payments, balances or counters. A missing stack is a failure, never a
+//! skip.
 
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region};
+use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
-use twochan_aws::{DynamoStore, SqsEventQueue};
+use twochan_aws::{DynamoStore, SqsEventQueue, keys};
 use twochan_domain::{
     MerchantId, Timestamp, UniqueCode,
     crypto::{IssuedSecret, MasterKey},
@@ -19,7 +19,8 @@ use twochan_domain::{
 };
 use twochan_tools::{Api, Device, Phone, Pos, stack::Stack, unique_id};
 
-pub struct Ctx {
+/// The stack `make up` deployed and real SDK clients on it.
+pub struct Harness {
     pub stack: Stack,
     pub api: Api,
     pub master: MasterKey,
@@ -31,6 +32,27 @@ pub struct Ctx {
     pub config: aws_config::SdkConfig,
 }
 
+/// `loader`'s settings on an emulator at `endpoint`, with its throwaway credentials: every SDK
+/// configuration of the tests.
+pub async fn emulator_config(loader: ConfigLoader, endpoint: &str) -> SdkConfig {
+    loader
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await
+}
+
+/// The harness's SDK settings (no timeouts of the functions': a slow emulator is not a failure
+/// here) on an emulator at `endpoint`.
+pub async fn harness_config(endpoint: &str) -> SdkConfig {
+    let loader =
+        aws_config::defaults(BehaviorVersion::latest()).http_client(twochan_aws::http_client());
+    emulator_config(loader, endpoint).await
+}
+
 fn require(stack: &Stack, key: &str) -> String {
     stack
         .require(key)
@@ -38,8 +60,8 @@ fn require(stack: &Stack, key: &str) -> String {
         .to_owned()
 }
 
-impl Ctx {
-    pub async fn new() -> Ctx {
+impl Harness {
+    pub async fn new() -> Harness {
         let stack = Stack::load();
         // The harness always targets an emulator: its endpoint and throwaway credentials. With
         // the conflict proxy up (`make up`, CONFLICT_PROXY_URL), through it, as the functions:
@@ -49,18 +71,15 @@ impl Ctx {
             .get("CONFLICT_PROXY_URL")
             .map(str::to_owned)
             .unwrap_or_else(|| require(&stack, "AWS_ENDPOINT_URL"));
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(twochan_aws::http_client())
-            .endpoint_url(endpoint)
-            .region(Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test", "test", None, None, "tests",
-            ))
-            .load()
-            .await;
+        Harness::on(stack, &endpoint).await
+    }
+
+    /// The harness with every client going to `endpoint` (the emulator, or a proxy in front of it).
+    pub async fn on(stack: Stack, endpoint: &str) -> Harness {
+        let config = harness_config(endpoint).await;
         let dynamodb = aws_sdk_dynamodb::Client::new(&config);
         let table = require(&stack, "TABLE_NAME");
-        Ctx {
+        Harness {
             api: Api::new(&require(&stack, "API_URL")),
             master: MasterKey::from_hex(&require(&stack, "ISSUER_MASTER_KEY")).expect("master key"),
             store: DynamoStore::new(dynamodb.clone(), table.clone()),
@@ -82,6 +101,20 @@ impl Ctx {
             .unwrap()
             .queue_url
             .unwrap()
+    }
+
+    /// A queue of the test's own of the kind of the stack's settlement queue (FIFO when it is):
+    /// its URL.
+    pub async fn scratch_settlement_queue(&self, prefix: &str) -> String {
+        let create = self.sqs.create_queue();
+        let create = if self.var("SETTLEMENT_QUEUE_URL").ends_with(".fifo") {
+            create
+                .queue_name(format!("{}.fifo", unique_id(prefix)))
+                .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        } else {
+            create.queue_name(unique_id(prefix))
+        };
+        create.send().await.unwrap().queue_url.unwrap()
     }
 
     pub fn var(&self, key: &str) -> String {
@@ -143,12 +176,8 @@ impl Ctx {
             twochan_domain::PaymentId::try_from(payment["payment_id"].as_str().unwrap()).unwrap();
         let code = payment["unique_code"].as_str().unwrap();
         for (pk, sk, attr) in [
-            (
-                format!("PAYMENT#{}", pid.slot().key()),
-                "PAYMENT",
-                "expires_at",
-            ),
-            (format!("DEVICE#{code}"), "DEVICE", "pending_expires_at"),
+            (keys::payment_pk(&pid), keys::SK_PAYMENT, "expires_at"),
+            (keys::device_pk(code), keys::SK_DEVICE, "pending_expires_at"),
         ] {
             self.dynamodb
                 .update_item()
@@ -161,34 +190,6 @@ impl Ctx {
                 .await
                 .expect("backdate");
         }
-    }
-
-    /// Every item of the table, for "nothing changed" checks.
-    pub async fn snapshot(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .dynamodb
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .expect("scan");
-            for item in page.items.unwrap_or_default() {
-                let mut kv: Vec<String> = item.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-                kv.sort();
-                out.push(kv.join(","));
-            }
-            start = page.last_evaluated_key;
-            if start.is_none() {
-                break;
-            }
-        }
-        out.sort();
-        out
     }
 
     /// The items of one partition key, as debug strings.

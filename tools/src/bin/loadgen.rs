@@ -26,7 +26,7 @@ use serde_json::json;
 use twochan_aws::{AwsClients, DynamoStore};
 use twochan_domain::{
     MerchantId, PaymentId, Timestamp,
-    crypto::{IssuedSecret, MasterKey},
+    crypto::{IssuedSecret, MERCHANT_KEY_PREFIX, MasterKey},
     ports::{Directory, Payments},
 };
 use twochan_tools::{Api, Call, Device, Phone, Pos, stack::Stack, unique_id};
@@ -235,7 +235,7 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
     let mut shops = Vec::new();
     for _ in 0..merchants {
         let merchant = unique_id("bench-m-");
-        let key = IssuedSecret::generate("mk_");
+        let key = IssuedSecret::generate(MERCHANT_KEY_PREFIX);
         store
             .put_merchant(
                 &MerchantId::try_from(merchant.as_str()).unwrap(),

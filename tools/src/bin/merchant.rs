@@ -5,7 +5,11 @@
 //! (`AWS_ENDPOINT_URL` for an emulator); `make merchant ID=...` sets them from `.local/stack.env`.
 
 use twochan_aws::{AwsClients, DynamoStore};
-use twochan_domain::{MerchantId, Timestamp, crypto::IssuedSecret, ports::Directory};
+use twochan_domain::{
+    MerchantId, Timestamp,
+    crypto::{IssuedSecret, MERCHANT_KEY_PREFIX},
+    ports::Directory,
+};
 use twochan_tools::stack::Stack;
 
 #[tokio::main]
@@ -22,7 +26,7 @@ async fn main() {
     });
     let clients = AwsClients::load().await;
     let store = DynamoStore::new(clients.dynamodb, table);
-    let key = IssuedSecret::generate("mk_");
+    let key = IssuedSecret::generate(MERCHANT_KEY_PREFIX);
     if let Err(e) = store.put_merchant(&id, &key.hash, Timestamp::now()).await {
         eprintln!("could not create merchant {id}: {e}");
         std::process::exit(1);

@@ -14,7 +14,7 @@ use twochan_domain::{
     webhook::EventType,
 };
 
-use super::{App, MAX_RACE_RETRIES, payment_response, tag_payment};
+use super::{App, MAX_RACE_RETRIES, payment_response, record_payment_log_ids};
 use crate::extract::{Owner, json_body, path_payment_id, terminal};
 use crate::http::json_response;
 use crate::view::{PaymentView, PendingPaymentsView};
@@ -73,7 +73,7 @@ where
             .await?
             .filter(|p| owner.owns(p))
             .ok_or(DomainError::NotFound)?;
-        tag_payment(&payment);
+        record_payment_log_ids(&payment);
         let now = Timestamp::now();
         if payment.status != PaymentStatus::Pending {
             return Err(DomainError::PaymentNotPending);
@@ -235,7 +235,7 @@ where
     let payment = payment
         .filter(|p| call.owner.owns(p))
         .ok_or(DomainError::NotFound)?;
-    tag_payment(&payment);
+    record_payment_log_ids(&payment);
     match payment.gate_confirm(now, &call.fingerprint) {
         Ok(ConfirmGate::Proceed) => Ok(Gate::Open(payment, device)),
         Ok(ConfirmGate::Repeat) => {

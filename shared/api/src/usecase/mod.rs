@@ -46,18 +46,8 @@ impl SettlementQueue for NoQueue {
     }
 }
 
-/// Whether `e` is a final answer to an idempotent request, kept so that the same key gets it
-/// again. A failure on our side or a request still in flight decided nothing: a retry may
-/// still succeed.
-fn is_final(e: &DomainError) -> bool {
-    !matches!(
-        e,
-        DomainError::Internal(_) | DomainError::Unavailable(_) | DomainError::IdempotencyKeyInUse
-    )
-}
-
 /// Names the device (by its hash) and the payment on every further log line of the request.
-fn tag(code: &UniqueCode, payment: Option<&PaymentId>) {
+fn record_log_ids(code: &UniqueCode, payment: Option<&PaymentId>) {
     let span = tracing::Span::current();
     span.record("unique_code_hash", code.log_hash());
     if let Some(id) = payment {
@@ -65,8 +55,8 @@ fn tag(code: &UniqueCode, payment: Option<&PaymentId>) {
     }
 }
 
-fn tag_payment(p: &Payment) {
-    tag(&p.unique_code, Some(&p.payment_id));
+fn record_payment_log_ids(p: &Payment) {
+    record_log_ids(&p.unique_code, Some(&p.payment_id));
 }
 
 fn payment_response(status: StatusCode, p: &Payment) -> Response<Body> {

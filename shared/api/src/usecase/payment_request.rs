@@ -10,17 +10,15 @@ use twochan_domain::{
     crypto::sha256_hex,
     ports::{
         ANY_REQUEST, Device, Devices, Directory, EventQueue, Ledger, Payments, Refunds, SlotRecord,
-        WebhookEndpoints, Write,
+        StoredResponse, WebhookEndpoints, Write,
     },
     webhook::SecretSeal,
 };
 
 use super::confirmation::finish_by_caller;
-use super::{App, MAX_RACE_RETRIES, is_final, payment_response, tag, tag_payment};
+use super::{App, MAX_RACE_RETRIES, payment_response, record_log_ids, record_payment_log_ids};
 use crate::extract::{Owner, caller, idempotency_key, json_body, merchant, path_payment_id};
-use crate::http::{
-    BearerKind, JsonBody, bearer, json_response, kept_answer, replayed, stored_error,
-};
+use crate::http::{BearerKind, JsonBody, bearer, json_response, kept_answer, replayed};
 use crate::view::{BalanceView, PaymentView};
 
 /// How long a payment request may hold its device's lock before storing its payment. A retry of
@@ -123,7 +121,7 @@ where
         if let Some(record) = app.store.slot(&new.slot).await? {
             return replay(record, &new.fingerprint);
         }
-        tag(&r.unique_code, None);
+        record_log_ids(&r.unique_code, None);
         tracing::warn!(
             security_event = "invalid_beacon_proof",
             "payment request without a current beacon proof of the device"
@@ -133,18 +131,16 @@ where
     match create_pending(app, &new, device).await {
         Ok(Created::New(payment)) => Ok(payment_response(StatusCode::CREATED, &payment)),
         Ok(Created::Stored(record)) => replay(record, &new.fingerprint),
-        // Nothing final happened; the retry may find the device locked for this key and finish.
-        Err(e) if !is_final(&e) => Err(e),
         Err(e) => {
+            // Nothing final happened; the retry may find the device locked for this key and
+            // finish.
+            let Some(refusal) = StoredResponse::of(&e) else {
+                return Err(e);
+            };
             // A final answer (unknown device, busy): the same key gets the same answer.
             let kept = app
                 .store
-                .record_rejection(
-                    &new.slot,
-                    &new.fingerprint,
-                    &stored_error(&e),
-                    Timestamp::now(),
-                )
+                .record_rejection(&new.slot, &new.fingerprint, &refusal, Timestamp::now())
                 .await?;
             match kept {
                 // Kept: this request is refused like any other, by `handle`.
@@ -191,7 +187,7 @@ fn replay(record: SlotRecord, fingerprint: &str) -> Result<Response<Body>> {
         SlotRecord::Rejected {
             fingerprint: kept,
             response,
-        } if kept == fingerprint || kept == ANY_REQUEST => kept_answer(response)?,
+        } if kept == fingerprint || kept == ANY_REQUEST => kept_answer(&response),
         _ => return Err(DomainError::IdempotencyKeyReused),
     };
     Ok(replayed(resp))
@@ -210,7 +206,7 @@ where
     S: Devices + Payments,
 {
     let r = &new.request;
-    tag(&r.unique_code, None);
+    record_log_ids(&r.unique_code, None);
     for _ in 0..MAX_RACE_RETRIES {
         let now = Timestamp::now();
         // The first round may use the device read with the caller's key; later rounds re-read.
@@ -254,7 +250,7 @@ where
                 (payment, true)
             }
         };
-        tag_payment(&payment);
+        record_payment_log_ids(&payment);
         let put = app.store.put_payment(&payment, &new.fingerprint).await;
         if matches!(put, Ok(Write::Applied)) {
             tracing::info!(outcome = "payment_created");
@@ -384,7 +380,7 @@ where
         .await?
         .filter(|p| owner.owns(p))
         .ok_or(DomainError::NotFound)?;
-    tag_payment(&payment);
+    record_payment_log_ids(&payment);
     Ok(payment_response(StatusCode::OK, &payment))
 }
 

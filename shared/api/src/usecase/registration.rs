@@ -6,15 +6,15 @@ use twochan_domain::{
     Challenge, DomainError, PaymentStatus, Result, TerminalId, Timestamp, UniqueCode,
     crypto::IssuedSecret,
     ports::{
-        Devices, Directory, EventMessage, EventQueue, NewRegistration, Payments, Registration,
-        RegistrationChallenge, RegistrationKind, Write,
+        Devices, Directory, EventMessage, EventQueue, FinalRefusal, NewRegistration, Payments,
+        Registration, RegistrationChallenge, RegistrationKind, StoredResponse, Write,
     },
     webhook::EventType,
 };
 
-use super::{App, MAX_RACE_RETRIES, tag};
+use super::{App, MAX_RACE_RETRIES, record_log_ids};
 use crate::extract::{json_body, optional_terminal, terminal};
-use crate::http::{TERMINAL_TOKEN_PREFIX, empty_response, json_response, stored_error};
+use crate::http::{TERMINAL_TOKEN_PREFIX, empty_response, json_response};
 use crate::view::{ChallengeView, RegistrationView};
 
 pub(crate) async fn create_challenge<S, Q, E>(
@@ -26,7 +26,7 @@ where
 {
     let body = json_body(req, &["unique_code"])?;
     let code: UniqueCode = body.field("unique_code")?;
-    tag(&code, None);
+    record_log_ids(&code, None);
     let challenge = RegistrationChallenge::issue(code, Timestamp::now());
     app.store.put_challenge(&challenge).await?;
     tracing::info!(outcome = "challenge_issued");
@@ -61,7 +61,7 @@ where
     let terminal: TerminalId = body.field("terminal_id")?;
     let challenge: Challenge = body.field("challenge")?;
     let proof = body.string("registration_proof")?;
-    tag(&code, None);
+    record_log_ids(&code, None);
     // The proof comes first: without the device nobody learns whether a code is registered.
     if !app
         .issuer_keys
@@ -148,7 +148,7 @@ where
 {
     let session = terminal(&app.store, req).await?;
     let code = UniqueCode::try_from(raw_code).map_err(|_| DomainError::NotFound)?;
-    tag(&code, None);
+    record_log_ids(&code, None);
     for _ in 0..MAX_RACE_RETRIES {
         let device = app
             .store
@@ -160,7 +160,9 @@ where
             _ => return Err(DomainError::NotFound),
         }
         // What a payment request that still holds the lock without its payment will answer.
-        let abandoned = stored_error(&DomainError::UnknownDevice);
+        let abandoned = StoredResponse {
+            refusal: FinalRefusal::UnknownDevice,
+        };
         let now = Timestamp::now();
         // The pending payment deregistration cancels is announced, before the commit (the
         // consumer drops the event if the payment did not become canceled after all).

@@ -1,5 +1,6 @@
-//! The conditions, named. Attribute names are literal because none is a reserved word except
-//! `status`, which goes through the `#status` placeholder.
+//! The conditions, named. Attribute names are literal but for `status`, a reserved word, which
+//! only a `#status` placeholder can name; the requests bind every placeholder a condition uses
+//! (see `expr`).
 
 /// No condition: the write applies whatever the item holds.
 pub const ALWAYS: &str = "";
@@ -36,8 +37,11 @@ pub const PAYMENT_PENDING_ATTEMPTS: &str =
 pub const PAYMENT_PENDING_LAPSED: &str = "#status = :pending AND expires_at < :now";
 /// The lock is held by this payment.
 pub const LOCK_HELD_BY: &str = "pending_payment_id = :held";
-/// A payment's slot that does not hold that payment (empty, or another request's answer).
-pub const SLOT_WITHOUT_PAYMENT: &str = "attribute_not_exists(pk) OR payment_id <> :held";
+/// A payment's slot that does not hold that payment (empty, or another request's answer). A kept
+/// refusal has no `payment_id`: said outright rather than left to how `<>` treats a missing
+/// attribute.
+pub const SLOT_WITHOUT_PAYMENT: &str =
+    "attribute_not_exists(pk) OR attribute_not_exists(payment_id) OR payment_id <> :held";
 /// A wrong code: the device's failure count is still the one read (absent means never failed,
 /// as the count is never removed)...
 pub const DEVICE_FAILURES_UNCHANGED: &str = "attribute_exists(pk) \
@@ -60,3 +64,7 @@ pub const PAYMENT_SETTLEABLE: &str = "#status = :confirmed AND payment_id = :pay
 /// The sweeper's scan filter (not a write condition): a payment still `confirmed` that was
 /// confirmed before the cutoff, so its settlement never took.
 pub const STUCK_CONFIRMED: &str = "#status = :confirmed AND confirmed_at < :cutoff";
+/// The devices of a terminal, in its keys-only index (a key condition).
+pub const TERMINAL_DEVICES: &str = "gsi1pk = :pk";
+/// A merchant's balances, one item per currency (a key condition).
+pub const MERCHANT_BALANCES: &str = "pk = :pk AND begins_with(sk, :prefix)";

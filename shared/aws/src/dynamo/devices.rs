@@ -8,7 +8,10 @@ use twochan_domain::{
     },
 };
 
-use super::{DynamoStore, UpdateSpec, cond, item_of, key, n, parse_item, s, slot_record};
+use super::{
+    DynamoStore, UpdateSpec, cond, expr, item_of, key, number_attr, parse_item, slot_record,
+    string_attr,
+};
 use crate::items::{
     ChallengeItem, DeviceItem, RejectedItem, SK_CHALLENGE, SK_DEVICE, SK_PAYMENT, SK_TERMINAL,
     SK_TOKEN, TerminalItem, TokenItem, challenge_pk, device_pk, payment_pk, terminal_gsi_pk,
@@ -64,17 +67,24 @@ impl Devices for DynamoStore {
         code: &UniqueCode,
         now: Timestamp,
     ) -> Result<Write> {
+        let bound = expr::bind(
+            &[cond::CHALLENGE_USABLE],
+            vec![
+                (":code", string_attr(code.as_str())),
+                (":now", number_attr(now.millis())),
+            ],
+        )?;
         let result = self
             .client
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(key(challenge_pk(challenge.as_str()), SK_CHALLENGE)))
             .condition_expression(cond::CHALLENGE_USABLE)
-            .expression_attribute_values(":code", s(code.as_str()))
-            .expression_attribute_values(":now", n(now.millis()))
+            .set_expression_attribute_names(bound.names)
+            .set_expression_attribute_values(bound.values)
             .send()
             .await;
-        self.write_if("DeleteItem(use_challenge)", result)
+        self.write_if("DeleteItem(use_challenge)", result).await
     }
 
     async fn register(&self, r: &NewRegistration<'_>) -> Result<Write> {
@@ -97,17 +107,20 @@ impl Devices for DynamoStore {
             ),
         };
         let mut values = vec![
-            (":code", s(code.as_str())),
-            (":terminal", s(reg.terminal_id.as_str())),
-            (":token", s(reg.token_hash.as_str())),
-            (":at", n(reg.registered_at.millis())),
-            (":zero", n(0)),
-            (":terminal_pk", s(terminal_gsi_pk(reg.terminal_id.as_str()))),
+            (":code", string_attr(code.as_str())),
+            (":terminal", string_attr(reg.terminal_id.as_str())),
+            (":token", string_attr(reg.token_hash.as_str())),
+            (":at", number_attr(reg.registered_at.millis())),
+            (":zero", number_attr(0)),
+            (
+                ":terminal_pk",
+                string_attr(terminal_gsi_pk(reg.terminal_id.as_str())),
+            ),
         ];
         let condition = match previous {
             None => cond::DEVICE_UNREGISTERED,
             Some(p) => {
-                values.push((":old_token", s(p.token_hash.as_str())));
+                values.push((":old_token", string_attr(p.token_hash.as_str())));
                 cond::DEVICE_SAME_REGISTRATION
             }
         };
@@ -133,12 +146,14 @@ impl Devices for DynamoStore {
         // is, by the device's own condition, when it is the very token being replaced).
         let terminal_key = || key(terminal_pk(reg.terminal_id.as_str()), SK_TERMINAL);
         let (holding_condition, mut holding_values) = match (r.kind, r.authority) {
-            (RegistrationKind::New, None) => (cond::TERMINAL_FREE, vec![(":zero", n(0))]),
-            (RegistrationKind::Again, None) => (cond::TERMINAL_ONLY_THIS, vec![(":one", n(1))]),
+            (RegistrationKind::New, None) => (cond::TERMINAL_FREE, vec![(":zero", number_attr(0))]),
+            (RegistrationKind::Again, None) => {
+                (cond::TERMINAL_ONLY_THIS, vec![(":one", number_attr(1))])
+            }
             (_, Some(_)) => (cond::ALWAYS, vec![]),
         };
         if r.kind == RegistrationKind::New {
-            holding_values.push((":one", n(1)));
+            holding_values.push((":one", number_attr(1)));
             items.push(self.update_item(UpdateSpec {
                 key: terminal_key(),
                 update: "ADD devices :one".into(),
@@ -171,11 +186,11 @@ impl Devices for DynamoStore {
         let Some(reg) = &device.registration else {
             return Ok(Write::Conflict);
         };
-        let mut values = vec![(":token", s(reg.token_hash.as_str()))];
+        let mut values = vec![(":token", string_attr(reg.token_hash.as_str()))];
         let condition = match &device.pending {
             None => cond::DEVICE_DEREGISTER_NO_LOCK,
             Some((held, _)) => {
-                values.push((":held", s(held.as_str())));
+                values.push((":held", string_attr(held.as_str())));
                 cond::DEVICE_DEREGISTER_WITH_LOCK
             }
         };
@@ -193,7 +208,7 @@ impl Devices for DynamoStore {
                 key: key(terminal_pk(reg.terminal_id.as_str()), SK_TERMINAL),
                 update: "ADD devices :minus_one".into(),
                 condition: cond::ALWAYS,
-                values: vec![(":minus_one", n(-1))],
+                values: vec![(":minus_one", number_attr(-1))],
             })?,
         ];
         // The lock's payment, if it was stored: a request that died between taking the lock and
@@ -203,14 +218,8 @@ impl Devices for DynamoStore {
         if let Some((id, lapses_at)) = &device.pending {
             match self.get_raw(payment_pk(id), SK_PAYMENT).await? {
                 None => {
-                    let kept = RejectedItem {
-                        pk: payment_pk(id),
-                        sk: SK_PAYMENT.into(),
-                        request_fingerprint: ANY_REQUEST.into(),
-                        rejected_status: abandoned.status,
-                        rejected_body: abandoned.body.clone(),
-                        rejected_at: at.millis(),
-                    };
+                    let kept =
+                        RejectedItem::new(payment_pk(id), SK_PAYMENT, ANY_REQUEST, abandoned, at);
                     items.push(self.put_new(item_of(&kept)?)?);
                 }
                 Some(item) => {
@@ -235,9 +244,9 @@ impl Devices for DynamoStore {
                 update: "SET #status = :to".into(),
                 condition: cond::PAYMENT_PENDING_HELD,
                 values: vec![
-                    (":pending", s(PaymentStatus::Pending.as_str())),
-                    (":to", s(to.as_str())),
-                    (":held", s(held.as_str())),
+                    (":pending", string_attr(PaymentStatus::Pending.as_str())),
+                    (":to", string_attr(to.as_str())),
+                    (":held", string_attr(held.as_str())),
                 ],
             })?);
         }

@@ -6,8 +6,14 @@ use twochan_domain::{
     ports::{Balance, Ledger, MAX_SETTLEMENT_GROUP, Payments, Settlement, SettlementMessage},
 };
 
-use super::{CONDITION_FAILED, DynamoStore, UpdateSpec, cond, key, n, parse_item, s, sdk_error};
-use crate::items::{BALANCE_PREFIX, BalanceItem, SK_PAYMENT, balance_sk, merchant_pk, payment_pk};
+use super::{
+    BalanceAdds, CONDITION_FAILED, DynamoStore, UpdateSpec, balance_update, cond, expr, key,
+    number_attr, parse_item, sdk_error, string_attr,
+};
+use crate::items::{
+    BALANCE_PREFIX, BalanceItem, SK_PAYMENT, device_account, merchant_account, merchant_pk,
+    payment_pk,
+};
 
 /// Tries of one group's transaction while other transactions hold its items (DynamoDB cancels
 /// rather than queues), before the messages go back to the queue.
@@ -126,13 +132,20 @@ impl Ledger for DynamoStore {
     }
 
     async fn balances(&self, merchant: &MerchantId) -> Result<Vec<Balance>> {
+        let bound = expr::bind(
+            &[cond::MERCHANT_BALANCES],
+            vec![
+                (":pk", string_attr(merchant_pk(merchant.as_str()))),
+                (":prefix", string_attr(BALANCE_PREFIX)),
+            ],
+        )?;
         let out = self
             .client
             .query()
             .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-            .expression_attribute_values(":pk", s(merchant_pk(merchant.as_str())))
-            .expression_attribute_values(":prefix", s(BALANCE_PREFIX))
+            .key_condition_expression(cond::MERCHANT_BALANCES)
+            .set_expression_attribute_names(bound.names)
+            .set_expression_attribute_values(bound.values)
             .consistent_read(true)
             .send()
             .await
@@ -184,34 +197,29 @@ impl DynamoStore {
                         .into(),
                     condition: cond::PAYMENT_SETTLEABLE,
                     values: vec![
-                        (":confirmed", s(PaymentStatus::Confirmed.as_str())),
-                        (":settled", s(PaymentStatus::Settled.as_str())),
-                        (":at", n(at.truncated_to_second().millis())),
-                        (":payment", s(m.payment_id.as_str())),
-                        (":merchant", s(m.merchant_id.as_str())),
-                        (":amount", n(m.amount.minor_units())),
-                        (":currency", s(m.currency.code())),
-                        (":code", s(m.unique_code.as_str())),
-                        (":credit", s(format!("merchant:{}", m.merchant_id))),
-                        (":debit", s(format!("device:{}", m.unique_code))),
+                        (":confirmed", string_attr(PaymentStatus::Confirmed.as_str())),
+                        (":settled", string_attr(PaymentStatus::Settled.as_str())),
+                        (":at", number_attr(at.truncated_to_second().millis())),
+                        (":payment", string_attr(m.payment_id.as_str())),
+                        (":merchant", string_attr(m.merchant_id.as_str())),
+                        (":amount", number_attr(m.amount.minor_units())),
+                        (":currency", string_attr(m.currency.code())),
+                        (":code", string_attr(m.unique_code.as_str())),
+                        (":credit", string_attr(merchant_account(&m.merchant_id))),
+                        (":debit", string_attr(device_account(&m.unique_code))),
                     ],
                 })?,
             );
         }
-        items.push(self.update_item(UpdateSpec {
-            key: key(
-                merchant_pk(first.merchant_id.as_str()),
-                &balance_sk(first.currency.code()),
-            ),
-            update:
-                "SET currency = :currency ADD settled_amount :amount, settled_count :count".into(),
-            condition: cond::ALWAYS,
-            values: vec![
-                (":currency", s(first.currency.code())),
-                (":amount", n(sum)),
-                (":count", n(group.len())),
-            ],
-        })?);
+        items.push(self.update_item(balance_update(
+            &first.merchant_id,
+            first.currency,
+            BalanceAdds {
+                settled_amount: sum,
+                settled_count: group.len() as u64,
+                ..BalanceAdds::default()
+            },
+        ))?);
         Ok(items)
     }
 

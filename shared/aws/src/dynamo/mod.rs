@@ -14,15 +14,18 @@ use aws_sdk_dynamodb::{
 use serde::{Serialize, de::DeserializeOwned};
 use serde_dynamo::aws_sdk_dynamodb_1::{from_item, to_item};
 use twochan_domain::{
-    DomainError, Payment, PaymentId, PaymentSlot, Result,
-    ports::{SlotRecord, StoredResponse, Write},
+    Currency, DomainError, MerchantId, Payment, PaymentId, PaymentSlot, Result,
+    ports::{SlotRecord, Write},
 };
 
-use crate::items::{PaymentItem, RejectedItem, SK_PAYMENT, payment_pk};
+use crate::items::{
+    PaymentItem, REJECTED_AT, RejectedItem, SK_PAYMENT, balance_sk, merchant_pk, payment_pk,
+};
 
 mod cond;
 mod devices;
 mod directory;
+mod expr;
 mod ledger;
 mod payments;
 mod refunds;
@@ -34,16 +37,19 @@ const BATCH_GET_LIMIT: usize = 100;
 
 pub type RawItem = HashMap<String, AttributeValue>;
 
-fn s(v: impl Into<String>) -> AttributeValue {
+fn string_attr(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-fn n(v: impl ToString) -> AttributeValue {
+fn number_attr(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
 fn key(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
-    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+    HashMap::from([
+        ("pk".to_owned(), string_attr(pk)),
+        ("sk".to_owned(), string_attr(sk)),
+    ])
 }
 
 fn item_of<T: Serialize>(value: &T) -> Result<HashMap<String, AttributeValue>> {
@@ -80,12 +86,47 @@ fn build_err(e: impl std::fmt::Display) -> DomainError {
     DomainError::Internal(format!("build dynamodb request: {e}"))
 }
 
-/// One conditional update of a transaction, with its names and values.
+/// One conditional update, with the values its expressions use (their placeholders are bound
+/// from the expressions: see `expr`).
 struct UpdateSpec {
     key: HashMap<String, AttributeValue>,
     update: String,
     condition: &'static str,
     values: Vec<(&'static str, AttributeValue)>,
+}
+
+/// What a write adds to a merchant's balance in one currency.
+#[derive(Debug, Default)]
+struct BalanceAdds {
+    settled_amount: u64,
+    settled_count: u64,
+    refunded_amount: u64,
+}
+
+/// The update of a merchant's balance in a currency, whose first write makes its item: the one
+/// way settlement and refunds change a balance.
+fn balance_update(merchant: &MerchantId, currency: Currency, adds: BalanceAdds) -> UpdateSpec {
+    let sums = [
+        ("settled_amount", ":settled_amount", adds.settled_amount),
+        ("settled_count", ":settled_count", adds.settled_count),
+        ("refunded_amount", ":refunded_amount", adds.refunded_amount),
+    ];
+    let mut added = Vec::new();
+    let mut values = vec![(":currency", string_attr(currency.code()))];
+    for (attribute, placeholder, by) in sums.into_iter().filter(|(_, _, by)| *by > 0) {
+        added.push(format!("{attribute} {placeholder}"));
+        values.push((placeholder, number_attr(by)));
+    }
+    let mut update = "SET currency = :currency".to_owned();
+    if !added.is_empty() {
+        update = format!("{update} ADD {}", added.join(", "));
+    }
+    UpdateSpec {
+        key: key(merchant_pk(merchant.as_str()), &balance_sk(currency.code())),
+        update,
+        condition: cond::ALWAYS,
+        values,
+    }
 }
 
 /// The DynamoDB side of every port.
@@ -211,8 +252,10 @@ impl DynamoStore {
         Ok((found_a, found_b))
     }
 
-    /// A single conditional write outside a transaction: a failed condition is `Conflict`.
-    fn write_if<T, E, R>(
+    /// A single conditional write outside a transaction: a failed condition is `Conflict`, and
+    /// so is a transaction in flight on the item (after a pause for it to end), since either
+    /// way the caller's next step is to re-read the item and decide again.
+    async fn write_if<T, E, R>(
         &self,
         op: &'static str,
         result: std::result::Result<T, SdkError<E, R>>,
@@ -225,6 +268,12 @@ impl DynamoStore {
             Ok(_) => Ok(Write::Applied),
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
                 tracing::info!(operation = op, "condition failed");
+                Ok(Write::Conflict)
+            }
+            Err(e) if e.code() == Some("TransactionConflictException") => {
+                tracing::info!(operation = op, "write met a transaction");
+                let pause = fastrand::u64(1..=REREAD_PAUSE_MS);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 Ok(Write::Conflict)
             }
             Err(e) => Err(sdk_error(op, e)),
@@ -246,7 +295,7 @@ impl DynamoStore {
             .set_expression_attribute_values(u.expression_attribute_values)
             .send()
             .await;
-        self.write_if(op, result)
+        self.write_if(op, result).await
     }
 
     /// A `PutItem` of an item whose key must be new.
@@ -263,7 +312,7 @@ impl DynamoStore {
             .condition_expression(cond::NEW_ITEM)
             .send()
             .await;
-        self.write_if(op, result)
+        self.write_if(op, result).await
     }
 
     fn update_item(&self, spec: UpdateSpec) -> Result<TransactWriteItem> {
@@ -272,36 +321,44 @@ impl DynamoStore {
             .build())
     }
 
-    /// A conditional update of one item, with its names and values.
+    /// A conditional update of one item: every update of the adapter is built here.
     fn update(&self, spec: UpdateSpec) -> Result<Update> {
-        // DynamoDB refuses a name placeholder that no expression uses, and fails one that is used
-        // but unbound: `#status` is bound exactly when the update or the condition names it.
-        let names_status = spec.update.contains("#status") || spec.condition.contains("#status");
-        let mut b = Update::builder()
+        let bound = expr::bind(&[&spec.update, spec.condition], spec.values)?;
+        Update::builder()
             .table_name(&self.table)
             .set_key(Some(spec.key))
             .update_expression(spec.update)
             .set_condition_expression(
                 (spec.condition != cond::ALWAYS).then(|| spec.condition.to_owned()),
-            );
-        for (name, value) in spec.values {
-            b = b.expression_attribute_values(name, value);
-        }
-        if names_status {
-            b = b.expression_attribute_names("#status", "status");
-        }
-        b.build().map_err(build_err)
+            )
+            .set_expression_attribute_names(bound.names)
+            .set_expression_attribute_values(bound.values)
+            .build()
+            .map_err(build_err)
+    }
+
+    /// A transaction's check of a condition on an item, without writing it.
+    fn check(
+        &self,
+        key: HashMap<String, AttributeValue>,
+        condition: &'static str,
+        values: Vec<(&'static str, AttributeValue)>,
+    ) -> Result<TransactWriteItem> {
+        let bound = expr::bind(&[condition], values)?;
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .condition_expression(condition)
+            .set_expression_attribute_names(bound.names)
+            .set_expression_attribute_values(bound.values)
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
     }
 
     /// A transaction's check that an item still exists, without writing it.
     fn check_exists(&self, key: HashMap<String, AttributeValue>) -> Result<TransactWriteItem> {
-        let check = ConditionCheck::builder()
-            .table_name(&self.table)
-            .set_key(Some(key))
-            .condition_expression(cond::EXISTS)
-            .build()
-            .map_err(build_err)?;
-        Ok(TransactWriteItem::builder().condition_check(check).build())
+        self.check(key, cond::EXISTS, Vec::new())
     }
 
     fn put_new(&self, item: HashMap<String, AttributeValue>) -> Result<TransactWriteItem> {
@@ -473,16 +530,19 @@ pub fn payment_from_item(item: RawItem) -> Result<Payment> {
     }
 }
 
+/// Whether a slot's item (payment or refund) keeps a final refusal rather than what the key
+/// made.
+fn is_rejection(item: &RawItem) -> bool {
+    item.contains_key(REJECTED_AT)
+}
+
 /// What a payment slot's item is: a payment, or a kept final error.
 fn slot_record(item: HashMap<String, AttributeValue>) -> Result<SlotRecord> {
-    if item.contains_key("rejected_status") {
+    if is_rejection(&item) {
         let r: RejectedItem = parse_item(item)?;
         Ok(SlotRecord::Rejected {
+            response: r.response()?,
             fingerprint: r.request_fingerprint,
-            response: StoredResponse {
-                status: r.rejected_status,
-                body: r.rejected_body,
-            },
         })
     } else {
         let p: PaymentItem = parse_item(item)?;
@@ -504,4 +564,45 @@ fn payment_in(
         Some(SlotRecord::Payment { payment, .. }) if payment.payment_id == *id => Some(*payment),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_balance_update_adds_only_what_changed_and_binds_it() {
+        let merchant = MerchantId::try_from("m-1").unwrap();
+        let eur = Currency::try_from("EUR").unwrap();
+        let settle = balance_update(
+            &merchant,
+            eur,
+            BalanceAdds {
+                settled_amount: 357,
+                settled_count: 3,
+                ..BalanceAdds::default()
+            },
+        );
+        assert_eq!(
+            settle.update,
+            "SET currency = :currency ADD settled_amount :settled_amount, \
+             settled_count :settled_count"
+        );
+        let refund = balance_update(
+            &merchant,
+            eur,
+            BalanceAdds {
+                refunded_amount: 30,
+                ..BalanceAdds::default()
+            },
+        );
+        assert_eq!(
+            refund.update,
+            "SET currency = :currency ADD refunded_amount :refunded_amount"
+        );
+        for spec in [settle, refund] {
+            let bound = expr::bind(&[&spec.update, spec.condition], spec.values).unwrap();
+            assert!(bound.names.is_none());
+        }
+    }
 }

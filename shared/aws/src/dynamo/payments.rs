@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{ConditionCheck, TransactWriteItem};
 use twochan_domain::{
     DomainError, Payment, PaymentId, PaymentSlot, PaymentStatus, Result, TerminalId, Timestamp,
     UniqueCode,
@@ -10,8 +9,8 @@ use twochan_domain::{
 };
 
 use super::{
-    DynamoStore, UpdateSpec, build_err, cond, item_of, key, n, parse_item, payment_in, s,
-    sdk_error, slot_keys, slot_record,
+    DynamoStore, UpdateSpec, cond, expr, item_of, key, number_attr, parse_item, payment_in,
+    sdk_error, slot_keys, slot_record, string_attr,
 };
 use crate::items::{
     DeviceItem, PaymentItem, RejectedItem, SK_DEVICE, SK_PAYMENT, device_pk, payment_pk, slot_pk,
@@ -51,17 +50,17 @@ impl Payments for DynamoStore {
 
     async fn lock_device(&self, payment: &Payment, seen: &Device) -> Result<Write> {
         let mut values = vec![
-            (":terminal", s(payment.terminal_id.as_str())),
-            (":payment", s(payment.payment_id.as_str())),
-            (":lapses", n(payment.expires_at.millis())),
+            (":terminal", string_attr(payment.terminal_id.as_str())),
+            (":payment", string_attr(payment.payment_id.as_str())),
+            (":lapses", number_attr(payment.expires_at.millis())),
         ];
         // A lapsed lock is taken over; its payment stays `pending` in the table and every reader
         // sees it `expired` (its own writes record that when they meet it).
         let condition = match &seen.pending {
             None => cond::LOCK_FREE,
             Some((held, _)) => {
-                values.push((":held", s(held.as_str())));
-                values.push((":now", n(Timestamp::now().millis())));
+                values.push((":held", string_attr(held.as_str())));
+                values.push((":now", number_attr(Timestamp::now().millis())));
                 cond::LOCK_LAPSED
             }
         };
@@ -85,23 +84,18 @@ impl Payments for DynamoStore {
     async fn release_lock(&self, code: &UniqueCode, payment: &PaymentId) -> Result<()> {
         // The lock goes back only if its payment is not stored: a write whose answer was lost
         // may have stored it after all, and a stored pending payment keeps its lock.
-        let not_stored = ConditionCheck::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(payment_pk(payment), SK_PAYMENT)))
-            .condition_expression(cond::SLOT_WITHOUT_PAYMENT)
-            .expression_attribute_values(":held", s(payment.as_str()))
-            .build()
-            .map_err(build_err)?;
         let items = vec![
             self.update_item(UpdateSpec {
                 key: key(device_pk(code.as_str()), SK_DEVICE),
                 update: "REMOVE pending_payment_id, pending_expires_at".into(),
                 condition: cond::LOCK_HELD_BY,
-                values: vec![(":held", s(payment.as_str()))],
+                values: vec![(":held", string_attr(payment.as_str()))],
             })?,
-            TransactWriteItem::builder()
-                .condition_check(not_stored)
-                .build(),
+            self.check(
+                key(payment_pk(payment), SK_PAYMENT),
+                cond::SLOT_WITHOUT_PAYMENT,
+                vec![(":held", string_attr(payment.as_str()))],
+            )?,
         ];
         self.transact("TransactWriteItems(release_lock)", items)
             .await
@@ -125,13 +119,18 @@ impl Payments for DynamoStore {
         let mut device_keys = Vec::new();
         let mut start = None;
         loop {
+            let bound = expr::bind(
+                &[cond::TERMINAL_DEVICES],
+                vec![(":pk", string_attr(terminal_gsi_pk(terminal.as_str())))],
+            )?;
             let page = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .index_name("gsi1")
-                .key_condition_expression("gsi1pk = :pk")
-                .expression_attribute_values(":pk", s(terminal_gsi_pk(terminal.as_str())))
+                .key_condition_expression(cond::TERMINAL_DEVICES)
+                .set_expression_attribute_names(bound.names)
+                .set_expression_attribute_values(bound.values)
                 .set_exclusive_start_key(start)
                 .send()
                 .await
@@ -210,9 +209,9 @@ impl Payments for DynamoStore {
                 cond::PAYMENT_PENDING_UNEXPIRED
             },
             values: vec![
-                (":pending", s(PaymentStatus::Pending.as_str())),
-                (":to", s(to.as_str())),
-                (":now", n(at.millis())),
+                (":pending", string_attr(PaymentStatus::Pending.as_str())),
+                (":to", string_attr(to.as_str())),
+                (":now", number_attr(at.millis())),
             ],
         };
         if to == PaymentStatus::Expired {
@@ -230,7 +229,7 @@ impl Payments for DynamoStore {
                         key: key(device_pk(payment.unique_code.as_str()), SK_DEVICE),
                         update: "REMOVE pending_payment_id, pending_expires_at".into(),
                         condition: cond::LOCK_HELD_BY,
-                        values: vec![(":held", s(payment.payment_id.as_str()))],
+                        values: vec![(":held", string_attr(payment.payment_id.as_str()))],
                     },
                 )
                 .await?;
@@ -243,7 +242,7 @@ impl Payments for DynamoStore {
                 key: key(device_pk(payment.unique_code.as_str()), SK_DEVICE),
                 update: "REMOVE pending_payment_id, pending_expires_at".into(),
                 condition: cond::LOCK_HELD_BY,
-                values: vec![(":held", s(payment.payment_id.as_str()))],
+                values: vec![(":held", string_attr(payment.payment_id.as_str()))],
             })?,
         ];
         self.transact("TransactWriteItems(finish_pending)", items)
@@ -253,23 +252,23 @@ impl Payments for DynamoStore {
     async fn record_wrong_code(&self, w: &WrongCode<'_>) -> Result<Write> {
         let p = w.payment;
         let mut payment_values = vec![
-            (":pending", s(PaymentStatus::Pending.as_str())),
-            (":now", n(w.at.millis())),
-            (":seen_attempts", n(p.failed_attempts)),
-            (":attempts", n(p.failed_attempts + 1)),
+            (":pending", string_attr(PaymentStatus::Pending.as_str())),
+            (":now", number_attr(w.at.millis())),
+            (":seen_attempts", number_attr(p.failed_attempts)),
+            (":attempts", number_attr(p.failed_attempts + 1)),
         ];
         let mut device_values = vec![
-            (":seen_failures", n(w.device.failed_auth)),
-            (":failures", n(w.device.failed_auth + 1)),
+            (":seen_failures", number_attr(w.device.failed_auth)),
+            (":failures", number_attr(w.device.failed_auth + 1)),
         ];
         let mut device_set = vec!["failed_auth = :failures"];
         if let Some(until) = w.lock_until {
             device_set.push("locked_until = :until");
-            device_values.push((":until", n(until.millis())));
+            device_values.push((":until", number_attr(until.millis())));
         }
         let (payment_update, device_update, device_condition) = if w.fails_payment {
-            payment_values.push((":failed", s(PaymentStatus::Failed.as_str())));
-            device_values.push((":held", s(p.payment_id.as_str())));
+            payment_values.push((":failed", string_attr(PaymentStatus::Failed.as_str())));
+            device_values.push((":held", string_attr(p.payment_id.as_str())));
             (
                 "SET #status = :failed, failed_attempts = :attempts",
                 format!(
@@ -311,12 +310,12 @@ impl Payments for DynamoStore {
                     .into(),
                 condition: cond::PAYMENT_PENDING_ATTEMPTS,
                 values: vec![
-                    (":pending", s(PaymentStatus::Pending.as_str())),
-                    (":seen_attempts", n(p.failed_attempts)),
-                    (":confirmed", s(PaymentStatus::Confirmed.as_str())),
-                    (":now", n(c.at.millis())),
-                    (":at", n(c.at.truncated_to_second().millis())),
-                    (":fingerprint", s(c.fingerprint.clone())),
+                    (":pending", string_attr(PaymentStatus::Pending.as_str())),
+                    (":seen_attempts", number_attr(p.failed_attempts)),
+                    (":confirmed", string_attr(PaymentStatus::Confirmed.as_str())),
+                    (":now", number_attr(c.at.millis())),
+                    (":at", number_attr(c.at.truncated_to_second().millis())),
+                    (":fingerprint", string_attr(c.fingerprint.clone())),
                 ],
             })?,
             self.update_item(UpdateSpec {
@@ -326,11 +325,11 @@ impl Payments for DynamoStore {
                     .into(),
                 condition: cond::COUNTER_UNCHANGED,
                 values: vec![
-                    (":held", s(p.payment_id.as_str())),
-                    (":prev", n(c.previous_counter.get())),
-                    (":counter", n(c.counter.get())),
-                    (":zero", n(0)),
-                    (":seen_failures", n(c.device_failures)),
+                    (":held", string_attr(p.payment_id.as_str())),
+                    (":prev", number_attr(c.previous_counter.get())),
+                    (":counter", number_attr(c.counter.get())),
+                    (":zero", number_attr(0)),
+                    (":seen_failures", number_attr(c.device_failures)),
                 ],
             })?,
         ];

@@ -7,10 +7,12 @@ use twochan_domain::{
     refund::Refund,
 };
 
-use super::{DynamoStore, UpdateSpec, cond, item_of, key, n, parse_item, s};
+use super::{
+    BalanceAdds, DynamoStore, UpdateSpec, balance_update, cond, is_rejection, item_of, key,
+    number_attr, parse_item, string_attr,
+};
 use crate::items::{
-    PaymentItem, RefundItem, RejectedItem, SK_PAYMENT, SK_REFUND, balance_sk, merchant_pk,
-    payment_pk, refund_slot_pk,
+    PaymentItem, RefundItem, RejectedItem, SK_PAYMENT, SK_REFUND, payment_pk, refund_slot_pk,
 };
 
 impl Refunds for DynamoStore {
@@ -18,14 +20,11 @@ impl Refunds for DynamoStore {
         let Some(item) = self.get_raw(refund_slot_pk(slot), SK_REFUND).await? else {
             return Ok(None);
         };
-        if item.contains_key("rejected_status") {
+        if is_rejection(&item) {
             let r: RejectedItem = parse_item(item)?;
             return Ok(Some(RefundSlotRecord::Rejected {
+                response: r.response()?,
                 fingerprint: r.request_fingerprint,
-                response: StoredResponse {
-                    status: r.rejected_status,
-                    body: r.rejected_body,
-                },
             }));
         }
         let r: RefundItem = parse_item(item)?;
@@ -54,26 +53,25 @@ impl Refunds for DynamoStore {
                     .into(),
                 condition: cond::PAYMENT_REFUNDABLE,
                 values: vec![
-                    (":settled", s(PaymentStatus::Settled.as_str())),
-                    (":payment", s(p.payment_id.as_str())),
-                    (":room", n(room)),
-                    (":amount", n(r.amount.minor_units())),
+                    (":settled", string_attr(PaymentStatus::Settled.as_str())),
+                    (":payment", string_attr(p.payment_id.as_str())),
+                    (":room", number_attr(room)),
+                    (":amount", number_attr(r.amount.minor_units())),
                     (":none", AttributeValue::L(vec![])),
-                    (":ids", AttributeValue::L(vec![s(r.refund_id.as_str())])),
+                    (
+                        ":ids",
+                        AttributeValue::L(vec![string_attr(r.refund_id.as_str())]),
+                    ),
                 ],
             })?,
-            self.update_item(UpdateSpec {
-                key: key(
-                    merchant_pk(r.merchant_id.as_str()),
-                    &balance_sk(r.currency.code()),
-                ),
-                update: "SET currency = :currency ADD refunded_amount :amount".into(),
-                condition: cond::ALWAYS,
-                values: vec![
-                    (":currency", s(r.currency.code())),
-                    (":amount", n(r.amount.minor_units())),
-                ],
-            })?,
+            self.update_item(balance_update(
+                &r.merchant_id,
+                r.currency,
+                BalanceAdds {
+                    refunded_amount: r.amount.minor_units(),
+                    ..BalanceAdds::default()
+                },
+            ))?,
         ];
         // Another transaction on the slot, the payment or the balance (a twin, another refund, a
         // settlement): the contract has a refund that loses a race read again and decide again.
@@ -95,7 +93,7 @@ impl Refunds for DynamoStore {
 
     async fn refunds_of(&self, payment: &PaymentId) -> Result<Vec<Refund>> {
         let ids: Vec<RefundId> = match self.get_raw(payment_pk(payment), SK_PAYMENT).await? {
-            Some(item) if !item.contains_key("rejected_status") => {
+            Some(item) if !is_rejection(&item) => {
                 let p: PaymentItem = parse_item(item)?;
                 if p.payment_id != payment.as_str() {
                     return Ok(Vec::new());

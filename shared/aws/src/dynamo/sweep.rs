@@ -15,7 +15,7 @@ use twochan_domain::{
     ports::{ScanCursor, StuckPage, StuckPayment, StuckPayments},
 };
 
-use super::{DynamoStore, cond, n, parse_item, s, sdk_error};
+use super::{DynamoStore, cond, expr, number_attr, parse_item, sdk_error, string_attr};
 
 /// What the scan projects of a payment item: its settlement message and its confirmation time.
 const PROJECTION: &str = "payment_id, merchant_id, unique_code, amount, currency, confirmed_at";
@@ -51,15 +51,21 @@ impl StuckPayments for DynamoStore {
         cutoff: Timestamp,
         after: Option<&ScanCursor>,
     ) -> Result<StuckPage> {
+        let bound = expr::bind(
+            &[cond::STUCK_CONFIRMED, PROJECTION],
+            vec![
+                (":confirmed", string_attr(PaymentStatus::Confirmed.as_str())),
+                (":cutoff", number_attr(cutoff.millis())),
+            ],
+        )?;
         let out = self
             .client
             .scan()
             .table_name(&self.table)
             .filter_expression(cond::STUCK_CONFIRMED)
             .projection_expression(PROJECTION)
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":confirmed", s(PaymentStatus::Confirmed.as_str()))
-            .expression_attribute_values(":cutoff", n(cutoff.millis()))
+            .set_expression_attribute_names(bound.names)
+            .set_expression_attribute_values(bound.values)
             .set_exclusive_start_key(after.map(decode_cursor).transpose()?)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
@@ -106,7 +112,7 @@ fn encode_cursor(key: HashMap<String, AttributeValue>) -> Result<ScanCursor> {
 fn decode_cursor(cursor: &ScanCursor) -> Result<HashMap<String, AttributeValue>> {
     let flat: BTreeMap<String, String> = serde_json::from_str(cursor.as_str())
         .map_err(|e| DomainError::Internal(format!("scan position: {e}")))?;
-    Ok(flat.into_iter().map(|(k, v)| (k, s(v))).collect())
+    Ok(flat.into_iter().map(|(k, v)| (k, string_attr(v))).collect())
 }
 
 #[cfg(test)]
@@ -116,30 +122,33 @@ mod tests {
     #[test]
     fn a_scan_position_goes_round_trip() {
         let key = HashMap::from([
-            ("pk".to_owned(), s("PAYMENT#0123456789ABCDEF")),
-            ("sk".to_owned(), s("PAYMENT")),
+            ("pk".to_owned(), string_attr("PAYMENT#0123456789ABCDEF")),
+            ("sk".to_owned(), string_attr("PAYMENT")),
         ]);
         let cursor = encode_cursor(key.clone()).unwrap();
         assert_eq!(decode_cursor(&cursor).unwrap(), key);
-        assert!(encode_cursor(HashMap::from([("pk".to_owned(), n(1))])).is_err());
+        assert!(encode_cursor(HashMap::from([("pk".to_owned(), number_attr(1))])).is_err());
         assert!(decode_cursor(&ScanCursor::new("not json")).is_err());
     }
 
     #[test]
     fn a_projected_item_is_what_the_message_needs() {
         let item = HashMap::from([
-            ("payment_id".to_owned(), s("pay_01KBMQ3ZCW2X5V8N0Y7T6R4P1A")),
-            ("merchant_id".to_owned(), s("m-1")),
-            ("unique_code".to_owned(), s("beacon-0001")),
-            ("amount".to_owned(), n(4500)),
-            ("currency".to_owned(), s("KRW")),
-            ("confirmed_at".to_owned(), n(1_000)),
+            (
+                "payment_id".to_owned(),
+                string_attr("pay_01KBMQ3ZCW2X5V8N0Y7T6R4P1A"),
+            ),
+            ("merchant_id".to_owned(), string_attr("m-1")),
+            ("unique_code".to_owned(), string_attr("beacon-0001")),
+            ("amount".to_owned(), number_attr(4500)),
+            ("currency".to_owned(), string_attr("KRW")),
+            ("confirmed_at".to_owned(), number_attr(1_000)),
         ]);
         let p = StuckPayment::try_from(parse_item::<StuckItem>(item.clone()).unwrap()).unwrap();
         assert_eq!(p.amount.minor_units(), 4500);
         assert_eq!(p.confirmed_at, Timestamp::from_millis(1_000));
         let mut bad = item;
-        bad.insert("currency".to_owned(), s("XXX"));
+        bad.insert("currency".to_owned(), string_attr("XXX"));
         assert!(StuckPayment::try_from(parse_item::<StuckItem>(bad).unwrap()).is_err());
     }
 }

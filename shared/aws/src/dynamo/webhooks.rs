@@ -7,7 +7,7 @@ use twochan_domain::{
     webhook::WebhookUrl,
 };
 
-use super::{DynamoStore, item_of, key, parse_item, payment_in, sdk_error};
+use super::{DynamoStore, is_rejection, item_of, key, parse_item, payment_in, sdk_error};
 use crate::items::{
     RefundItem, SK_PAYMENT, SK_REFUND, SK_WEBHOOK, WebhookItem, merchant_pk, payment_pk,
     refund_slot_pk,
@@ -75,7 +75,7 @@ impl EventSources for DynamoStore {
             )
             .await?;
         let refund = r
-            .filter(|i| !i.contains_key("rejected_status"))
+            .filter(|i| !is_rejection(i))
             .map(|i| Refund::try_from(parse_item::<RefundItem>(i)?))
             .transpose()?
             .filter(|r| r.refund_id == *refund_id);
