@@ -32,6 +32,17 @@ impl Write for Captured {
     }
 }
 
+/// The functions' log lines on this thread from now until the guard drops. The other tests of
+/// the binary run beside it without a subscriber, and a callsite one of them meets first may keep
+/// the interest it got before this subscriber existed: rebuilt here, so no span goes missing.
+fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let guard = tracing::subscriber::set_default(telemetry::subscriber(move || sink.clone()));
+    tracing::callsite::rebuild_interest_cache();
+    (captured, guard)
+}
+
 fn with_request_id(req: lambda_http::Request, id: &str) -> lambda_http::Request {
     let mut context = Context::default();
     context.request_id = id.into();
@@ -41,9 +52,7 @@ fn with_request_id(req: lambda_http::Request, id: &str) -> lambda_http::Request 
 #[tokio::test]
 async fn payment_log_lines_name_the_payment_never_the_secrets() {
     let ctx = Harness::new().await;
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let _guard = tracing::subscriber::set_default(telemetry::subscriber(move || sink.clone()));
+    let (captured, _guard) = capture_logs();
 
     let pos = ctx.pos().await;
     let app = App {
@@ -198,9 +207,7 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
 #[tokio::test]
 async fn a_deregistration_logs_no_refusal() {
     let ctx = Harness::new().await;
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let _guard = tracing::subscriber::set_default(telemetry::subscriber(move || sink.clone()));
+    let (captured, _guard) = capture_logs();
     let app = App {
         store: ctx.store.clone(),
         queue: NoQueue,
