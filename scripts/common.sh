@@ -27,4 +27,5 @@ export AWS_DEFAULT_REGION="$AWS_REGION"
 export AWS_ENDPOINT_URL="$ENDPOINT"
 export PATH="$VENV/bin:$PATH"
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Each step says when it started (seconds since its script began): where the time goes.
+log() { printf '\033[1m==> [%4ss] %s\033[0m\n' "$SECONDS" "$*" >&2; }
