@@ -4,39 +4,23 @@
 //! `outcome`; no line carries the unique code, a token, an API key, an auth code or the master
 //! key. The fields the template's metric filters read are checked to exist.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use crate::common::{Harness, answer, registration_request, request};
 use lambda_http::{Context, RequestExt};
 use serde_json::{Value, json};
 use twochan_api::{
     App,
     routes::{Function, NoQueue, handle},
-    telemetry,
+    telemetry::{self, CapturedLogs},
 };
 use twochan_aws::SqsSettlementQueue;
 use twochan_domain::UniqueCode;
 use twochan_tools::unique_id;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The functions' log lines on this thread from now until the guard drops. The other tests of
 /// the binary run beside it without a subscriber, and a callsite one of them meets first may keep
 /// the interest it got before this subscriber existed: rebuilt here, so no span goes missing.
-fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
+fn capture_logs() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+    let captured = CapturedLogs::default();
     let sink = captured.clone();
     let guard = tracing::subscriber::set_default(telemetry::subscriber(move || sink.clone()));
     tracing::callsite::rebuild_interest_cache();
@@ -135,7 +119,7 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
     );
     assert_eq!(status, 200);
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
@@ -232,7 +216,7 @@ async fn a_deregistration_logs_no_refusal() {
     let delete = with_request_id(delete, "req-deregister");
     let (status, _) = answer(&handle(&app, Function::Registration, delete).await);
     assert_eq!(status, 204);
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let of_request: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))

@@ -248,8 +248,7 @@ impl SweepSummary {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use twochan_domain::{
         Amount, Currency, MerchantId, PaymentId, PaymentStatus, Result, UniqueCode,
@@ -257,6 +256,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::telemetry::CapturedLogs;
 
     const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 
@@ -577,22 +577,9 @@ mod tests {
         assert!(!line.to_string().contains('\n'));
     }
 
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn one_log_line_per_payment_names_it_never_the_code() {
-        let captured = Captured::default();
+        let captured = CapturedLogs::default();
         let sink = captured.clone();
         let _guard =
             tracing::subscriber::set_default(crate::telemetry::subscriber(move || sink.clone()));
@@ -608,7 +595,7 @@ mod tests {
             UNBOUNDED,
         )
         .await;
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let text = captured.text();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())

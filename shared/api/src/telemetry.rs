@@ -28,6 +28,28 @@ where
         .with(filter(std::env::var("RUST_LOG").ok().as_deref()))
 }
 
+/// The test sink for [`subscriber`]: what it is handed, kept in memory and shared by its clones,
+/// so a test can hand one clone to the subscriber and read the lines through another.
+#[derive(Clone, Default)]
+pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).expect("log lines are UTF-8")
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// `RUST_LOG` as `target=level` directives and a default level (`info`, `twochan_api=debug,warn`).
 /// `Targets` rather than `EnvFilter`: no span-field or regex directives, which nobody here uses,
 /// and no regex engine in every bootstrap (docs/PERFORMANCE.md, size). Unparsable: `info`.

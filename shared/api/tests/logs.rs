@@ -3,40 +3,27 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use serde_json::{Value, json};
 use support::*;
-use twochan_api::{routes::Function, telemetry};
+use twochan_api::{
+    routes::Function,
+    telemetry::{self, CapturedLogs},
+};
 use twochan_domain::{
     Timestamp, UniqueCode,
     crypto::{BeaconStep, MasterKey},
 };
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Runs `req` through `handle` and returns its status and the lines it logged.
 fn logged(function: Function, req: lambda_http::Request) -> (u16, Vec<Value>) {
-    let captured = Captured::default();
+    let captured = CapturedLogs::default();
     let sink = captured.clone();
     let _guard = tracing::subscriber::set_default(telemetry::subscriber(move || sink.clone()));
     let world = World::new();
     let app = world.app();
     let resp = run(&app, function, req);
     assert!(app.store.take_writes() > 0, "the refusal was not kept");
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let lines = text
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))

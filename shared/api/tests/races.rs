@@ -496,6 +496,29 @@ async fn a_refund_that_met_another_transaction_refunds_once() {
     assert_eq!(w.krw_balance(&m).await, (800, 1, 500, 300));
 }
 
+/// A refusal that could not be kept because another request's transaction held its slot (the
+/// adapter reports it as a lost race), and nothing was kept after all: decided again and kept,
+/// never a 503.
+#[tokio::test]
+async fn a_refund_refusal_that_met_another_transaction_is_decided_again() {
+    let w = World::new();
+    let (m, mut p) = (w.merchant().await, w.paired().await);
+    let id = w.confirmed(&m, &mut p, 800).await;
+    assert!(w.settle_all().await.is_empty());
+    w.store()
+        .fail_next(Op::RecordRefundRejection, Fault::Conflict);
+    let key = fresh("rk-");
+    let r = w.refund(&m, &id, 900, &key).await;
+    assert!(r.is(422, "refund_exceeds_payment"), "{r:?}");
+    assert_eq!(w.store().calls(Op::RecordRefundRejection), 2);
+    let again = w.refund(&m, &id, 900, &key).await;
+    assert!(
+        again.is(422, "refund_exceeds_payment") && again.replayed,
+        "{again:?}"
+    );
+    assert_eq!(w.krw_balance(&m).await, (800, 1, 0, 800));
+}
+
 /// Registering the device again while POS terminals ask for payments on it: one payment, and
 /// only the new token is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

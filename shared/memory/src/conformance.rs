@@ -178,8 +178,9 @@ async fn settled<S: Devices + Payments + Ledger>(
     stored_payment(store, &p.payment_id).await
 }
 
-/// The merchant's KRW balance: (settled, count, refunded, net).
-async fn krw_balance<S: Ledger>(store: &S, merchant: &MerchantId) -> (u64, u64, u64, u64) {
+/// The merchant's KRW balance: (settled, count, refunded, net); zeros before its first
+/// settlement.
+pub async fn krw_balance<S: Ledger>(store: &S, merchant: &MerchantId) -> (u64, u64, u64, u64) {
     store
         .balances(merchant)
         .await

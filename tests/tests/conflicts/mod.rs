@@ -567,23 +567,7 @@ impl Race {
 
     /// The merchant's balance in KRW: (settled, count, refunded, net).
     async fn krw_balance(&self, m: &Merchant) -> (u64, u64, u64, u64) {
-        let krw = Currency::try_from("KRW").unwrap();
-        self.ctx
-            .store
-            .balances(&m.id)
-            .await
-            .expect("balances")
-            .into_iter()
-            .find(|b| b.currency == krw)
-            .map(|b| {
-                (
-                    b.settled_amount,
-                    b.settled_count,
-                    b.refunded_amount,
-                    b.net_amount,
-                )
-            })
-            .unwrap_or_default()
+        conformance::krw_balance(&self.ctx.store, &m.id).await
     }
 }
 

@@ -23,7 +23,10 @@ use twochan_domain::{
         SettlementMessage, SettlementQueue,
     },
 };
-use twochan_memory::{MemoryStore, conformance::fresh};
+use twochan_memory::{
+    MemoryStore,
+    conformance::{self, fresh},
+};
 
 use crate::support;
 
@@ -387,22 +390,7 @@ impl World {
 
     /// The merchant's KRW balance: (settled, count, refunded, net).
     pub async fn krw_balance(&self, m: &Merchant) -> (u64, u64, u64, u64) {
-        let krw = Currency::try_from("KRW").unwrap();
-        self.store()
-            .balances(&m.id)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|b| b.currency == krw)
-            .map(|b| {
-                (
-                    b.settled_amount,
-                    b.settled_count,
-                    b.refunded_amount,
-                    b.net_amount,
-                )
-            })
-            .unwrap_or_default()
+        conformance::krw_balance(self.store(), &m.id).await
     }
 
     pub async fn stored(&self, id: &str) -> twochan_domain::Payment {
