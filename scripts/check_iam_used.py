@@ -62,9 +62,10 @@ def consumed_queues(resources, function):
     return queues
 
 
-def allowance(action, resource, consumed):
-    """The reason `action` on `resource` may be granted without being observed, or None."""
-    for pattern, where, why in ALLOWED_UNOBSERVED:
+def allowance(action, resource, consumed, reasons=ALLOWED_UNOBSERVED):
+    """The reason `action` on `resource` may be granted without being observed, or None.
+    `reasons` are (action pattern, resource pattern or CONSUMED, why)."""
+    for pattern, where, why in reasons:
         hit = resource in consumed if where == CONSUMED else fnmatch.fnmatchcase(resource, where)
         if hit and fnmatch.fnmatchcase(action, pattern):
             return why

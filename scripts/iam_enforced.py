@@ -49,7 +49,8 @@ import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from check_template import ROOT, Loader, Tagged, granted, role_of  # noqa: E402
+from check_iam_used import CONSUMED, allowance, consumed_queues  # noqa: E402
+from check_template import ROOT, Loader, granted, role_of  # noqa: E402
 
 # The batch calls, authorized by AWS as their single-message action.
 AWS_BATCH_ACTIONS = {
@@ -60,7 +61,6 @@ AWS_BATCH_ACTIONS = {
 
 # Granted actions that MiniStack performs for a function without checking its role: the check
 # cannot see them, so they cannot count against the flow. (action pattern, resource pattern, why)
-CONSUMED = "<consumed queue>"
 NOT_CHECKED = [
     ("logs:*", "*Logs", "MiniStack writes a function's log lines to its log group itself"),
     ("sqs:ReceiveMessage", CONSUMED, "MiniStack's event source mapping polls the queue itself, with no role"),
@@ -365,7 +365,7 @@ def check(env_file, decisions_path, template_path, since_ms, denials_only, minis
             made = allowed.get(function, {})
             for resource in sorted(grants):
                 for action in sorted(grants[resource] - set(made.get(resource, {}))):
-                    if not_checked(action, resource, consumed) is None:
+                    if allowance(action, resource, consumed, NOT_CHECKED) is None:
                         problems.append(f"{function}: {action} on {resource} is granted but was never made under "
                                         f"enforcement: extend the flow (scripts/iam_enforced.py) to make it")
             for resource in sorted(set(made) - set(grants)):
@@ -396,28 +396,6 @@ def logged_since(lines, since_ms):
             at = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) * 1000
         if at >= since_ms - 1000:
             yield line
-
-
-def consumed_queues(resources, function):
-    queues = set()
-    for r in resources.values():
-        if r["Type"] != "AWS::Lambda::EventSourceMapping":
-            continue
-        target, source = r["Properties"].get("FunctionName"), r["Properties"].get("EventSourceArn")
-        if isinstance(target, Tagged) and target.value == function and isinstance(source, Tagged):
-            v = source.value
-            queues.add(v[0] if isinstance(v, list) else v.split(".")[0])
-    return queues
-
-
-def not_checked(action, resource, consumed):
-    import fnmatch
-
-    for pattern, where, why in NOT_CHECKED:
-        hit = resource in consumed if where == CONSUMED else fnmatch.fnmatchcase(resource, where)
-        if hit and fnmatch.fnmatchcase(action, pattern):
-            return why
-    return None
 
 
 def main():

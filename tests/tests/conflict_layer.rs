@@ -3,6 +3,7 @@
 //! else passes. Each test runs its own proxy (a long hold, so that "in flight" is a window a test
 //! can act in) on a private table of the stack's schema.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::Harness;
@@ -63,8 +64,7 @@ impl Fixture {
             .put(
                 Put::builder()
                     .table_name(&self.table)
-                    .item("pk", Av::S(pk.into()))
-                    .item("sk", Av::S("ITEM".into()))
+                    .set_item(Some(key(pk)))
                     .item("n", Av::N(n.into()))
                     .build()
                     .unwrap(),
@@ -77,8 +77,7 @@ impl Fixture {
             .update(
                 Update::builder()
                     .table_name(&self.table)
-                    .key("pk", Av::S(pk.into()))
-                    .key("sk", Av::S("ITEM".into()))
+                    .set_key(Some(key(pk)))
                     .update_expression("ADD n :one")
                     .expression_attribute_values(":one", Av::N("1".into()))
                     .build()
@@ -92,8 +91,7 @@ impl Fixture {
             .condition_check(
                 ConditionCheck::builder()
                     .table_name(&self.table)
-                    .key("pk", Av::S(pk.into()))
-                    .key("sk", Av::S("ITEM".into()))
+                    .set_key(Some(key(pk)))
                     .condition_expression("attribute_not_exists(pk)")
                     .build()
                     .unwrap(),
@@ -106,8 +104,7 @@ impl Fixture {
             .delete(
                 Delete::builder()
                     .table_name(&self.table)
-                    .key("pk", Av::S(pk.into()))
-                    .key("sk", Av::S("ITEM".into()))
+                    .set_key(Some(key(pk)))
                     .build()
                     .unwrap(),
             )
@@ -134,8 +131,7 @@ impl Fixture {
         self.db
             .put_item()
             .table_name(&self.table)
-            .item("pk", Av::S(pk.into()))
-            .item("sk", Av::S("ITEM".into()))
+            .set_item(Some(key(pk)))
             .item("n", Av::N("100".into()))
             .send()
             .await
@@ -148,8 +144,7 @@ impl Fixture {
             .dynamodb
             .get_item()
             .table_name(&self.table)
-            .key("pk", Av::S(pk.into()))
-            .key("sk", Av::S("ITEM".into()))
+            .set_key(Some(key(pk)))
             .consistent_read(true)
             .send()
             .await
@@ -180,6 +175,14 @@ impl Fixture {
             .send()
             .await;
     }
+}
+
+/// The key of the test's item `pk` (every item has the one sort key).
+fn key(pk: &str) -> HashMap<String, Av> {
+    HashMap::from([
+        ("pk".to_owned(), Av::S(pk.to_owned())),
+        ("sk".to_owned(), Av::S("ITEM".to_owned())),
+    ])
 }
 
 fn codes(
@@ -241,8 +244,7 @@ async fn a_write_meeting_a_transaction_in_flight_is_refused_as_dynamodb_refuses_
     let err =
         f.db.update_item()
             .table_name(&f.table)
-            .key("pk", Av::S("a2".into()))
-            .key("sk", Av::S("ITEM".into()))
+            .set_key(Some(key("a2")))
             .update_expression("SET n = :n")
             .expression_attribute_values(":n", Av::N("7".into()))
             .send()
@@ -258,8 +260,7 @@ async fn a_write_meeting_a_transaction_in_flight_is_refused_as_dynamodb_refuses_
     let err =
         f.db.delete_item()
             .table_name(&f.table)
-            .key("pk", Av::S("a1".into()))
-            .key("sk", Av::S("ITEM".into()))
+            .set_key(Some(key("a1")))
             .send()
             .await
             .unwrap_err();
@@ -274,8 +275,7 @@ async fn a_write_meeting_a_transaction_in_flight_is_refused_as_dynamodb_refuses_
         WriteRequest::builder()
             .put_request(
                 PutRequest::builder()
-                    .item("pk", Av::S(pk.into()))
-                    .item("sk", Av::S("ITEM".into()))
+                    .set_item(Some(key(pk)))
                     .build()
                     .unwrap(),
             )
@@ -304,8 +304,7 @@ async fn a_write_meeting_a_transaction_in_flight_is_refused_as_dynamodb_refuses_
     assert_eq!(f.counter_of("a1").await, None);
     f.db.get_item()
         .table_name(&f.table)
-        .key("pk", Av::S("a1".into()))
-        .key("sk", Av::S("ITEM".into()))
+        .set_key(Some(key("a1")))
         .send()
         .await
         .expect("a read passes");

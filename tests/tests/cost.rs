@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::common::{Harness, answer, registration_request, request};
+use crate::common::{
+    Harness, answer, challenge_request, registration_over, registration_request, request,
+};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
@@ -393,27 +395,11 @@ async fn a_registration_costs_four_aws_requests_and_eight_write_units() {
     let mut token = String::new();
     for (n, device) in [ctx.device(), ctx.device()].iter().enumerate() {
         let probe = Probe::new();
-        let ask = request(
-            "POST",
-            "/v1/devices/challenges",
-            "",
-            &[],
-            Some(&json!({"unique_code": device.code()})),
-        );
+        let ask = challenge_request(device);
         let (status, body) = answer(&handle(&app(&probe), Function::Registration, ask).await);
         assert_eq!(status, 201, "{body}");
         let challenge = body["challenge"].as_str().unwrap();
-        let register = request(
-            "POST",
-            "/v1/devices",
-            &token,
-            &[],
-            Some(
-                &json!({"unique_code": device.code(), "terminal_id": terminal,
-                         "challenge": challenge,
-                         "registration_proof": device.registration_proof(&terminal, challenge)}),
-            ),
-        );
+        let register = registration_over(device, &terminal, challenge, &token);
         let (status, body) = answer(&handle(&app(&probe), Function::Registration, register).await);
         assert_eq!(status, 201, "{body}");
         let mut expected = vec![

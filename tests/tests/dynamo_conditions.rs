@@ -133,12 +133,7 @@ async fn deregister_needs_the_registration_and_lock_as_read() {
         Write::Applied
     );
     assert_eq!(
-        ctx.store
-            .payment(&p.payment_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
+        stored(&ctx, &p.payment_id).await.status,
         PaymentStatus::Canceled
     );
     let gone = ctx.store.device(&code).await.unwrap().unwrap();
@@ -210,7 +205,7 @@ async fn lock_free_and_lock_lapsed() {
     let locked2 = ctx.store.device(&code2).await.unwrap().unwrap();
     let next = payment_for(&code2, &terminal2, 120);
     assert_eq!(create(&ctx, &next, &locked2).await, Write::Applied);
-    let old = ctx.store.payment(&short.payment_id).await.unwrap().unwrap();
+    let old = stored(&ctx, &short.payment_id).await;
     assert_eq!(old.status, PaymentStatus::Pending);
     assert_eq!(
         old.effective_status(Timestamp::now()),
@@ -359,24 +354,16 @@ async fn device_failures_unchanged_with_and_without_lock() {
     // DEVICE_FAILURES_UNCHANGED: counts from the value read...
     assert_eq!(wrong_code(&ctx, &p, &device, false).await, Write::Applied);
     // ...so a fresh payment read with a stale device read is refused, and nothing moves.
-    let p1 = ctx.store.payment(&p.payment_id).await.unwrap().unwrap();
+    let p1 = stored(&ctx, &p.payment_id).await;
     assert_eq!(wrong_code(&ctx, &p1, &device, false).await, Write::Conflict);
     let d1 = ctx.store.device(&code).await.unwrap().unwrap();
     assert_eq!((d1.failed_auth, p1.failed_attempts), (1, 1));
-    assert_eq!(
-        ctx.store
-            .payment(&p.payment_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .failed_attempts,
-        1
-    );
+    assert_eq!(stored(&ctx, &p.payment_id).await.failed_attempts, 1);
     // DEVICE_FAILURES_UNCHANGED_LOCK_HELD: failing the payment frees its code...
     assert_eq!(wrong_code(&ctx, &p1, &d1, true).await, Write::Applied);
     let d2 = ctx.store.device(&code).await.unwrap().unwrap();
     assert_eq!((d2.failed_auth, d2.pending.is_none()), (2, true));
-    let failed = ctx.store.payment(&p.payment_id).await.unwrap().unwrap();
+    let failed = stored(&ctx, &p.payment_id).await;
     assert_eq!(failed.status, PaymentStatus::Failed);
     // ...only while the lock is that payment's: with it pointed elsewhere (a state no use case
     // makes, written raw here), nothing is written.
@@ -394,7 +381,7 @@ async fn device_failures_unchanged_with_and_without_lock() {
         .await
         .unwrap();
     assert_eq!(wrong_code(&ctx, &q, &d3, true).await, Write::Conflict);
-    let q1 = ctx.store.payment(&q.payment_id).await.unwrap().unwrap();
+    let q1 = stored(&ctx, &q.payment_id).await;
     assert_eq!((q1.status, q1.failed_attempts), (PaymentStatus::Pending, 0));
     assert_eq!(
         ctx.store.device(&code).await.unwrap().unwrap().failed_auth,
@@ -431,7 +418,7 @@ async fn only_registration_writes_the_terminal_index() {
             .unwrap()
             .is_empty()
     );
-    let confirmed = ctx.store.payment(&p.payment_id).await.unwrap().unwrap();
+    let confirmed = stored(&ctx, &p.payment_id).await;
     ctx.store
         .settle(
             &SettlementMessage::for_payment(&confirmed, Timestamp::now()),
@@ -472,47 +459,30 @@ async fn payment_pending_unexpired_attempts_and_lapsed() {
     assert_eq!(wrong_code(&ctx, &p, &device, false).await, Write::Applied);
     let device = ctx.store.device(&code).await.unwrap().unwrap();
     assert_eq!(wrong_code(&ctx, &p, &device, false).await, Write::Conflict);
-    let p1 = ctx.store.payment(&p.payment_id).await.unwrap().unwrap();
+    let p1 = stored(&ctx, &p.payment_id).await;
     assert_eq!(p1.failed_attempts, 1);
     // PAYMENT_PENDING_LAPSED: an unexpired payment cannot be recorded expired.
     assert_eq!(
-        ctx.store
-            .finish_pending(&p1, PaymentStatus::Expired, Timestamp::now())
-            .await
-            .unwrap(),
+        finish(&ctx, &p1, PaymentStatus::Expired, Timestamp::now()).await,
         Write::Conflict
     );
     // PAYMENT_PENDING_UNEXPIRED: decline "after" expiry is refused, before it applies (LOCK_HELD_BY too).
     let later = p1.expires_at.plus_seconds(1);
     assert_eq!(
-        ctx.store
-            .finish_pending(&p1, PaymentStatus::Declined, later)
-            .await
-            .unwrap(),
+        finish(&ctx, &p1, PaymentStatus::Declined, later).await,
         Write::Conflict
     );
     assert_eq!(
-        ctx.store
-            .finish_pending(&p1, PaymentStatus::Declined, Timestamp::now())
-            .await
-            .unwrap(),
+        finish(&ctx, &p1, PaymentStatus::Declined, Timestamp::now()).await,
         Write::Applied
     );
     // PAYMENT_PENDING: nothing moves a final payment again.
     assert_eq!(
-        ctx.store
-            .finish_pending(&p1, PaymentStatus::Canceled, Timestamp::now())
-            .await
-            .unwrap(),
+        finish(&ctx, &p1, PaymentStatus::Canceled, Timestamp::now()).await,
         Write::Conflict
     );
     assert_eq!(
-        ctx.store
-            .payment(&p.payment_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
+        stored(&ctx, &p.payment_id).await.status,
         PaymentStatus::Declined
     );
     assert!(
@@ -524,6 +494,16 @@ async fn payment_pending_unexpired_attempts_and_lapsed() {
             .pending
             .is_none()
     );
+}
+
+/// The payment `id` as stored.
+async fn stored(ctx: &Harness, id: &PaymentId) -> Payment {
+    ctx.store.payment(id).await.unwrap().unwrap()
+}
+
+/// Records the pending payment `p` as finished with `status` at `at`.
+async fn finish(ctx: &Harness, p: &Payment, status: PaymentStatus, at: Timestamp) -> Write {
+    ctx.store.finish_pending(p, status, at).await.unwrap()
 }
 
 /// A confirmation of `p` as if the device had been read with `failures` and counter `prev`.
@@ -571,7 +551,7 @@ async fn confirm_needs_the_counter_as_read_and_the_lock() {
         Write::Conflict,
         "the payment's attempts changed"
     );
-    let p = ctx.store.payment(&p.payment_id).await.unwrap().unwrap();
+    let p = stored(&ctx, &p.payment_id).await;
     assert_eq!(
         confirm_as(&ctx, &p, 0, 0, 1, Timestamp::now()).await,
         Write::Conflict,
@@ -618,15 +598,10 @@ async fn settlement_is_conditional_on_confirmed_and_matching() {
             .unwrap()
             .is_empty()
     );
-    let c = Confirmation {
-        payment: &p,
-        device_failures: 0,
-        previous_counter: Counter::new(0),
-        counter: Counter::new(1),
-        fingerprint: "fp".into(),
-        at: Timestamp::now(),
-    };
-    assert_eq!(ctx.store.confirm(&c).await.unwrap(), Write::Applied);
+    assert_eq!(
+        confirm_as(&ctx, &p, 0, 0, 1, Timestamp::now()).await,
+        Write::Applied
+    );
     // A message that does not describe this payment: refused.
     let forged = SettlementMessage {
         amount: Amount::try_from(1).unwrap(),
@@ -820,15 +795,10 @@ async fn confirmed_payment(
     };
     assert_eq!(create(ctx, &p, &device).await, Write::Applied);
     if confirm {
-        let c = Confirmation {
-            payment: &p,
-            device_failures: 0,
-            previous_counter: Counter::new(0),
-            counter: Counter::new(1),
-            fingerprint: "fp".into(),
-            at: Timestamp::now(),
-        };
-        assert_eq!(ctx.store.confirm(&c).await.unwrap(), Write::Applied);
+        assert_eq!(
+            confirm_as(ctx, &p, 0, 0, 1, Timestamp::now()).await,
+            Write::Applied
+        );
     }
     p
 }
@@ -911,10 +881,7 @@ async fn recording_an_expiry_frees_the_code_of_that_payment_only() {
     // PAYMENT_PENDING_LAPSED, then LOCK_HELD_BY on the device: the stored, now expired, payment
     // gives its lock back (the release of an unstored payment's lock could not apply here).
     assert_eq!(
-        ctx.store
-            .finish_pending(&p, PaymentStatus::Expired, lapsed)
-            .await
-            .unwrap(),
+        finish(&ctx, &p, PaymentStatus::Expired, lapsed).await,
         Write::Applied
     );
     let after = ctx.store.device(&code).await.unwrap().unwrap();
@@ -923,12 +890,7 @@ async fn recording_an_expiry_frees_the_code_of_that_payment_only() {
         "the expired payment still holds the code"
     );
     assert_eq!(
-        ctx.store
-            .payment(&p.payment_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
+        stored(&ctx, &p.payment_id).await.status,
         PaymentStatus::Expired
     );
 }

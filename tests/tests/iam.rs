@@ -21,10 +21,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use twochan_aws::keys;
 
-use crate::common::{Harness, answer, request};
+use crate::common::{Harness, answer, challenge_request, registration_over, request};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde_json::{Value, json};
 use twochan_api::{
     App,
@@ -124,51 +123,26 @@ impl<'a> ProbedFunctions<'a> {
         self.app(probe, SqsSettlementQueue::new)
     }
 
-    /// Every message a queue holds now, each received once and left in flight for a minute
-    /// (deleted at once when `delete`, which a FIFO group needs to hand out its next ones).
+    /// Every message a queue holds now, as the functions' SQS event records (see
+    /// `Harness::receive_all`).
     async fn drain(&self, url: &str, delete: bool) -> Vec<SqsMessage> {
-        let mut all = Vec::new();
-        loop {
-            let out = self
-                .ctx
-                .sqs
-                .receive_message()
-                .queue_url(url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .visibility_timeout(60)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .send()
-                .await
-                .unwrap();
-            let batch = out.messages.unwrap_or_default();
-            if batch.is_empty() {
-                return all;
-            }
-            for m in batch {
-                if delete && let Some(handle) = m.receipt_handle() {
-                    self.ctx
-                        .sqs
-                        .delete_message()
-                        .queue_url(url)
-                        .receipt_handle(handle)
-                        .send()
-                        .await
-                        .unwrap();
-                }
+        let messages = self.ctx.receive_all(url, delete).await;
+        messages
+            .into_iter()
+            .map(|m| {
                 let mut record = SqsMessage::default();
-                record.message_id = m.message_id.clone();
-                record.receipt_handle = m.receipt_handle.clone();
-                record.body = m.body.clone();
+                record.message_id = m.message_id;
+                record.receipt_handle = m.receipt_handle;
+                record.body = m.body;
                 record.attributes = m
                     .attributes
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(k, v)| (k.as_str().to_owned(), v))
                     .collect();
-                all.push(record);
-            }
-        }
+                record
+            })
+            .collect()
     }
 }
 
@@ -194,27 +168,10 @@ async fn register<Q>(
 where
     Q: twochan_domain::ports::SettlementQueue,
 {
-    let ask = request(
-        "POST",
-        "/v1/devices/challenges",
-        "",
-        &[],
-        Some(&json!({"unique_code": device.code()})),
-    );
-    let (status, body) = call(app, Function::Registration, ask).await;
+    let (status, body) = call(app, Function::Registration, challenge_request(device)).await;
     assert_eq!(status, 201, "{body}");
     let challenge = body["challenge"].as_str().unwrap();
-    let register = request(
-        "POST",
-        "/v1/devices",
-        bearer,
-        &[],
-        Some(
-            &json!({"unique_code": device.code(), "terminal_id": terminal,
-                     "challenge": challenge,
-                     "registration_proof": device.registration_proof(terminal, challenge)}),
-        ),
-    );
+    let register = registration_over(device, terminal, challenge, bearer);
     call(app, Function::Registration, register).await
 }
 

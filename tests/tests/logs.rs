@@ -10,22 +10,11 @@ use serde_json::{Value, json};
 use twochan_api::{
     App,
     routes::{Function, NoQueue, handle},
-    telemetry::{self, CapturedLogs},
+    telemetry::CapturedLogs,
 };
 use twochan_aws::SqsSettlementQueue;
 use twochan_domain::UniqueCode;
 use twochan_tools::unique_id;
-
-/// The functions' log lines on this thread from now until the guard drops. The other tests of
-/// the binary run beside it without a subscriber, and a callsite one of them meets first may keep
-/// the interest it got before this subscriber existed: rebuilt here, so no span goes missing.
-fn capture_logs() -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
-    let captured = CapturedLogs::default();
-    let sink = captured.clone();
-    let guard = tracing::subscriber::set_default(telemetry::subscriber(move || sink.clone()));
-    tracing::callsite::rebuild_interest_cache();
-    (captured, guard)
-}
 
 fn with_request_id(req: lambda_http::Request, id: &str) -> lambda_http::Request {
     let mut context = Context::default();
@@ -36,7 +25,7 @@ fn with_request_id(req: lambda_http::Request, id: &str) -> lambda_http::Request 
 #[tokio::test]
 async fn payment_log_lines_name_the_payment_never_the_secrets() {
     let ctx = Harness::new().await;
-    let (captured, _guard) = capture_logs();
+    let (captured, _guard) = CapturedLogs::capture();
 
     let pos = ctx.pos().await;
     let app = App {
@@ -191,7 +180,7 @@ async fn payment_log_lines_name_the_payment_never_the_secrets() {
 #[tokio::test]
 async fn a_deregistration_logs_no_refusal() {
     let ctx = Harness::new().await;
-    let (captured, _guard) = capture_logs();
+    let (captured, _guard) = CapturedLogs::capture();
     let app = App {
         store: ctx.store.clone(),
         queue: NoQueue,

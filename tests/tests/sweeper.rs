@@ -25,10 +25,9 @@ use twochan_api::{
 use twochan_aws::{DynamoStore, SqsEventQueue, SqsSettlementQueue, keys};
 use twochan_domain::{
     Amount, Currency, MerchantId, PaymentId, PaymentStatus, Timestamp, UniqueCode,
-    crypto::IssuedSecret,
-    ports::{Directory, Ledger, Payments, SettlementMessage},
+    ports::{Ledger, Payments, SettlementMessage},
 };
-use twochan_tools::{Device, unique_id};
+use twochan_tools::{Device, new_merchant, unique_id};
 
 /// How long a payment may stay confirmed in this test's runs.
 const STUCK_AFTER_SECONDS: i64 = 300;
@@ -77,16 +76,7 @@ impl SweeperFixture {
             events: SqsEventQueue::new(ctx.sqs.clone(), events.clone()),
             allow_loopback_webhooks: true,
         };
-        let merchant = unique_id("m-");
-        let key = IssuedSecret::generate("mk_");
-        store
-            .put_merchant(
-                &MerchantId::try_from(merchant.as_str()).unwrap(),
-                &key.hash,
-                Timestamp::now(),
-            )
-            .await
-            .unwrap();
+        let (merchant, api_key) = new_merchant(&store, "m-").await.unwrap();
         let device = ctx.device();
         let reg = registration_request(&store, &device, &unique_id("term-")).await;
         let (status, body) = answer(&handle(&app, Function::Registration, reg).await);
@@ -98,7 +88,7 @@ impl SweeperFixture {
             held,
             events,
             merchant,
-            api_key: key.secret,
+            api_key,
             device,
             token: body["terminal_token"].as_str().unwrap().to_owned(),
             own_table,
@@ -165,6 +155,15 @@ impl SweeperFixture {
             .status
     }
 
+    /// How many ledger entries the payment has (2 once settled).
+    async fn entries(&self, payment: &Value) -> usize {
+        self.store
+            .ledger_entries(&payment_id(payment))
+            .await
+            .unwrap()
+            .len()
+    }
+
     async fn teardown(&self, ctx: &Harness, queues: &[&str]) {
         for url in [self.held.as_str(), self.events.as_str()]
             .into_iter()
@@ -221,29 +220,6 @@ async fn fill(ctx: &Harness, table: &str, items: usize) {
     }
 }
 
-/// What a queue holds now, each message received once (and left for its visibility timeout).
-async fn received(ctx: &Harness, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
-    let mut all = Vec::new();
-    loop {
-        let out = ctx
-            .sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .visibility_timeout(60)
-            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
-            .send()
-            .await
-            .unwrap();
-        let batch = out.messages.unwrap_or_default();
-        if batch.is_empty() {
-            return all;
-        }
-        all.extend(batch);
-    }
-}
-
 #[tokio::test]
 async fn a_payment_stuck_confirmed_is_sent_again_and_settles_from_it() {
     let ctx = Harness::new().await;
@@ -275,16 +251,19 @@ async fn a_payment_stuck_confirmed_is_sent_again_and_settles_from_it() {
 
     let sweeper_queue = SqsSettlementQueue::new(ctx.sqs.clone(), swept.clone());
     // A run that may read one page stops there, says so, and has found nothing yet.
-    let early = sweep(
-        &w.store,
-        &sweeper_queue,
-        Timestamp::now(),
-        STUCK_AFTER_SECONDS,
-        SweepLimits {
-            max_pages: 1,
-            ..UNBOUNDED
-        },
-    )
+    let sweep_now = |limits| {
+        sweep(
+            &w.store,
+            &sweeper_queue,
+            Timestamp::now(),
+            STUCK_AFTER_SECONDS,
+            limits,
+        )
+    };
+    let early = sweep_now(SweepLimits {
+        max_pages: 1,
+        ..UNBOUNDED
+    })
     .await;
     assert_eq!(
         (
@@ -296,16 +275,9 @@ async fn a_payment_stuck_confirmed_is_sent_again_and_settles_from_it() {
         (1, 0, Stop::PageLimit, false),
         "{early:?}"
     );
-    assert!(received(&ctx, &swept).await.is_empty());
+    assert!(ctx.receive_all(&swept, false).await.is_empty());
 
-    let summary = sweep(
-        &w.store,
-        &sweeper_queue,
-        Timestamp::now(),
-        STUCK_AFTER_SECONDS,
-        UNBOUNDED,
-    )
-    .await;
+    let summary = sweep_now(UNBOUNDED).await;
     assert_eq!(
         (summary.found, summary.reenqueued, summary.failed),
         (1, 1, 0),
@@ -315,7 +287,7 @@ async fn a_payment_stuck_confirmed_is_sent_again_and_settles_from_it() {
     assert_eq!(summary.stopped, Stop::Complete);
 
     // Exactly the stuck payment's message arrived, describing it.
-    let messages = received(&ctx, &swept).await;
+    let messages = ctx.receive_all(&swept, false).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
     let body: SettlementMessage =
         serde_json::from_str(messages[0].body().unwrap()).expect("a settlement message");
@@ -339,28 +311,14 @@ async fn a_payment_stuck_confirmed_is_sent_again_and_settles_from_it() {
     let out = settle_batch(&w.store, &w.app.events, event).await;
     assert!(out.batch_item_failures.is_empty(), "{out:?}");
     assert_eq!(w.status(&stuck).await, PaymentStatus::Settled);
-    assert_eq!(
-        w.store
-            .ledger_entries(&payment_id(&stuck))
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(w.entries(&stuck).await, 2);
     // The others are as they were.
     assert_eq!(w.status(&recent).await, PaymentStatus::Confirmed);
     assert_eq!(w.status(&pending).await, PaymentStatus::Pending);
     assert_eq!(w.status(&settled).await, PaymentStatus::Settled);
 
     // Nothing is stuck any more: the next run finds nothing.
-    let again = sweep(
-        &w.store,
-        &sweeper_queue,
-        Timestamp::now(),
-        STUCK_AFTER_SECONDS,
-        UNBOUNDED,
-    )
-    .await;
+    let again = sweep_now(UNBOUNDED).await;
     assert_eq!((again.found, again.complete), (0, true), "{again:?}");
 
     w.teardown(&ctx, &[&swept]).await;
@@ -387,13 +345,6 @@ async fn the_deployed_sweeper_settles_a_payment_left_confirmed() {
          make up)",
         stuck["payment_id"]
     );
-    assert_eq!(
-        w.store
-            .ledger_entries(&payment_id(&stuck))
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(w.entries(&stuck).await, 2);
     w.teardown(&ctx, &[]).await;
 }

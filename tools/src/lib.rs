@@ -503,3 +503,19 @@ pub fn unique_id(prefix: &str) -> String {
     twochan_domain::crypto::fill_random(&mut b);
     format!("{prefix}{}", hex::encode(b))
 }
+
+/// A merchant of a fresh id (`prefix` + [`unique_id`]'s suffix) with a new API key, stored as the
+/// operator command stores one: its id and the key's secret (only its hash is stored).
+pub async fn new_merchant(
+    store: &impl twochan_domain::ports::Directory,
+    prefix: &str,
+) -> twochan_domain::Result<(String, String)> {
+    let id = unique_id(prefix);
+    let key =
+        twochan_domain::crypto::IssuedSecret::generate(twochan_domain::crypto::MERCHANT_KEY_PREFIX);
+    let merchant = MerchantId::try_from(id.as_str()).expect("a unique id is a merchant id");
+    store
+        .put_merchant(&merchant, &key.hash, Timestamp::now())
+        .await?;
+    Ok((id, key.secret))
+}

@@ -579,10 +579,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_log_line_per_payment_names_it_never_the_code() {
-        let captured = CapturedLogs::default();
-        let sink = captured.clone();
-        let _guard =
-            tracing::subscriber::set_default(crate::telemetry::subscriber(move || sink.clone()));
+        let (captured, _guard) = CapturedLogs::capture();
         let rows = vec![
             row(PaymentStatus::Confirmed, Some(600), 1),
             row(PaymentStatus::Confirmed, Some(7200), 2),

@@ -34,6 +34,25 @@ where
 pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl CapturedLogs {
+    /// The functions' log lines written on this thread from now until the guard drops, in a
+    /// test beside others that log without a subscriber. While a scoped subscriber is the only
+    /// one, `tracing` decides whether a callsite is enabled by the subscriber of whichever thread
+    /// meets it first, so a span first met by another test would be off for this one too: a
+    /// global subscriber writing nowhere, installed once, keeps every callsite decided by one
+    /// that wants it.
+    pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        static ANCHOR: std::sync::Once = std::sync::Once::new();
+        ANCHOR.call_once(|| {
+            // A global subscriber of the test binary's own stays, and anchors as well.
+            let _ = tracing::subscriber::set_global_default(subscriber(std::io::sink));
+        });
+        let captured = Self::default();
+        let sink = captured.clone();
+        let guard = tracing::subscriber::set_default(subscriber(move || sink.clone()));
+        tracing::callsite::rebuild_interest_cache();
+        (captured, guard)
+    }
+
     /// Everything written so far, as text.
     pub fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).expect("log lines are UTF-8")

@@ -5,10 +5,7 @@ mod support;
 
 use serde_json::{Value, json};
 use support::*;
-use twochan_api::{
-    routes::Function,
-    telemetry::{self, CapturedLogs},
-};
+use twochan_api::{routes::Function, telemetry::CapturedLogs};
 use twochan_domain::{
     Timestamp, UniqueCode,
     crypto::{BeaconStep, MasterKey},
@@ -16,9 +13,7 @@ use twochan_domain::{
 
 /// Runs `req` through `handle` and returns its status and the lines it logged.
 fn logged(function: Function, req: lambda_http::Request) -> (u16, Vec<Value>) {
-    let captured = CapturedLogs::default();
-    let sink = captured.clone();
-    let _guard = tracing::subscriber::set_default(telemetry::subscriber(move || sink.clone()));
+    let (captured, _guard) = CapturedLogs::capture();
     let world = World::new();
     let app = world.app();
     let resp = run(&app, function, req);

@@ -13,11 +13,11 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
 use twochan_aws::{DynamoStore, SqsEventQueue, keys};
 use twochan_domain::{
-    MerchantId, Timestamp, UniqueCode,
-    crypto::{IssuedSecret, MasterKey},
-    ports::{Devices, Directory, RegistrationChallenge},
+    Timestamp, UniqueCode,
+    crypto::MasterKey,
+    ports::{Devices, RegistrationChallenge},
 };
-use twochan_tools::{Api, Device, Phone, Pos, stack::Stack, unique_id};
+use twochan_tools::{Api, Device, Phone, Pos, new_merchant, stack::Stack, unique_id};
 
 /// The stack `make up` deployed and real SDK clients on it.
 pub struct Harness {
@@ -117,6 +117,41 @@ impl Harness {
         create.send().await.unwrap().queue_url.unwrap()
     }
 
+    /// Every message the queue at `url` holds now, each received once and left in flight for a
+    /// minute; deleted at once when `delete` (a FIFO group hands out its next ones only then).
+    pub async fn receive_all(&self, url: &str, delete: bool) -> Vec<aws_sdk_sqs::types::Message> {
+        let mut all = Vec::new();
+        loop {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .visibility_timeout(60)
+                .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+                .send()
+                .await
+                .unwrap();
+            let batch = out.messages.unwrap_or_default();
+            if batch.is_empty() {
+                return all;
+            }
+            if delete {
+                for handle in batch.iter().filter_map(|m| m.receipt_handle()) {
+                    self.sqs
+                        .delete_message()
+                        .queue_url(url)
+                        .receipt_handle(handle)
+                        .send()
+                        .await
+                        .unwrap();
+                }
+            }
+            all.extend(batch);
+        }
+    }
+
     pub fn var(&self, key: &str) -> String {
         require(&self.stack, key)
     }
@@ -128,17 +163,10 @@ impl Harness {
 
     /// A new merchant (as the operator command makes one) and a POS of it.
     pub async fn pos(&self) -> Pos {
-        let id = unique_id("m-");
-        let key = IssuedSecret::generate("mk_");
-        self.store
-            .put_merchant(
-                &MerchantId::try_from(id.as_str()).unwrap(),
-                &key.hash,
-                Timestamp::now(),
-            )
+        let (id, key) = new_merchant(&self.store, "m-")
             .await
             .expect("create merchant");
-        Pos::new(self.api.clone(), &id, &key.secret, "pos-01")
+        Pos::new(self.api.clone(), &id, &key, "pos-01")
     }
 
     pub fn device(&self) -> Device {
@@ -328,11 +356,32 @@ pub async fn registration_request(
         .put_challenge(&challenge)
         .await
         .expect("keep a challenge");
-    let challenge = challenge.challenge.as_str();
+    registration_over(device, terminal, challenge.challenge.as_str(), "")
+}
+
+/// The phone's request for a registration challenge for `device`'s code.
+pub fn challenge_request(device: &Device) -> lambda_http::Request {
+    request(
+        "POST",
+        "/v1/devices/challenges",
+        "",
+        &[],
+        Some(&json!({"unique_code": device.code()})),
+    )
+}
+
+/// The registration of `device` to `terminal` signed over `challenge`, with the terminal's token
+/// `bearer` (empty for none).
+pub fn registration_over(
+    device: &Device,
+    terminal: &str,
+    challenge: &str,
+    bearer: &str,
+) -> lambda_http::Request {
     request(
         "POST",
         "/v1/devices",
-        "",
+        bearer,
         &[],
         Some(
             &json!({"unique_code": device.code(), "terminal_id": terminal,

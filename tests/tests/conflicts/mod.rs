@@ -46,8 +46,8 @@ use serde_json::{Value, json};
 use twochan_api::routes::{App, Function, handle};
 use twochan_aws::{DynamoStore, SqsEventQueue, SqsSettlementQueue, failpoints::Probe};
 use twochan_domain::{
-    Currency, DomainError, IdempotencyKey, MerchantId, Payment, PaymentId, PaymentSlot,
-    PaymentStatus, Timestamp, UniqueCode,
+    DomainError, IdempotencyKey, MerchantId, Payment, PaymentId, PaymentSlot, PaymentStatus,
+    Timestamp, UniqueCode,
     crypto::SecretHash,
     ports::{
         Devices, Ledger, Payments, RegistrationChallenge, Settlement, SettlementMessage,
@@ -55,6 +55,7 @@ use twochan_domain::{
     },
     webhook::SecretSeal,
 };
+use twochan_memory::conformance;
 use twochan_tools::{
     Device,
     conflict_proxy::{self, DEFAULT_HOLD, RunningProxy, STATS_PATH, StatsSnapshot},

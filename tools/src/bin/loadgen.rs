@@ -24,12 +24,8 @@ use aws_sdk_dynamodb::types::{
 use reqwest::Method;
 use serde_json::json;
 use twochan_aws::{AwsClients, DynamoStore};
-use twochan_domain::{
-    MerchantId, PaymentId, Timestamp,
-    crypto::{IssuedSecret, MERCHANT_KEY_PREFIX, MasterKey},
-    ports::{Directory, Payments},
-};
-use twochan_tools::{Api, Call, Device, Phone, Pos, stack::Stack, unique_id};
+use twochan_domain::{PaymentId, crypto::MasterKey, ports::Payments};
+use twochan_tools::{Api, Call, Device, Phone, Pos, new_merchant, stack::Stack, unique_id};
 
 /// Latencies of one kind of step, in milliseconds.
 #[derive(Default)]
@@ -234,20 +230,13 @@ async fn payments(stack: &Stack, n: usize, run_for: Duration) -> serde_json::Val
         .clamp(1, n.max(1));
     let mut shops = Vec::new();
     for _ in 0..merchants {
-        let merchant = unique_id("bench-m-");
-        let key = IssuedSecret::generate(MERCHANT_KEY_PREFIX);
-        store
-            .put_merchant(
-                &MerchantId::try_from(merchant.as_str()).unwrap(),
-                &key.hash,
-                Timestamp::now(),
-            )
+        let (merchant, key) = new_merchant(&store, "bench-m-")
             .await
             .unwrap_or_else(|e| fail(format!("merchant: {e}")));
         shops.push(Pos::new(
             function_api("payment-request"),
             &merchant,
-            &key.secret,
+            &key,
             "bench-pos",
         ));
     }

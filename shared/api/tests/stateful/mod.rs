@@ -19,8 +19,8 @@ use twochan_domain::{
     UniqueCode,
     crypto::{BeaconStep, DeviceKey, IssuedSecret, MasterKey, PaymentBinding},
     ports::{
-        Devices, Directory, EventMessage, EventQueue, Ledger, RegistrationChallenge,
-        SettlementMessage, SettlementQueue,
+        Devices, Directory, EventMessage, EventQueue, RegistrationChallenge, SettlementMessage,
+        SettlementQueue,
     },
 };
 use twochan_memory::{
