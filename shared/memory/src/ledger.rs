@@ -12,7 +12,7 @@ use twochan_domain::{
     refund::Refund,
 };
 
-use crate::state::{RefundItem, State};
+use crate::state::{RefundItem, State, insert_new};
 use crate::{MemoryStore, Op};
 
 impl Ledger for MemoryStore {
@@ -237,18 +237,16 @@ impl Refunds for MemoryStore {
     ) -> Result<Write> {
         self.write(Op::RecordRefundRejection, || async {
             self.step(|s| {
-                if s.refund_slots.contains_key(slot) {
-                    return Ok(Write::Conflict);
-                }
-                s.refund_slots.insert(
+                let kept = RefundItem::Rejected {
+                    fingerprint: fingerprint.to_owned(),
+                    response: response.clone(),
+                };
+                Ok(insert_new(
+                    &mut s.refund_slots,
                     *slot,
-                    RefundItem::Rejected {
-                        fingerprint: fingerprint.to_owned(),
-                        response: response.clone(),
-                    },
-                );
-                s.applied_writes += 1;
-                Ok(Write::Applied)
+                    kept,
+                    &mut s.applied_writes,
+                ))
             })
         })
         .await

@@ -6,7 +6,7 @@ use twochan_domain::{
     ports::{Confirmation, Device, Payments, SlotRecord, StoredResponse, Write, WrongCode},
 };
 
-use crate::state::{SlotItem, State, StoredPayment};
+use crate::state::{SlotItem, State, StoredPayment, insert_new};
 use crate::{MemoryStore, Op, yield_once};
 
 impl Payments for MemoryStore {
@@ -116,18 +116,11 @@ impl Payments for MemoryStore {
     ) -> Result<Write> {
         self.write(Op::RecordRejection, || async {
             self.step(|s| {
-                if s.slots.contains_key(slot) {
-                    return Ok(Write::Conflict);
-                }
-                s.slots.insert(
-                    *slot,
-                    SlotItem::Rejected {
-                        fingerprint: fingerprint.to_owned(),
-                        response: response.clone(),
-                    },
-                );
-                s.applied_writes += 1;
-                Ok(Write::Applied)
+                let kept = SlotItem::Rejected {
+                    fingerprint: fingerprint.to_owned(),
+                    response: response.clone(),
+                };
+                Ok(insert_new(&mut s.slots, *slot, kept, &mut s.applied_writes))
             })
         })
         .await

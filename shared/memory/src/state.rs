@@ -178,3 +178,22 @@ impl State {
         item
     }
 }
+
+/// `NEW_ITEM`: `value` goes into `slot` only if the slot is empty (a kept answer of either slot
+/// kind).
+pub(crate) fn insert_new<V>(
+    map: &mut HashMap<PaymentSlot, V>,
+    slot: PaymentSlot,
+    value: V,
+    applied_writes: &mut usize,
+) -> twochan_domain::ports::Write {
+    use std::collections::hash_map::Entry;
+    match map.entry(slot) {
+        Entry::Occupied(_) => twochan_domain::ports::Write::Conflict,
+        Entry::Vacant(v) => {
+            v.insert(value);
+            *applied_writes += 1;
+            twochan_domain::ports::Write::Applied
+        }
+    }
+}
