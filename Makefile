@@ -22,9 +22,7 @@ down: ## Stop the local cloud and every process it started
 demo: up ## One complete two-channel payment on the local cloud
 	@scripts/demo.sh
 
-# The build installs the test tools beside the compiler (scripts/build.sh, SETUP).
-test: export SETUP := test
-test: up ## Everything: format, clippy, unit tests, integration tests against the local cloud
+test: ## Everything (setup, build, make up, lint, unit, integration and the stack's other tests), side by side
 	@scripts/test.sh
 
 test-rest: up ## The API as a REST API (ApiKind rest): stack twochan-rest, the black-box client against it

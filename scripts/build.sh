@@ -7,7 +7,8 @@
 # to AWS): `cargo lambda build --release` with the fat-LTO profile whose size and init figures
 # docs/PERFORMANCE.md reports.
 #
-# SETUP=test (make test) installs the test tools too (scripts/setup.sh).
+# SETUP=test installs the test tools too (scripts/setup.sh); SETUP=none installs nothing (make test
+# runs the installer as a step of its own).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
@@ -18,23 +19,30 @@ case "$profile" in
   dev)
     # The Python installs wait on the network, the build on the CPU: side by side.
     mkdir -p "$LOCAL"
-    "$ROOT/scripts/setup.sh" "$setup_set" > "$LOCAL/setup.log" 2>&1 &
-    setup_pid=$!
-    log "cargo build (dev profile: the local loop), and scripts/setup.sh $setup_set beside it"
-    cargo build --workspace --bins
-    if ! wait "$setup_pid"; then
-      cat "$LOCAL/setup.log" >&2
-      echo "scripts/setup.sh $setup_set failed (above)" >&2
-      exit 1
+    setup_pid=""
+    if [[ "$setup_set" != none ]]; then
+      "$ROOT/scripts/setup.sh" "$setup_set" > "$LOCAL/setup.log" 2>&1 &
+      setup_pid=$!
+      log "cargo build (dev profile: the local loop), and scripts/setup.sh $setup_set beside it"
+    else
+      log "cargo build (dev profile: the local loop)"
     fi
-    cat "$LOCAL/setup.log" >&2
+    cargo build --workspace --bins
+    if [[ -n "$setup_pid" ]]; then
+      if ! wait "$setup_pid"; then
+        cat "$LOCAL/setup.log" >&2
+        echo "scripts/setup.sh $setup_set failed (above)" >&2
+        exit 1
+      fi
+      cat "$LOCAL/setup.log" >&2
+    fi
     for bin in "${bins[@]}"; do
       mkdir -p "target/lambda/$bin"
       cp -f "target/debug/$bin" "target/lambda/$bin/bootstrap"
     done
     ;;
   release)
-    "$ROOT/scripts/setup.sh" "$setup_set"
+    [[ "$setup_set" == none ]] || "$ROOT/scripts/setup.sh" "$setup_set"
     log "cargo lambda build --release (the deployed profile)"
     # --compiler cargo: a native build, about twice as fast as the zig cross-linker; the host's
     # glibc is old enough for provided.al2023.

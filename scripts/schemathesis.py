@@ -3,9 +3,9 @@
 
 Sets up what generated requests need to reach more than 404 (a device registered to a fresh
 terminal, whose token authenticates the phone operations; a second device of the same terminal,
-registered with that token, to be deregistered; a payment confirmed on the first device and settled,
-for refunds; the demo merchant's webhook endpoint set to a receiver of this script on 127.0.0.1,
-which answers every event 204), then runs schemathesis with the checks below;
+registered with that token, to be deregistered; a merchant of the run's own; a payment of it confirmed
+on the first device and settled, for refunds; the merchant's webhook endpoint set to a receiver of
+this script on 127.0.0.1, which answers every event 204), then runs schemathesis with the checks below;
 scripts/schemathesis_hooks.py gives some generated requests what only a device has (a beacon proof
 of the moment, a proof over a fresh challenge) and points some at the real payment (refunds of 1,
 so that 201 is reached many times) and the receiver. The endpoint is deleted after the run (the
@@ -25,8 +25,8 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stack import (LOCAL, ROOT, auth_code, beacon_proof, device_key, registration_proof_v2,  # noqa: E402
-                   stack_env, wait_for)
+from stack import (LOCAL, ROOT, auth_code, beacon_proof, device_key, new_merchant,  # noqa: E402
+                   registration_proof_v2, stack_env, wait_for)
 
 env = stack_env()
 API, MASTER = env["API_URL"], env["ISSUER_MASTER_KEY"]
@@ -75,6 +75,9 @@ def register(code, terminal, bearer=None):
 
 
 run = secrets.token_hex(6)
+# A merchant of the run's own: its webhook endpoint and balance are the run's alone, whatever else
+# uses the stack at the same time (make test runs the black-box client beside it).
+merchant_key = new_merchant(env, "st-merchant-" + run)
 terminal = "st-phone-" + run
 device, spare = "st-dev-" + run, "st-spare-" + run
 key, token = register(device, terminal)
@@ -83,7 +86,7 @@ register(spare, terminal, token)
 # A confirmed payment, so that reads of a confirmed (then settled) payment are checked as well.
 request = {"unique_code": device, "beacon_proof": beacon_proof(key, device), "amount": 100, "currency": "USD",
            "pos_id": "st-pos"}
-payment = expect(201, call("POST", "/v1/payments", request, env["MERCHANT_API_KEY"], {"Idempotency-Key": "st-" + run}),
+payment = expect(201, call("POST", "/v1/payments", request, merchant_key, {"Idempotency-Key": "st-" + run}),
                  "payment request")
 confirm = {"auth_code": auth_code(key, payment, 1), "counter": "1"}
 expect(200, call("POST", f"/v1/payments/{payment['payment_id']}/confirm", confirm, token), "confirm")
@@ -93,7 +96,7 @@ if not wait_for(lambda: call("GET", f"/v1/payments/{payment['payment_id']}", bea
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
-    """The demo merchant's webhook endpoint during the run: every event is answered 204 and counted."""
+    """The run merchant's webhook endpoint: every event is answered 204 and counted."""
     events = collections.Counter()
 
     def do_POST(self):  # noqa: N802
@@ -112,7 +115,7 @@ class Receiver(http.server.BaseHTTPRequestHandler):
 receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
 threading.Thread(target=receiver.serve_forever, daemon=True).start()
 webhook_url = f"http://127.0.0.1:{receiver.server_port}/schemathesis-{run}"
-expect(200, call("PUT", "/v1/webhook-endpoint", {"url": webhook_url}, env["MERCHANT_API_KEY"]), "webhook endpoint")
+expect(200, call("PUT", "/v1/webhook-endpoint", {"url": webhook_url}, merchant_key), "webhook endpoint")
 
 os.makedirs(os.path.join(LOCAL, "schemathesis"), exist_ok=True)
 # Deterministic generation, and one worker: requests on the run's device interact (one pending
@@ -128,7 +131,7 @@ result = subprocess.run(command, cwd=ROOT, env={
     **os.environ,
     "PATH": os.path.join(LOCAL, "venv", "bin") + os.pathsep + os.environ["PATH"],
     "HYPOTHESIS_STORAGE_DIRECTORY": os.path.join(LOCAL, "schemathesis", "hypothesis"),
-    "MERCHANT_API_KEY": env["MERCHANT_API_KEY"],
+    "MERCHANT_API_KEY": merchant_key,
     "TERMINAL_TOKEN": token,
     "SCHEMATHESIS_TERMINAL": terminal,
     "SCHEMATHESIS_DEVICE": device,
@@ -138,8 +141,8 @@ result = subprocess.run(command, cwd=ROOT, env={
     "SCHEMATHESIS_RUN": run + ":",
 })
 print(f"schemathesis: exit {result.returncode} after {time.monotonic() - started:.0f} s", flush=True)
-# The receiver ends with this script: no endpoint is left behind for the demo merchant.
-call("DELETE", "/v1/webhook-endpoint", bearer=env["MERCHANT_API_KEY"])
+# The receiver ends with this script: no endpoint is left pointing at it.
+call("DELETE", "/v1/webhook-endpoint", bearer=merchant_key)
 print("schemathesis: webhook events received: "
       + (", ".join(f"{n} {kind}" for kind, n in sorted(Receiver.events.items())) or "none"), flush=True)
 sys.exit(result.returncode)

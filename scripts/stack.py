@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +26,21 @@ def stack_env():
                 env[k] = v
     env.update({k: v for k, v in os.environ.items() if k in env})
     return env
+
+
+def new_merchant(env, merchant_id):
+    """MERCHANT_API_KEY of a new merchant, made as `make merchant` makes one (scripts/merchant.sh)."""
+    tool = os.path.join(ROOT, "target", "lambda", "merchant", "bootstrap")
+    if not os.access(tool, os.X_OK):
+        sys.exit(f"{tool} is missing: run make build (or make up) first")
+    run_env = dict(os.environ, **env)
+    for k, v in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")):
+        run_env.setdefault(k, v)
+    out = subprocess.run([tool, merchant_id], env=run_env, capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        if line.startswith("MERCHANT_API_KEY="):
+            return line.split("=", 1)[1]
+    sys.exit(f"merchant printed no key: {out!r}")
 
 
 def call(api, method, path, body=None, bearer=None, headers=None, timeout=30):

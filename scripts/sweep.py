@@ -28,7 +28,7 @@ its key), else an unknown or malformed payment id (404, which keeps nothing);
 GET and DELETE of it always a bad bearer or an oversize body (DELETE would remove the endpoint, and
 neither is a 4xx otherwise).
 
-Coordinates come from .local/stack.env (API_URL, AWS_ENDPOINT_URL, MERCHANT_API_KEY,
+Coordinates come from .local/stack.env, or the file --env-file names (API_URL, AWS_ENDPOINT_URL, MERCHANT_API_KEY,
 ISSUER_MASTER_KEY, TABLE_NAME, SETTLEMENT_QUEUE_URL). Standard library HTTP, boto3 for the table,
 queue and logs. Every proof and the bearer prefixes come from the Rust device simulator
 (tools/src/bin/device.rs, built on demand), so the contract's HMACs have one implementation that the
@@ -109,10 +109,9 @@ ULID_CHARS = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 CURRENCIES = ["USD", "EUR", "KRW", "JPY", "GBP", "CHF", "BHD", "CLP", "XOF", "XCD"]
 
 
-def load_env():
+def load_env(path=None):
     env = {}
-    path = os.path.join(ROOT, ".local", "stack.env")
-    with open(path) as f:
+    with open(path or os.path.join(ROOT, ".local", "stack.env")) as f:
         for line in f:
             if "=" in line:
                 k, v = line.strip().split("=", 1)
@@ -1203,15 +1202,18 @@ def main():
     ap.add_argument("--count", type=int, default=10_000, help="requests to send (default 10000)")
     ap.add_argument("--seed", type=int, default=None, help="generator seed (default: random, printed)")
     ap.add_argument("--threads", type=int, default=16, help="concurrent connections (default 16)")
+    ap.add_argument("--env-file", help="the stack's coordinates (default .local/stack.env; make test sweeps a "
+                                       "stack of its own, .local/stack-twochan-sweep.env)")
     ap.add_argument("--strict", action="store_true", help="known bugs (KNOWN_BUGS) fail the sweep too")
     ap.add_argument("--part2", action=argparse.BooleanOptionalAction, default=PART2,
                     help=f"refunds and webhook endpoints too (default {'on' if PART2 else 'off'})")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
-    env = load_env()
+    began = time.monotonic()
+    env = load_env(args.env_file)
     print(f"sweep: seed {seed}, {args.count} requests, {args.threads} threads against {env['API_URL']}")
     print(f"sweep: reproduce with: scripts/sweep.py --seed {seed} --count {args.count}"
-          + (" --part2" if args.part2 else " --no-part2"))
+          + (" --part2" if args.part2 else " --no-part2") + (f" --env-file {args.env_file}" if args.env_file else ""))
 
     client = Client(env["API_URL"])
     ddb, sqs, logs = aws("dynamodb", env), aws("sqs", env), aws("logs", env)
@@ -1249,6 +1251,7 @@ def main():
 
     start_ms = int(time.time() * 1000)
     t0 = time.monotonic()
+    prepared = t0 - began
     with ThreadPoolExecutor(args.threads) as pool:
         list(pool.map(one, requests))
     elapsed = time.monotonic() - t0
@@ -1270,12 +1273,14 @@ def main():
                 panics[where] += 1
         invocations += sum(1 for line in log_lines(logs, group, start_ms - 1000, end_ms, "REPORT")
                            if line.startswith("REPORT RequestId"))
+    checked = time.monotonic() - t0 - elapsed
     known_panics = sum(n for where, n in panics.items() if "/lambda_http-" in where and "/src/request.rs" in where)
     other_panics = sum(panics.values()) - (0 if args.strict else known_panics)
 
     # ------------------------------------------------------------ report
     print(f"sweep: {len(requests)} requests in {elapsed:.1f} s ({len(requests) / elapsed:.0f} requests/s), "
-          f"{client.retries} connection retries")
+          f"{client.retries} connection retries; setup and first snapshot {prepared:.1f} s, second snapshot and "
+          f"log checks {checked:.1f} s")
     print("sweep: requests per endpoint (status: count):")
     for label in LABELS.values():
         if counts[label]:

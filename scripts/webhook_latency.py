@@ -31,7 +31,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stack import ROOT, beacon_proof, call, device_key, registration_proof_v2, stack_env  # noqa: E402
+from stack import ROOT, beacon_proof, call, device_key, new_merchant, registration_proof_v2, stack_env  # noqa: E402
 
 WAIT_S = 30.0  # per sample; the contract says 5 s on the local stack
 
@@ -90,21 +90,6 @@ class Hook(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
-
-
-def new_merchant(env, merchant_id):
-    """MERCHANT_API_KEY of a new merchant, made as `make merchant` makes one (scripts/merchant.sh)."""
-    tool = os.path.join(ROOT, "target", "lambda", "merchant", "bootstrap")
-    if not os.access(tool, os.X_OK):
-        sys.exit(f"{tool} is missing: run make build (or make up) first")
-    run_env = dict(os.environ, **env)
-    for k, v in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_REGION", "us-east-1")):
-        run_env.setdefault(k, v)
-    out = subprocess.run([tool, merchant_id], env=run_env, capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        if line.startswith("MERCHANT_API_KEY="):
-            return line.split("=", 1)[1]
-    sys.exit(f"merchant printed no key: {out!r}")
 
 
 def quantile(xs, q):

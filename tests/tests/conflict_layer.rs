@@ -389,7 +389,9 @@ async fn two_transactions_on_the_same_item_one_wins_and_other_services_pass() {
     assert!(queue.queue_url().is_some());
 
     // The counters over HTTP, as benchmarks read them.
-    let stats: StatsSnapshot = reqwest::get(format!("{}{STATS_PATH}", f.proxy.url))
+    let stats: StatsSnapshot = twochan_tools::http_client()
+        .get(format!("{}{STATS_PATH}", f.proxy.url))
+        .send()
         .await
         .unwrap()
         .json()
@@ -414,7 +416,9 @@ async fn the_stack_s_proxy_answers_when_it_is_on() {
         eprintln!("CONFLICT_PROXY_URL is empty: the stack runs without the proxy (CONFLICTS=off)");
         return;
     };
-    let before: StatsSnapshot = reqwest::get(format!("{url}{STATS_PATH}"))
+    let before: StatsSnapshot = twochan_tools::http_client()
+        .get(format!("{url}{STATS_PATH}"))
+        .send()
         .await
         .expect("the stack's proxy answers")
         .json()
@@ -427,7 +431,9 @@ async fn the_stack_s_proxy_answers_when_it_is_on() {
         .send()
         .await
         .unwrap();
-    let after: StatsSnapshot = reqwest::get(format!("{url}{STATS_PATH}"))
+    let after: StatsSnapshot = twochan_tools::http_client()
+        .get(format!("{url}{STATS_PATH}"))
+        .send()
         .await
         .unwrap()
         .json()

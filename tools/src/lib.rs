@@ -163,6 +163,16 @@ impl ApiResponse {
     }
 }
 
+/// A reqwest client builder with the workspace's TLS (rustls on ring, `twochan_aws::tls_config`).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().tls_backend_preconfigured(twochan_aws::tls_config())
+}
+
+/// A plain HTTP(S) client with the workspace's TLS.
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("http client")
+}
+
 /// A thin client of the API's base URL.
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -180,7 +190,7 @@ pub struct Call<'a> {
 
 impl Api {
     pub fn new(base_url: &str) -> Self {
-        let http = reqwest::Client::builder()
+        let http = http_client_builder()
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");

@@ -18,6 +18,7 @@ pub use config::{
 };
 pub use dynamo::DynamoStore;
 pub use sqs::{SqsEventQueue, SqsSettlementQueue};
+pub use webhook_sender::tls_config;
 
 /// The table's key spellings, for tests and tools that read or place items directly.
 pub mod keys {

@@ -163,8 +163,9 @@ fn failure(e: reqwest::Error) -> Delivery {
     Delivery::Failed { reason }
 }
 
-/// TLS: rustls on ring (as the AWS clients, [`crate::http_client`]) with the system's roots.
-fn tls_config() -> rustls::ClientConfig {
+/// TLS for every reqwest client of the workspace (the webhook sender, the tools, the tests):
+/// rustls on ring, as the AWS clients ([`crate::http_client`]), with the system's roots.
+pub fn tls_config() -> rustls::ClientConfig {
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

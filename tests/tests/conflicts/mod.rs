@@ -612,7 +612,9 @@ async fn call_on(
 
 /// The counters of the proxy at `proxy`, over HTTP.
 async fn stats(proxy: &str) -> StatsSnapshot {
-    reqwest::get(format!("{proxy}{STATS_PATH}"))
+    twochan_tools::http_client()
+        .get(format!("{proxy}{STATS_PATH}"))
+        .send()
         .await
         .expect("the stack's conflict proxy answers (make up)")
         .json()

@@ -80,7 +80,9 @@ async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
 /// The conflict proxy's refusals so far (transactions, single writes), when it runs.
 async fn conflict_stats(stack: &Stack) -> Option<(u64, u64)> {
     let url = stack.get("CONFLICT_PROXY_URL").filter(|u| !u.is_empty())?;
-    let stats: serde_json::Value = reqwest::get(format!("{url}/_conflicts/stats"))
+    let stats: serde_json::Value = twochan_tools::http_client()
+        .get(format!("{url}/_conflicts/stats"))
+        .send()
         .await
         .ok()?
         .json()

@@ -236,7 +236,7 @@ async fn fake_upstream() -> (String, Seen) {
 async fn other_requests_pass_through_unchanged() {
     let (upstream, seen) = fake_upstream().await;
     let proxy = start_ephemeral(&upstream, DEFAULT_HOLD).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::http_client();
     let resp = http
         .put(format!("{}/bucket/a%20key?versionId=3&x=y", proxy.url))
         .header("host", "s3.localhost.example:4566")
@@ -403,7 +403,9 @@ async fn the_sdk_sees_dynamodb_s_conflict_errors() {
     assert_eq!(stats.refused_by_operation["PutItem"], 1);
     assert_eq!((stats.transactions_in_flight, stats.items_held), (0, 0));
     // The same counters over HTTP.
-    let over_http: StatsSnapshot = reqwest::get(format!("{}{STATS_PATH}", proxy.url))
+    let over_http: StatsSnapshot = crate::http_client()
+        .get(format!("{}{STATS_PATH}", proxy.url))
+        .send()
         .await
         .unwrap()
         .json()
