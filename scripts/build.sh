@@ -14,7 +14,7 @@ source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 profile="${BUILD_PROFILE:-dev}"
 setup_set="${SETUP:-stack}"
-bins=(registration payment-request confirmation settlement webhooks sweeper demo merchant loadgen conflict-proxy)
+bins=(registration payment-request confirmation settlement webhooks sweeper demo merchant loadgen conflict-proxy device)
 case "$profile" in
   dev)
     # The Python installs wait on the network, the build on the CPU: side by side.

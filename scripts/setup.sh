@@ -18,7 +18,7 @@ exec 9>"$LOCAL/setup.lock"
 flock 9
 
 uv="$LOCAL/uv/bin/uv"
-if [[ "$("$uv" --version 2>/dev/null)" != "uv $UV_VERSION" ]]; then
+if [[ "$("$uv" --version 2>/dev/null) " != "uv $UV_VERSION "* ]]; then
   log "installing uv $UV_VERSION into .local/uv"
   python3 -m venv "$LOCAL/uv"
   "$LOCAL/uv/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"

@@ -31,7 +31,7 @@ neither is a 4xx otherwise).
 Coordinates come from .local/stack.env, or the file --env-file names (API_URL, AWS_ENDPOINT_URL, MERCHANT_API_KEY,
 ISSUER_MASTER_KEY, TABLE_NAME, SETTLEMENT_QUEUE_URL). Standard library HTTP, boto3 for the table,
 queue and logs. Every proof and the bearer prefixes come from the Rust device simulator
-(tools/src/bin/device.rs, built on demand), so the contract's HMACs have one implementation that the
+(tools/src/bin/device.rs, built by make up), so the contract's HMACs have one implementation that the
 server and its clients share. Exit status 0 when every check holds.
 """
 
@@ -125,13 +125,13 @@ class Devices:
     JSON per proof. Devices are made from `master` (ISSUER_MASTER_KEY) unless told another one."""
 
     def __init__(self, master):
-        target = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"))
-        # Built on demand (a no-op after scripts/build.sh), so the simulator matches the sources.
-        subprocess.run(["cargo", "build", "--quiet", "-p", "twochan-tools", "--bin", "device"], cwd=ROOT,
-                       check=True)
+        # Built with the stack's other tools (scripts/build.sh: make up).
+        binary = os.path.join(ROOT, "target", "lambda", "device", "bootstrap")
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"sweep: {binary} is missing: run make up first")
         self.master = master
         self.lock = threading.Lock()
-        self.proc = subprocess.Popen([os.path.join(target, "debug", "device")], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([binary], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1)
 
     def ask(self, op, **fields):

@@ -19,8 +19,8 @@ tests_build() {
   "$ROOT/scripts/lint.sh" fmt
   log "cargo test --no-run: the unit and integration test binaries"
   cargo test --workspace --no-run --message-format=json-render-diagnostics > "$LOGS/tests-build.json"
-  python3 - "$LOGS/tests-build.json" "$LOGS/integration-binary" <<'EOF'
-import json, sys
+  python3 - "$LOGS/tests-build.json" "$LOGS/integration-binary" "$LOGS/unit-binaries" <<'EOF'
+import json, os, sys
 messages = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
 artifacts = [m for m in messages if m.get("reason") == "compiler-artifact"]
 # The binaries' build compiled the AWS SDK with the features the tests need too (twochan-aws's
@@ -29,15 +29,33 @@ again = sorted({m["target"]["name"] for m in artifacts if not m["fresh"] and m["
 if again:
     sys.exit(f"the test build compiled the AWS SDK again ({', '.join(again)}): the features of the build and "
              "the test build differ; see shared/aws/Cargo.toml")
-[binary] = [m["executable"] for m in artifacts if m["target"]["name"] == "integration" and m["profile"]["test"]]
+tests = [m for m in artifacts if m["profile"]["test"] and m.get("executable")]
+[binary] = [m["executable"] for m in tests if m["target"]["name"] == "integration"]
 open(sys.argv[2], "w").write(binary + "\n")
-print(f"{sum(1 for m in artifacts if not m['fresh'])} units compiled, the AWS SDK not again; integration tests: {binary}")
+# Each one with its package's directory, where `cargo test` runs it.
+with open(sys.argv[3], "w") as out:
+    for m in tests:
+        if m["executable"] != binary:
+            out.write(f"{os.path.dirname(m['manifest_path'])}\t{m['executable']}\n")
+print(f"{sum(1 for m in artifacts if not m['fresh'])} units compiled, the AWS SDK not again; "
+      f"{len(tests) - 1} unit test binaries; integration tests: {binary}")
 EOF
 }
 
 unit() {
-  log "unit tests (and the doc tests: the wiring that must not compile)"
-  cargo test --workspace --exclude integration-tests
+  # The binaries tests-build made, run as `cargo test` runs them: `cargo test --exclude
+  # integration-tests` would resolve features without that package and compile much of it again.
+  local dir binary failed=()
+  while IFS=$'\t' read -r dir binary; do
+    log "unit tests: ${binary#"$ROOT"/} (in ${dir#"$ROOT"/})"
+    (cd "$dir" && "$binary") || failed+=("$binary")
+  done < "$LOGS/unit-binaries"
+  log "doc tests (among them the wiring that must not compile)"
+  cargo test --workspace --doc || failed+=("doc tests")
+  if ((${#failed[@]})); then
+    printf 'failed: %s\n' "${failed[@]}" >&2
+    return 1
+  fi
 }
 
 clippy() { "$ROOT/scripts/lint.sh" clippy; }
