@@ -11,7 +11,8 @@ when a check failed), and checks the same the other way round. The merchant is r
 `make up`: its key is re-read from .local/stack.env, which is rewritten with it.
 
 Usage: .local/venv/bin/python scripts/check_key_change.py [--parallel N]
-Takes two `make up` runs (their builds are no-ops when the binaries are current)."""
+Takes two `make up` runs (their builds are no-ops when the binaries are current; make test runs
+them with SKIP_BUILD=1, as it has just built them)."""
 
 import argparse
 import concurrent.futures

@@ -23,8 +23,10 @@ if [[ "$("$uv" --version 2>/dev/null) " != "uv $UV_VERSION "* ]]; then
   python3 -m venv "$LOCAL/uv"
   "$LOCAL/uv/bin/pip" install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
-# Its download cache stays inside the checkout, as everything else of the project does.
-export UV_CACHE_DIR="$LOCAL/uv-cache"
+# Its download cache stays inside the checkout, as everything else of the project does. uv reads
+# no pip.conf: a machine that reaches PyPI through a mirror sets UV_INDEX_URL (and PIP_INDEX_URL
+# for the one pip install above).
+export UV_CACHE_DIR="${UV_CACHE_DIR:-$LOCAL/uv-cache}"
 
 # install <stamp> <requirements file> <venv>: install unless the stamp holds the file's hash.
 install() {

@@ -9,6 +9,10 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
+if ((BASH_VERSINFO[0] < 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] < 1))); then
+  echo "scripts/test.sh needs bash 5.1 or later (wait -n -p), not $BASH_VERSION" >&2
+  exit 1
+fi
 LOGS="$LOCAL/test-logs"
 rm -rf "$LOGS"
 mkdir -p "$LOGS"
@@ -45,11 +49,13 @@ EOF
 unit() {
   # The binaries tests-build made, run as `cargo test` runs them: `cargo test --exclude
   # integration-tests` would resolve features without that package and compile much of it again.
-  local dir binary failed=()
-  while IFS=$'\t' read -r dir binary; do
+  local dir binary failed=() ran=0
+  while IFS=$'\t' read -r dir binary <&3; do
     log "unit tests: ${binary#"$ROOT"/} (in ${dir#"$ROOT"/})"
-    (cd "$dir" && "$binary") || failed+=("$binary")
-  done < "$LOGS/unit-binaries"
+    (cd "$dir" && "$binary" < /dev/null) || failed+=("$binary")
+    ran=$((ran + 1))
+  done 3< "$LOGS/unit-binaries"
+  ((ran > 0)) || { echo "tests-build listed no unit test binary" >&2; return 1; }
   log "doc tests (among them the wiring that must not compile)"
   cargo test --workspace --doc || failed+=("doc tests")
   if ((${#failed[@]})); then
@@ -166,20 +172,27 @@ schemathesis() {
 
 # ---------------------------------------------------------------- the order
 
+# A step off the critical path: it yields the CPU to the build, the stack and the tests on it.
+niced() {
+  renice -n 10 -p "$BASHPID" > /dev/null
+  "$@"
+}
+
 declare -A after run state pid_of step_of began took
 steps=()
 # step <name> "<steps it waits for>" <command>
 step() { steps+=("$1"); after[$1]="$2"; run[$1]="$3"; state[$1]=waiting; }
 
 step setup "" "scripts/setup.sh test"
-step bins "" "env SETUP=none scripts/build.sh"
-step templates "setup" templates
+step bins "" "env SETUP=none BUILD_PROFILE=dev scripts/build.sh"
+step templates "setup" "niced templates"
 step stack "setup bins" "env SKIP_BUILD=1 scripts/up.sh"
 step iam-enforced "setup bins" "scripts/test_iam_enforced.sh"
 step tests-build "bins" tests_build
-step unit "tests-build" unit
-# After unit: one cargo at a time holds the build directory.
-step clippy "unit" clippy
+step unit "tests-build" "niced unit"
+# After unit: one cargo at a time holds the build directory. It overlaps the integration tests,
+# whose timers (settlement retries, webhook back-off) it must not stretch.
+step clippy "unit" "niced clippy"
 # Before everything else on the stack: it redeploys the functions and re-seeds the demo merchant.
 step key-change "stack" key_change
 step integration "tests-build key-change" integration
@@ -205,7 +218,10 @@ stop_all() {
   done
   wait 2>/dev/null || true
 }
-trap 'stop_all' INT TERM
+trap 'stop_all; exit 130' INT
+trap 'stop_all; exit 143' TERM
+trap 'stop_all; exit 129' HUP
+trap stop_all EXIT
 
 pending=${#steps[@]}
 running=0
@@ -213,7 +229,7 @@ while ((pending > 0)); do
   for name in "${steps[@]}"; do
     if [[ "${state[$name]}" == waiting ]] && ready "$name"; then
       # shellcheck disable=SC2086 # a step's command is a function or a command line, split on purpose
-      ( set +m; ${run[$name]} ) > "$LOGS/$name.log" 2>&1 &
+      ( set +m; ${run[$name]} ) < /dev/null > "$LOGS/$name.log" 2>&1 &
       pid_of[$name]=$!
       step_of[$!]=$name
       state[$name]=running

@@ -23,7 +23,6 @@ import http.server
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -31,7 +30,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stack import ROOT, beacon_proof, call, device_key, new_merchant, registration_proof_v2, stack_env  # noqa: E402
+from stack import beacon_proof, call, device_key, new_merchant, registration_proof_v2, stack_env  # noqa: E402
 
 WAIT_S = 30.0  # per sample; the contract says 5 s on the local stack
 

@@ -3,7 +3,7 @@
 HMACs, nothing of the Rust crates. It first reproduces the contract's test vectors
 (contract-v2-vectors.json, a verbatim copy of the contract's vectors.json), then drives the stack
 `make up` deployed (coordinates from .local/stack.env, or from the file `--env-file` names, such as
-.local/stack-rest.env of the REST API stack `make test-rest` deploys): registration challenges, a terminal's
+.local/stack-twochan-rest.env of the REST API stack `make test-rest` deploys): registration challenges, a terminal's
 ownership, beacon proofs, idempotent replays, refused currencies and text, and a payment through
 to settlement and the balance, then refunds and webhooks (a signed-event receiver of its own on
 127.0.0.1; `--no-part2` leaves them out). One line per check; the first failing check ends the run, with the answer it
