@@ -56,12 +56,15 @@ unit() {
     ran=$((ran + 1))
   done 3< "$LOGS/unit-binaries"
   ((ran > 0)) || { echo "tests-build listed no unit test binary" >&2; return 1; }
-  log "doc tests (among them the wiring that must not compile)"
-  cargo test --workspace --doc || failed+=("doc tests")
   if ((${#failed[@]})); then
     printf 'failed: %s\n' "${failed[@]}" >&2
     return 1
   fi
+}
+
+doc_tests() {
+  log "doc tests (among them the wiring that must not compile)"
+  cargo test --workspace --doc
 }
 
 clippy() { "$ROOT/scripts/lint.sh" clippy; }
@@ -187,12 +190,14 @@ step setup "" "scripts/setup.sh test"
 step bins "" "env SETUP=none BUILD_PROFILE=dev scripts/build.sh"
 step templates "setup" "niced templates"
 step stack "setup bins" "env SKIP_BUILD=1 scripts/up.sh"
-step iam-enforced "setup bins" "scripts/test_iam_enforced.sh"
+step iam-enforced "setup bins" "niced scripts/test_iam_enforced.sh"
 step tests-build "bins" tests_build
 step unit "tests-build" "niced unit"
-# After unit: one cargo at a time holds the build directory. It overlaps the integration tests,
-# whose timers (settlement retries, webhook back-off) it must not stretch.
-step clippy "unit" "niced clippy"
+# Niced: it overlaps the integration tests, whose timers (settlement retries, webhook back-off) it
+# must not stretch.
+step clippy "tests-build" "niced clippy"
+# After clippy: one cargo at a time holds the build directory.
+step doc-tests "clippy" "niced doc_tests"
 # Before everything else on the stack: it redeploys the functions and re-seeds the demo merchant.
 step key-change "stack" key_change
 step integration "tests-build key-change" integration
