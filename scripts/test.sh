@@ -193,8 +193,8 @@ step stack "setup bins" "env SKIP_BUILD=1 scripts/up.sh"
 step iam-enforced "setup bins" "niced scripts/test_iam_enforced.sh"
 step tests-build "bins" tests_build
 step unit "tests-build" "niced unit"
-# Not niced: niced, it waited behind the sweep and ended last, 50 s after everything else. It
-# overlaps the integration tests, which took the same time with it beside them as without.
+# Not niced: niced, it would wait behind the sweep and end last. Beside it, the integration tests
+# take as long as without it.
 step clippy "tests-build" clippy
 # After clippy: one cargo at a time holds the build directory.
 step doc-tests "clippy" "niced doc_tests"

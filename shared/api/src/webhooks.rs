@@ -9,8 +9,8 @@ use tracing::Instrument;
 use twochan_domain::{
     DomainError, MerchantId, Payment, PaymentStatus, Result, Timestamp,
     ports::{
-        Delivery, EventMessage, EventSources, ORPHAN_AFTER_MS, WebhookEndpoint, WebhookEndpoints,
-        WebhookTransport,
+        Delivery, EventMessage, EventSources, ORPHAN_AFTER_MS, Refunds, WebhookEndpoint,
+        WebhookEndpoints, WebhookTransport,
     },
     refund::Refund,
     webhook::{EventType, SecretSeal, WebhookSecret, WebhookUrl},
@@ -125,7 +125,7 @@ pub async fn send_event<S, T>(
     now: Timestamp,
 ) -> Result<Sent>
 where
-    S: EventSources + WebhookEndpoints,
+    S: EventSources + WebhookEndpoints + Refunds,
     T: WebhookTransport,
 {
     // The endpoint first: a merchant without one costs this read and nothing more.
@@ -144,6 +144,10 @@ where
         } else {
             Sent::Orphan
         });
+    };
+    let payment = match &refund {
+        Some(r) => as_of_refund(store, payment, r).await?,
+        None => payment,
     };
     let secret = seal.open(&endpoint.sealed_secret, message.merchant_id.as_str())?;
     let body = event_body(message, &payment, refund.as_ref())?;
@@ -176,6 +180,24 @@ struct EventData<'a> {
     payment: PaymentView<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refund: Option<RefundView<'a>>,
+}
+
+/// The payment as of `refund`: refunded by the refunds up to and including it, not by those that
+/// came after it and before this event was sent. Only a payment with more than this refund costs
+/// a read.
+async fn as_of_refund<S: Refunds>(
+    store: &S,
+    mut payment: Payment,
+    refund: &Refund,
+) -> Result<Payment> {
+    if payment.refunded_amount == refund.amount.minor_units() {
+        return Ok(payment);
+    }
+    let refunds = store.refunds_of(&payment.payment_id).await?;
+    if let Some(at) = refunds.iter().position(|r| r.refund_id == refund.refund_id) {
+        payment.refunded_amount = refunds[..=at].iter().map(|r| r.amount.minor_units()).sum();
+    }
+    Ok(payment)
 }
 
 /// The event's JSON: the payment as of the event (its status then; a `payment.confirmed` sent
@@ -229,7 +251,7 @@ pub async fn send_batch<S, T, R>(
     event: SqsEvent,
 ) -> SqsBatchResponse
 where
-    S: EventSources + WebhookEndpoints,
+    S: EventSources + WebhookEndpoints + Refunds,
     T: WebhookTransport,
     R: Redelivery,
 {
@@ -267,7 +289,7 @@ async fn send_one<S, T, R>(
     record: &SqsMessage,
 ) -> bool
 where
-    S: EventSources + WebhookEndpoints,
+    S: EventSources + WebhookEndpoints + Refunds,
     T: WebhookTransport,
     R: Redelivery,
 {

@@ -9,9 +9,14 @@ mod support;
 
 use futures_util::future::join_all;
 use stateful::{Reply, World};
+use twochan_api::webhooks::{RetryPolicy, Sent, send_event};
 use twochan_domain::{
-    IdempotencyKey, PaymentId, PaymentSlot, PaymentStatus,
-    ports::{Payments, Refunds, SlotRecord},
+    IdempotencyKey, PaymentId, PaymentSlot, PaymentStatus, Timestamp,
+    ports::{
+        Delivery, Payments, Refunds, SlotRecord, WebhookEndpoint, WebhookEndpoints,
+        WebhookTransport,
+    },
+    webhook::{EventType, SecretSeal, WebhookSecret, WebhookUrl},
 };
 use twochan_memory::{Fault, Op, conformance::fresh};
 
@@ -588,4 +593,88 @@ async fn payment_requests_race_the_deregistration_of_their_code() {
             assert_eq!((again.status, again.code()), (r.status, r.code()), "{k}");
         }
     }
+}
+
+/// A webhook endpoint that answers 2xx and keeps each event's JSON.
+#[derive(Default)]
+struct Received(std::sync::Mutex<Vec<serde_json::Value>>);
+
+impl WebhookTransport for Received {
+    async fn deliver(
+        &self,
+        _: &WebhookUrl,
+        _: &WebhookSecret,
+        body: &[u8],
+        _: Timestamp,
+    ) -> Delivery {
+        self.0
+            .lock()
+            .unwrap()
+            .push(serde_json::from_slice(body).unwrap());
+        Delivery::Delivered
+    }
+}
+
+/// Refund events sent after a later refund committed still show the payment as of their own
+/// refund (the contract's "payment object as of the event"), not as it is when they are sent.
+#[tokio::test]
+async fn a_refund_event_sent_late_shows_the_payment_as_of_its_refund() {
+    let w = World::new();
+    let (m, mut p) = (w.merchant().await, w.paired().await);
+    let id = w.confirmed(&m, &mut p, 900).await;
+    assert!(w.settle_all().await.is_empty());
+    let seal = SecretSeal::from_issuer_keys(&w.app.issuer_keys);
+    let endpoint = WebhookEndpoint {
+        url: WebhookUrl::parse("https://hooks.example.com/twochan", false).unwrap(),
+        sealed_secret: seal.seal(&WebhookSecret::generate(), m.id.as_str()),
+        set_at: Timestamp::now(),
+    };
+    w.store().put_endpoint(&m.id, &endpoint).await.unwrap();
+    let first = w.refund(&m, &id, 300, &fresh("rk-")).await;
+    let second = w.refund(&m, &id, 200, &fresh("rk-")).await;
+    assert_eq!((first.status, second.status), (201, 201));
+
+    let received = Received::default();
+    let policy = RetryPolicy::new(2, 6);
+    let events = w.app.events.all();
+    let refunds: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_type == EventType::RefundSucceeded)
+        .collect();
+    assert_eq!(refunds.len(), 2);
+    // Sent only now, after both refunds: the second first, then the first.
+    for message in refunds.iter().rev() {
+        let sent = send_event(
+            w.store(),
+            &received,
+            &seal,
+            message,
+            &policy,
+            Timestamp::now(),
+        );
+        assert!(matches!(sent.await, Ok(Sent::Delivered)));
+    }
+    let shown: Vec<(String, u64)> = received
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let refund = e["data"]["refund"]["refund_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            (
+                refund,
+                e["data"]["payment"]["refunded_amount"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            (second.str("refund_id"), 500),
+            (first.str("refund_id"), 300)
+        ]
+    );
 }

@@ -432,7 +432,7 @@ pub trait Refunds: Send + Sync {
         response: &StoredResponse,
         at: Timestamp,
     ) -> impl Future<Output = Result<Write>> + Send;
-    /// The payment's refunds, oldest first.
+    /// The payment's refunds, oldest first: in the order their writes committed.
     fn refunds_of(&self, payment: &PaymentId) -> impl Future<Output = Result<Vec<Refund>>> + Send;
 }
 

@@ -272,9 +272,8 @@ impl Refunds for MemoryStore {
                         None => {}
                     }
                 }
+                // In the order the payment lists them: the order their writes committed.
                 refunds.retain(|r| r.payment_id == *payment && ids.contains(&r.refund_id));
-                // Refund ids are ULIDs: sorting by them is sorting by creation time.
-                refunds.sort_by(|a, b| a.refund_id.cmp(&b.refund_id));
                 Ok(refunds)
             })
         })

@@ -119,8 +119,9 @@ impl Refunds for DynamoStore {
             .map(|item| Refund::try_from(parse_item::<RefundItem>(item)?))
             .collect::<Result<Vec<_>>>()?;
         refunds.retain(|r| r.payment_id == *payment && ids.contains(&r.refund_id));
-        // Refund ids are ULIDs: sorting by them is sorting by creation time.
-        refunds.sort_by(|a, b| a.refund_id.cmp(&b.refund_id));
+        // In the order the payment lists them: the order their writes committed (two refunds of
+        // one millisecond have ULIDs in random order).
+        refunds.sort_by_key(|r| ids.iter().position(|id| *id == r.refund_id));
         Ok(refunds)
     }
 }
