@@ -28,8 +28,8 @@ its key), else an unknown or malformed payment id (404, which keeps nothing);
 GET and DELETE of it always a bad bearer or an oversize body (DELETE would remove the endpoint, and
 neither is a 4xx otherwise).
 
-Coordinates come from .local/stack.env, or the file --env-file names (API_URL, AWS_ENDPOINT_URL, MERCHANT_API_KEY,
-ISSUER_MASTER_KEY, TABLE_NAME, SETTLEMENT_QUEUE_URL). Standard library HTTP, boto3 for the table,
+Coordinates come from .local/stack.env, or the file --env-file names (API_URL, AWS_ENDPOINT_URL,
+MERCHANT_API_KEY, ISSUER_MASTER_KEY, TABLE_NAME, SETTLEMENT_QUEUE_URL). Standard library HTTP, boto3 for the table,
 queue and logs. Every proof and the bearer prefixes come from the Rust device simulator
 (tools/src/bin/device.rs, built by make up), so the contract's HMACs have one implementation that the
 server and its clients share. Exit status 0 when every check holds.

@@ -2,7 +2,8 @@
 //! `tests/tests/concurrency.rs`, `conflicts` and `payments.rs` (which run them on the emulator):
 //! nothing is charged, settled or refunded twice, and nothing is lost. Each race runs several
 //! rounds on a multi-threaded runtime; the store yields at every call, so the requests interleave.
-//! Injected failures (`MemoryStore::fail_next`) stand for a crash or a lost answer.
+//! Injected failures (`MemoryStore::fail_next`) stand for a crash or a lost answer. Last, a
+//! webhook event that loses the race with a later change of its payment.
 
 mod stateful;
 mod support;
